@@ -1,0 +1,35 @@
+"""xadv: explanations linked to adversarial attacks.
+
+Explainers produce :class:`Explanation` objects; attacks, fooling attacks and
+detectors consume them.
+
+>>> import torch, xadv
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+>>> xadv.explain(net, torch.rand(2, 4), method="ig", steps=16).method
+'integrated_gradients'
+"""
+from __future__ import annotations
+
+from . import explainers, nn
+from .explainers import Explainer
+from .explanation import Explanation
+
+__version__ = "0.1.0"
+
+
+def explain(model, x, method="saliency", target=None, *, create_graph: bool = False, **params) -> Explanation:
+    """Functional form: ``explainers.get(method, **params)(model, x, target, create_graph=...)``.
+
+    Parameters
+    ----------
+    model : nn.Module or callable, (N, ...) -> (N, K)
+    x : Tensor (N, ...)
+    method : str or Explainer, default "saliency"
+        A registry name (see ``xadv.explainers.names()``) or an explainer instance.
+    target : None, int, sequence, LongTensor (N,) or callable
+    **params : the explainer's parameters, e.g. ``steps=50`` for IG.
+    """
+    return explainers.get(method, **params)(model, x, target, create_graph=create_graph)
+
+
+__all__ = ["Explanation", "Explainer", "explain", "explainers", "nn", "__version__"]

@@ -1,0 +1,50 @@
+"""Keep the user's model exactly as it was: mode, requires_grad and hooks."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def _hook_dicts(m: torch.nn.Module):
+    names = [
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+        "_state_dict_hooks", "_load_state_dict_pre_hooks",
+    ]
+    return {n: dict(getattr(m, n)) for n in names if hasattr(m, n)}
+
+
+@contextlib.contextmanager
+def preserved(model) -> Iterator[None]:
+    """Context manager that restores train/eval mode, ``requires_grad`` flags and hooks.
+
+    Whatever happens inside (including an exception), the model leaves with the
+    modes, gradient flags and hook dictionaries it had on entry. Parameters are
+    never written by explainers; ``.grad`` fields are restored too because
+    xadv only uses ``torch.autograd.grad`` and never accumulates into them.
+    """
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    hooks = [_hook_dicts(m) for m in modules]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    try:
+        yield
+    finally:
+        for m, mode, h in zip(modules, modes, hooks):
+            m.training = mode
+            for name, d in h.items():
+                current = getattr(m, name)
+                if dict(current) != d:
+                    current.clear()
+                    current.update(d)
+        for p, f, g in zip(params, flags, grads):
+            if p.requires_grad != f:
+                p.requires_grad_(f)
+            if p.grad is not g:
+                p.grad = g

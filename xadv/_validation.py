@@ -1,0 +1,137 @@
+"""Input checks and the single target resolver shared by every part of xadv."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+TargetLike = Union[None, int, Sequence[int], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def check_model(model) -> None:
+    if not isinstance(model, torch.nn.Module) and not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
+
+
+def model_device(model) -> Optional[torch.device]:
+    """Device of the model's first parameter or buffer, None when it has neither."""
+    if isinstance(model, torch.nn.Module):
+        for t in model.parameters():
+            return t.device
+        for t in model.buffers():
+            return t.device
+    return None
+
+
+def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.Tensor:
+    """Check a batch-first float tensor: rank, dtype, finiteness and device.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a tensor or not floating point.
+    ValueError
+        Rank below ``min_dim``, empty batch, NaN/Inf values, or a device different
+        from the model's.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating point tensor, got dtype {x.dtype}; "
+            f"convert it with {name}.float() (and scale images to the model's bounds, e.g. [0, 1])"
+        )
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} must be batch-first with at least {min_dim} dimensions (N, ...), got shape "
+            f"{tuple(x.shape)}; add a batch dimension with {name}.unsqueeze(0)"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    if model is not None:
+        dev = model_device(model)
+        if dev is not None and dev != x.device:
+            raise ValueError(
+                f"{name} is on {x.device} but the model is on {dev}; move one of them, e.g. "
+                f"{name}.to({str(dev)!r})"
+            )
+    return x
+
+
+def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
+    """Turn any accepted target form into a LongTensor of shape (N,) on ``output.device``.
+
+    Parameters
+    ----------
+    target : None, int, sequence of int, LongTensor (N,) or (), or callable
+        ``None`` takes the predicted class (argmax of ``output``); an int is used for
+        every sample; a callable receives ``output`` and returns one of the above.
+    output : Tensor (N, K)
+        The model's output for the batch.
+    """
+    if output.dim() != 2:
+        raise ValueError(
+            f"the model must return a (N, K) tensor of class scores, got shape {tuple(output.shape)}"
+        )
+    n, k = output.shape
+    if callable(target) and not isinstance(target, torch.Tensor):
+        target = target(output)
+    if target is None:
+        t = output.detach().argmax(dim=1)
+    elif isinstance(target, bool):
+        raise TypeError("target must be an int, a sequence of ints or a LongTensor, got bool")
+    elif isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long, device=output.device)
+    elif isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+            raise TypeError(f"target must be an integer tensor, got dtype {target.dtype}")
+        t = target.to(device=output.device, dtype=torch.long).reshape(-1)
+        if target.dim() == 0:
+            t = t.expand(n)
+    else:
+        try:
+            vals = [int(v) for v in target]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"target must be None, an int, a sequence of ints, a LongTensor or a callable, "
+                f"got {type(target).__name__}"
+            ) from None
+        t = torch.tensor(vals, dtype=torch.long, device=output.device)
+    if t.shape[0] != n:
+        raise ValueError(f"target has {t.shape[0]} entries but the batch has {n} samples")
+    if n and (int(t.min()) < 0 or int(t.max()) >= k):
+        raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1}), got {t.tolist()}")
+    return t.clone()
+
+
+def check_bounds(bounds) -> tuple:
+    try:
+        lo, hi = float(bounds[0]), float(bounds[1])
+    except Exception:
+        raise TypeError(f"bounds must be a pair (low, high), got {bounds!r}") from None
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+    return lo, hi
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def find_module(model: torch.nn.Module, layer) -> torch.nn.Module:
+    """Return ``layer`` itself if it is a submodule, else the submodule with that dotted name."""
+    if isinstance(layer, torch.nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError("the given layer module is not a submodule of the model")
+        return layer
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a dotted name or a module, got {type(layer).__name__}")
+    named = dict(model.named_modules())
+    if layer not in named or layer == "":
+        cands = [n for n in named if n]
+        raise ValueError(f"unknown layer {layer!r}; the model's layers are: {', '.join(cands)}")
+    return named[layer]

@@ -1,0 +1,83 @@
+"""Explainers: parameters in ``__init__``, called as ``explainer(model, x, target)``.
+
+>>> import xadv
+>>> ig = xadv.explainers.get("ig", steps=32)
+>>> type(ig).__name__
+'IntegratedGradients'
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+from .base import Explainer, select_score
+from .gradcam import GradCAM, GradCAMPlusPlus
+from .gradient import InputXGradient, Saliency
+from .integrated_gradients import IntegratedGradients
+from .smoothgrad import SmoothGrad
+
+_REGISTRY: Dict[str, Callable[..., Explainer]] = {}
+_ALIASES: Dict[str, str] = {}
+
+
+def register(name: str, factory: Callable[..., Explainer], aliases=()) -> None:
+    """Add an explainer under ``name`` (and ``aliases``) to the registry."""
+    _REGISTRY[name] = factory
+    for a in aliases:
+        _ALIASES[a] = name
+
+
+def names() -> List[str]:
+    """Registered explainer names (aliases not included)."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **params) -> Explainer:
+    """Build the explainer registered as ``name`` with ``params``.
+
+    Examples
+    --------
+    >>> get("smoothgrad", n_samples=10).n_samples
+    10
+    """
+    if isinstance(name, Explainer):
+        if params:
+            raise TypeError("parameters cannot be given together with an explainer instance")
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a registry name or an Explainer, got {type(name).__name__}")
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"unknown explainer {name!r}; known: {', '.join(names())} "
+            f"(aliases: {', '.join(f'{a}={b}' for a, b in sorted(_ALIASES.items()))})"
+        )
+    return _REGISTRY[key](**params)
+
+
+def _smoothgrad_factory(base=None, **params):
+    if isinstance(base, str):
+        base = get(base)
+    return SmoothGrad(base=base, **params)
+
+
+register("saliency", Saliency, aliases=("gradient", "grad"))
+register("input_x_gradient", InputXGradient, aliases=("ixg", "inputxgradient"))
+register("smoothgrad", _smoothgrad_factory, aliases=("sg",))
+register("integrated_gradients", IntegratedGradients, aliases=("ig",))
+register("gradcam", GradCAM, aliases=("grad_cam",))
+register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
+
+try:  # LIME lives in its own module (image and tabular)
+    from .lime import LIME, TabularLIME  # noqa: F401
+
+    register("lime", LIME)
+    register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
+except ImportError:  # pragma: no cover - only while lime.py is being written
+    pass
+
+__all__ = [
+    "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
+    "GradCAMPlusPlus", "get", "names", "register", "select_score",
+]
+if "LIME" in globals():
+    __all__ += ["LIME", "TabularLIME"]

@@ -1,0 +1,3 @@
+"""faithfulness metrics of explanations."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""robustness metrics of explanations."""
+
+__all__: list = []

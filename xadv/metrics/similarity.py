@@ -1,0 +1,3 @@
+"""similarity metrics of explanations."""
+
+__all__: list = []
