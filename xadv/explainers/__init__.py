@@ -67,13 +67,10 @@ register("integrated_gradients", IntegratedGradients, aliases=("ig",))
 register("gradcam", GradCAM, aliases=("grad_cam",))
 register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
 
-try:  # LIME lives in its own module (image and tabular)
-    from .lime import LIME, TabularLIME  # noqa: F401
+from .lime import LIME, TabularLIME  # noqa: E402
 
-    register("lime", LIME)
-    register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
-except ImportError:  # pragma: no cover - only while lime.py is being written
-    pass
+register("lime", LIME)
+register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
