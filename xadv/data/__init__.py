@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from .embedded import (digits_loaders, load_digits, load_tabular, stratified_split, tabular_feature_names,
                        tabular_statistics)
+from .files import (CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, load_cifar10, load_mnist,
+                    read_idx)
 from .tabular import TabularDataset, load_compas, load_german_credit
 
 __all__ = ["load_digits", "digits_loaders", "load_tabular", "tabular_feature_names", "tabular_statistics",
-           "stratified_split", "TabularDataset", "load_compas", "load_german_credit"]
+           "stratified_split", "TabularDataset", "load_compas", "load_german_credit",
+           "load_mnist", "load_cifar10", "read_idx", "MNIST_CLASSES", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES"]

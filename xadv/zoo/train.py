@@ -122,17 +122,21 @@ def main(argv: Optional[list] = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.use_deterministic_algorithms(True)
     out = Path(a.out)
     jobs = {"digits": (train_digits, DIGITS_FILE), "tabular": (train_tabular, TABULAR_FILE)}
-    for name in (["digits", "tabular"] if a.which == "all" else [a.which]):
-        fn, filename = jobs[name]
-        kw = {} if a.epochs is None else {"epochs": a.epochs}
-        model, info = fn(seed=a.seed, progress=not a.no_progress, **kw)
-        _save(model, info, out, filename)
-        print(f"{name}: held-out accuracy {info['test_accuracy']:.4f} ({info['n_test']} samples), "
-              f"train {info['train_accuracy']:.4f}, {info['epochs']} epochs, {info['train_seconds']} s "
-              f"-> {out / filename}")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for name in (["digits", "tabular"] if a.which == "all" else [a.which]):
+            fn, filename = jobs[name]
+            kw = {} if a.epochs is None else {"epochs": a.epochs}
+            model, info = fn(seed=a.seed, progress=not a.no_progress, **kw)
+            _save(model, info, out, filename)
+            print(f"{name}: held-out accuracy {info['test_accuracy']:.4f} ({info['n_test']} samples), "
+                  f"train {info['train_accuracy']:.4f}, {info['epochs']} epochs, {info['train_seconds']} s "
+                  f"-> {out / filename}")
+    finally:
+        torch.use_deterministic_algorithms(previous)
     return 0
 
 
