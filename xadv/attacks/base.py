@@ -1,0 +1,290 @@
+"""The attack contract: budget in ``__init__``, model and batch at call time.
+
+``attack(model, x, y) -> AttackResult``. The base class checks the inputs, keeps
+the user's model unchanged (``xadv._model.preserved``), counts model queries,
+runs ``_attack`` and fills every field of :class:`xadv.results.AttackResult`.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._model import preserved
+from .._validation import check_bounds, check_inputs, check_model, resolve_target
+from ..explainers import Explainer
+from ..explainers.base import forward
+from ..results import AttackResult
+
+_NORMS = ("linf", "l2", "l0")
+
+
+def check_norm(norm: str, allowed=_NORMS) -> str:
+    if not isinstance(norm, str) or norm.lower() not in allowed:
+        raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
+    return norm.lower()
+
+
+def check_nonneg(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    if not v >= 0 or v != v or v == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def make_generator(seed: Optional[int], generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
+    """A fresh generator seeded with ``seed`` (same draws every call), the given one, or None."""
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def view_batch(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample (N,) tensor to broadcast against ``like`` (N, ...)."""
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def perturbation_norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``l0`` (count of changed features), ``l2`` and ``linf`` of each sample's perturbation."""
+    flat = delta.detach().reshape(delta.shape[0], -1)
+    return {
+        "l0": (flat != 0).sum(1).to(flat.dtype),
+        "l2": flat.norm(p=2, dim=1),
+        "linf": flat.abs().max(1).values if flat.shape[1] else flat.new_zeros(flat.shape[0]),
+    }
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Project perturbations onto the ``norm`` ball of radius ``eps`` (per sample).
+
+    ``linf``: clamp; ``l2``: rescale samples whose norm exceeds ``eps``; ``l0``: keep
+    the ``int(eps)`` largest-magnitude features and zero the others.
+    """
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = delta.shape[0]
+    flat = delta.reshape(n, -1)
+    if norm == "l2":
+        nrm = flat.norm(p=2, dim=1)
+        factor = torch.where(nrm > eps, eps / nrm.clamp_min(1e-30), torch.ones_like(nrm))
+        return delta * view_batch(factor, delta)
+    if norm == "l0":
+        k = int(eps)
+        if k >= flat.shape[1]:
+            return delta
+        if k <= 0:
+            return torch.zeros_like(delta)
+        idx = flat.abs().topk(k, dim=1).indices
+        keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
+        return (flat * keep).reshape(delta.shape)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+class QueryCounter:
+    """Counts the rows (samples) passed through the model's forward while active.
+
+    For an ``nn.Module`` a forward pre-hook is attached (the hook dictionary is
+    restored by ``preserved``); a plain callable is wrapped instead.
+    """
+
+    def __init__(self, model):
+        self.rows = 0
+        self.model = model
+        self._handle = None
+        if isinstance(model, torch.nn.Module):
+            self._handle = model.register_forward_pre_hook(self._hook)
+            self.wrapped = model
+        else:
+            def wrapped(x):
+                self.rows += int(x.shape[0])
+                return model(x)
+            self.wrapped = wrapped
+
+    def _hook(self, module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            self.rows += int(args[0].shape[0])
+
+    def take(self) -> int:
+        """Rows counted since the last ``take``."""
+        r, self.rows = self.rows, 0
+        return r
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class Attack:
+    """Base class of every attack.
+
+    Subclasses implement ``_attack(ctx) -> (x_adv, extras)`` where ``ctx`` is an
+    :class:`AttackContext`, and set ``norm``/``bounds``/``targeted`` attributes.
+    Calling the attack validates inputs, keeps the model and the inputs unchanged,
+    counts queries and returns an :class:`~xadv.results.AttackResult`.
+    """
+
+    #: whether the attack needs gradients of the model (False: query-only)
+    white_box: bool = True
+    #: whether ``targeted=True`` is supported
+    supports_targeted: bool = True
+    #: whether ``targeted=False`` is supported
+    supports_untargeted: bool = True
+
+    targeted: bool = False
+    bounds: Tuple[float, float] = (0.0, 1.0)
+
+    def __call__(self, model, x: torch.Tensor, y=None) -> AttackResult:
+        """Attack ``model`` on the batch ``x``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or callable
+            Maps (N, ...) inputs in ``bounds`` to (N, K) class scores (logits).
+        x : Tensor (N, ...)
+            Clean inputs inside ``bounds``; never modified.
+        y : int, sequence or LongTensor (N,), optional
+            True labels (untargeted) or target labels (``targeted=True``). ``None``
+            uses the model's predictions (untargeted only).
+
+        Returns
+        -------
+        AttackResult
+        """
+        check_model(model)
+        check_inputs(x, model, min_dim=2)
+        lo, hi = self.bounds
+        tol = 1e-6 * (hi - lo)
+        if float(x.min()) < lo - tol or float(x.max()) > hi + tol:
+            raise ValueError(
+                f"x has values in [{float(x.min()):.4g}, {float(x.max()):.4g}] outside bounds=({lo}, {hi}); "
+                f"pass the inputs in the model's domain and set bounds= accordingly (put normalisation "
+                f"inside the model with xadv.nn.Normalize)"
+            )
+        if self.targeted and y is None:
+            raise ValueError("a targeted attack needs the target labels: attack(model, x, y=targets)")
+        if self.targeted and not self.supports_targeted:
+            raise ValueError(f"{type(self).__name__} does not support targeted=True")
+        if not self.targeted and not self.supports_untargeted:
+            raise ValueError(f"{type(self).__name__} is targeted only; pass targeted=True and target labels")
+        x0 = x.detach().clone()
+        with preserved(model):
+            counter = QueryCounter(model)
+            try:
+                with torch.no_grad():
+                    out_clean = forward(model, x0)
+                counter.take()
+                if callable(y) and not isinstance(y, torch.Tensor):
+                    raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
+                labels = resolve_target(y, out_clean)
+                ctx = AttackContext(self, counter, x0, labels, out_clean.detach())
+                x_adv, extras = self._attack(ctx)
+                x_adv = x_adv.detach()
+                counter.take()
+                with torch.no_grad():
+                    out_adv = forward(model, x_adv)
+            finally:
+                counter.close()
+        return build_result(self, x0, x_adv, labels, out_clean, out_adv, ctx.queries, ctx.steps, extras)
+
+    def _attack(self, ctx: "AttackContext") -> Tuple[torch.Tensor, Dict[str, Any]]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- params
+    def get_params(self) -> Dict[str, Any]:
+        """The constructor's parameters (scikit-learn style)."""
+        sig = inspect.signature(type(self).__init__)
+        out = {}
+        for p in list(sig.parameters)[1:]:
+            if sig.parameters[p].kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+                continue
+            if hasattr(self, p):
+                out[p] = getattr(self, p)
+        return out
+
+    def __repr__(self) -> str:
+        def fmt(v):
+            if isinstance(v, float):
+                return f"{v:.6g}"
+            if isinstance(v, torch.Tensor):
+                return "tensor" + str(tuple(v.shape))
+            if isinstance(v, torch.Generator):
+                return "Generator"
+            return repr(v)
+
+        args = ", ".join(f"{k}={fmt(v)}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class AttackContext:
+    """Everything ``_attack`` needs: the model (with query counting), clean inputs,
+    labels, clean logits, and per-sample ``queries``/``steps`` accumulators."""
+
+    def __init__(self, attack: Attack, counter: QueryCounter, x: torch.Tensor, y: torch.Tensor,
+                 logits: torch.Tensor):
+        self.attack = attack
+        self.counter = counter
+        self.model = counter.wrapped
+        self.x = x
+        self.y = y
+        self.logits = logits
+        self.n = x.shape[0]
+        self.queries = torch.zeros(self.n, dtype=torch.long, device=x.device)
+        self.steps = torch.zeros(self.n, dtype=torch.long, device=x.device)
+
+    def charge(self, idx: Optional[torch.Tensor] = None) -> None:
+        """Spread the rows counted since the last call over the samples ``idx`` (all when None)."""
+        rows = self.counter.take()
+        if idx is None:
+            m = self.n
+            self.queries += rows // max(m, 1)
+        else:
+            m = int(idx.numel()) if idx.dtype != torch.bool else int(idx.sum())
+            if m:
+                self.queries[idx] += rows // m
+
+    def is_success(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred == labels if self.attack.targeted else pred != labels
+
+
+def build_result(attack: Attack, x, x_adv, y, out_clean, out_adv, queries, steps, extras) -> AttackResult:
+    pc = F.softmax(out_clean.detach().float(), dim=1)
+    pa = F.softmax(out_adv.detach().float(), dim=1)
+    pred_clean, pred_adv = pc.argmax(1), pa.argmax(1)
+    success = pred_adv == y if attack.targeted else pred_adv != y
+    return AttackResult(
+        x_adv=x_adv, x=x, y=y, success=success, pred_clean=pred_clean, pred_adv=pred_adv,
+        conf_clean=pc.gather(1, pred_clean[:, None]).squeeze(1).to(x.dtype),
+        conf_adv=pa.gather(1, pred_adv[:, None]).squeeze(1).to(x.dtype),
+        norms=perturbation_norms(x_adv - x), queries=queries, steps=steps,
+        targeted=bool(attack.targeted), attack=repr(attack), extras=dict(extras or {}),
+    )
+
+
+def loss_direction(model, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
+                   explainer: Explainer) -> torch.Tensor:
+    """The ascent direction of the attack objective from an explainer.
+
+    Untargeted: minus the explanation of the true class; targeted: the
+    explanation of the target class. With ``Saliency(score="log_softmax")`` this
+    is exactly the gradient of the cross-entropy loss (resp. minus it).
+    """
+    a = explainer(model, x, labels).attributions.detach()
+    return a if targeted else -a
+
+
+def checked_bounds(bounds) -> Tuple[float, float]:
+    return check_bounds(bounds)
+
+
+Direction = Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
