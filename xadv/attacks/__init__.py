@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from .base import Attack, perturbation_norms, project
 from .gradient import FGSM, PGD, RFGSM, ExplainerPGD, ProjectedGradient
+from .deletion import JSMA, DeletionAttack
 from .minimal import CarliniWagnerL2, DeepFool
 
 __all__ = [
     "Attack", "ProjectedGradient", "FGSM", "PGD", "RFGSM", "ExplainerPGD", "CarliniWagnerL2", "DeepFool",
+    "DeletionAttack", "JSMA",
     "perturbation_norms", "project",
 ]
