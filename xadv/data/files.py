@@ -128,7 +128,7 @@ def load_mnist(root: PathLike, split: str = "train", kind: str = "mnist",
     Examples
     --------
     >>> x, y = load_mnist("~/data", split="test")  # doctest: +SKIP
-    >>> x.shape
+    >>> x.shape  # doctest: +SKIP
     torch.Size([10000, 1, 28, 28])
     """
     split = _check_split(split)
@@ -226,7 +226,7 @@ def load_cifar10(root: PathLike, split: str = "train",
     Examples
     --------
     >>> x, y = load_cifar10("~/data", split="test")  # doctest: +SKIP
-    >>> x.shape
+    >>> x.shape  # doctest: +SKIP
     torch.Size([10000, 3, 32, 32])
     """
     split = _check_split(split)

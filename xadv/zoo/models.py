@@ -55,7 +55,7 @@ class TabularMLP(nn.Module):
 
 
 class CifarCNN(nn.Module):
-    """VGG-style CNN for (N, 3, 32, 32) images in [0, 1], 10 classes (about 0.3 M parameters).
+    """VGG-style CNN for (N, 3, 32, 32) images in [0, 1], 10 classes (0.55 M parameters).
 
     Three blocks of two 3x3 convs (32, 64, 128 channels) with ``nn.ReLU`` modules and
     2x2 max-pooling, then fc(2048->128)-relu-fc(128->10). No shipped weights (CIFAR-10
