@@ -152,6 +152,24 @@ def test_tabular_dataset_split_standardizer_and_tensors():
     assert ds.X[:, 0].max() <= 1.0
 
 
+def test_tabular_dataset_validates_its_fields():
+    X = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="X must be"):
+        data.TabularDataset(X, np.zeros(2, dtype=int), ["a", "b"], 0, [], ["a", "b"], "t")
+    with pytest.raises(ValueError, match="one entry per column"):
+        data.TabularDataset(X, np.zeros(3, dtype=int), ["a"], 0, [], ["a", "b"], "t")
+    with pytest.raises(ValueError, match="sensitive index 5"):
+        data.TabularDataset(X, np.zeros(3, dtype=int), ["a", "b"], 5, [], ["a", "b"], "t")
+
+
+def test_tabular_dataset_frame():
+    pytest.importorskip("pandas")
+    ds = data.load_compas()
+    df = ds.frame()
+    assert list(df.columns) == ds.feature_names + ["label"] and len(df) == len(ds)
+    np.testing.assert_array_equal(df["label"].to_numpy(), ds.y)
+
+
 def test_tabular_user_path_and_errors(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("age,sex,race,priors_count,c_charge_degree,length_of_stay,two_year_recid,score_text\n"

@@ -118,7 +118,28 @@ def test_training_is_seeded_and_cli_writes_loadable_weights(tmp_path, capsys):
     assert all(torch.equal(m.state_dict()[k], sa[k]) for k in sa)
 
 
-def test_digits_training_step_is_deterministic():
-    a, _ = train.train_digits(seed=0, epochs=1, progress=False)
-    b, _ = train.train_digits(seed=0, epochs=1, progress=False)
-    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+def test_digits_training_loop_with_augmentation_is_deterministic():
+    x, y = data.load_digits("train")
+    x, y = x[:192], y[:192]
+
+    def run(seed):
+        torch.manual_seed(seed)
+        m = zoo.DigitsCNN()
+        train._fit(m, x, y, epochs=1, lr=3e-3, batch_size=64, weight_decay=1e-4, seed=seed, max_shift=2,
+                   progress=False)
+        return m.state_dict()
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_shift_augmentation_moves_images_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(50, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    shifted = train._shift(x, 2, g)
+    assert shifted.shape == x.shape
+    assert torch.equal(shifted.sum((1, 2, 3)), x.sum((1, 2, 3)))  # the blob stays inside the frame
+    rows = shifted[:, 0].sum(2).argmax(1)  # first row of the blob
+    assert set(rows.tolist()) == {8, 9, 10, 11, 12}

@@ -112,6 +112,20 @@ class TabularDataset:
         """``(x, y)`` as torch tensors: x (N, D) of ``dtype``, y LongTensor (N,)."""
         return torch.as_tensor(self.X, dtype=dtype), torch.as_tensor(self.y, dtype=torch.long)
 
+    def frame(self, label: Optional[str] = "label"):
+        """A pandas DataFrame of ``X`` with ``feature_names`` as columns, plus ``y`` as column ``label``.
+
+        Requires pandas (not a dependency of xadv). ``label=None`` leaves the label out.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("TabularDataset.frame() needs pandas: pip install pandas") from None
+        df = pd.DataFrame(self.X, columns=list(self.feature_names))
+        if label is not None:
+            df[label] = self.y
+        return df
+
     def __repr__(self) -> str:
         return (f"TabularDataset(name={self.name!r}, n={len(self)}, features={self.n_features}, "
                 f"sensitive={self.sensitive_name!r}, positive rate={float(self.y.mean()):.3f})")
