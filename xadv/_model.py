@@ -17,7 +17,8 @@ def _hook_dicts(m: torch.nn.Module):
 
 @contextlib.contextmanager
 def preserved(model) -> Iterator[None]:
-    """Context manager that restores train/eval mode, ``requires_grad`` flags and hooks.
+    """Context manager that restores train/eval mode, ``requires_grad`` flags, hooks
+    and (for models with a module in train mode) buffers such as BatchNorm statistics.
 
     Whatever happens inside (including an exception), the model leaves with the
     modes, gradient flags and hook dictionaries it had on entry. Parameters are
@@ -33,6 +34,9 @@ def preserved(model) -> Iterator[None]:
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
+    # forward passes in train mode update buffers (BatchNorm running statistics):
+    # keep a copy to put back, only when some module is training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if any(modes) else []
     try:
         yield
     finally:
@@ -48,3 +52,7 @@ def preserved(model) -> Iterator[None]:
                 p.requires_grad_(f)
             if p.grad is not g:
                 p.grad = g
+        if buffers:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)

@@ -48,8 +48,6 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.T
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
     if model is not None:
         dev = model_device(model)
         if dev is not None and dev != x.device:
@@ -57,6 +55,8 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.T
                 f"{name} is on {x.device} but the model is on {dev}; move one of them, e.g. "
                 f"{name}.to({str(dev)!r})"
             )
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
     return x
 
 

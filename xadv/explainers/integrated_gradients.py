@@ -66,6 +66,48 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, kh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
+def _blocks(n: int, steps: int, rows: int):
+    """Cover the (steps x n) grid with blocks of at most ``rows`` rows: yields
+    ``(s0, s1, i0, i1)``; whole batches of samples with several steps when
+    ``n <= rows``, else slices of ``rows`` samples one step at a time."""
+    m = min(n, rows)
+    k = max(1, rows // m)
+    for s0 in range(0, steps, k):
+        s1 = min(s0 + k, steps)
+        for i0 in range(0, n, m):
+            yield s0, s1, i0, min(i0 + m, n)
+
+
+def _path_gradient_sum(model, base, diff, t, alphas, weights, rows, score, create_graph):
+    """``sum_k w_k grad f(base + alpha_k diff)``, shape of ``base``, in blocks of
+    at most ``rows`` forward rows (so memory is bounded by ``rows``)."""
+    n = base.shape[0]
+    tail = base.shape[1:]
+    ones = (1,) * len(tail)
+    if not create_graph:
+        base, diff = base.detach(), diff.detach()
+        acc = torch.zeros_like(base)
+    parts = {}
+    for s0, s1, i0, i1 in _blocks(n, alphas.shape[0], rows):
+        k, m = s1 - s0, i1 - i0
+        a = alphas[s0:s1].view((k, 1) + ones)
+        path = (base[None, i0:i1] + a * diff[None, i0:i1]).reshape((k * m,) + tail)
+        with torch.enable_grad():
+            leaf = path if create_graph else path.requires_grad_(True)
+            o = forward(model, leaf)
+            s = select_score(o, t[i0:i1].repeat(k), score)
+            (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+        # weighted sum over the block's steps: (k,) x (k, m, ...) -> (m, ...)
+        part = torch.tensordot(weights[s0:s1], g.reshape((k, m) + tail), dims=1)
+        if create_graph:
+            parts.setdefault(i0, []).append(part)
+        else:
+            acc[i0:i1] += part
+    if not create_graph:
+        return acc
+    return torch.cat([torch.stack(p).sum(0) if len(p) > 1 else p[0] for _, p in sorted(parts.items())])
+
+
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al., 2017).
 
@@ -157,7 +199,8 @@ class IntegratedGradients(Explainer):
 
     def _explain(self, model, x, target, create_graph):
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
-        base = self.make_baseline(xi.detach())
+        # with create_graph a baseline computed from x (blur, mean) stays differentiable
+        base = self.make_baseline(xi)
         n = x.shape[0]
         with torch.set_grad_enabled(create_graph):
             both = forward(model, torch.cat([xi, base]))
@@ -168,23 +211,7 @@ class IntegratedGradients(Explainer):
         weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
         diff = xi - base
         rows = self.batch_size or DEFAULT_BATCH_ROWS
-        total_rows = self.steps * n
-        view = (-1,) + (1,) * (x.dim() - 1)
-        grad_sum = None
-        # rows are ordered step-major: row r is step r // n of sample r % n
-        for start in range(0, total_rows, rows):
-            stop = min(start + rows, total_rows)
-            r = torch.arange(start, stop, device=x.device)
-            si, ni = r // n, r % n
-            path = base[ni] + alphas[si].view(view) * diff[ni]
-            with torch.enable_grad():
-                leaf = path if create_graph else path.detach().requires_grad_(True)
-                o = forward(model, leaf)
-                s = select_score(o, t[ni], self.score)
-                (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
-            g = g * weights[si].view(view)
-            part = torch.zeros_like(xi, dtype=g.dtype).index_add(0, ni, g)
-            grad_sum = part if grad_sum is None else grad_sum + part
+        grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
         attr = diff * grad_sum
         with torch.no_grad():
             gap = select_score(out.detach(), t, self.score) - select_score(out_base.detach(), t, self.score)

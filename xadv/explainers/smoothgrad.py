@@ -28,6 +28,20 @@ def make_generator(seed: Optional[int], generator: Optional[torch.Generator], de
     return g
 
 
+def _accumulate(store: dict, key: int, value: torch.Tensor, create_graph: bool) -> None:
+    if key not in store:
+        store[key] = value
+    elif create_graph:
+        store[key] = store[key] + value
+    else:
+        store[key] += value
+
+
+def _gather(store: dict) -> torch.Tensor:
+    parts = [v for _, v in sorted(store.items())]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class SmoothGrad(Explainer):
     """Average an explainer over noisy copies of the input (Smilkov et al., 2017).
 
@@ -106,7 +120,8 @@ class SmoothGrad(Explainer):
         t = resolve_target(target, out)
         n = x.shape[0]
         if self.noise_mode == "range":
-            flat = xi.detach().reshape(n, -1)
+            # with create_graph the noise scale depends on x too (it is part of the function)
+            flat = xi.reshape(n, -1)
             sigma = self.noise * (flat.max(1).values - flat.min(1).values)
         else:
             sigma = torch.full((n,), self.noise, dtype=x.dtype, device=x.device)
@@ -114,43 +129,34 @@ class SmoothGrad(Explainer):
         gen = make_generator(self.seed, self.generator, x.device)
         rows = self.batch_size or DEFAULT_BATCH_ROWS
 
-        total = None
-        total_sq = None
-        buf_x, buf_t, buf_idx = [], [], []
-        buffered = 0
-        idx_all = torch.arange(n, device=x.device)
-
-        def flush(final: bool):
-            nonlocal total, total_sq, buf_x, buf_t, buf_idx, buffered
-            bx = torch.cat(buf_x)
-            bt = torch.cat(buf_t)
-            bi = torch.cat(buf_idx)
-            start = 0
-            while bx.shape[0] - start >= rows or (final and start < bx.shape[0]):
-                stop = min(start + rows, bx.shape[0])
-                a = self.base(model, bx[start:stop], bt[start:stop], create_graph=create_graph).attributions
+        # Noise is drawn one full-batch copy at a time (draw j is always the j-th
+        # ``randn(x.shape)`` of the generator, whatever ``batch_size``), then
+        # ``k`` copies of a slice of ``m`` samples go through ``base`` at once.
+        m = min(n, rows)
+        k_max = max(1, rows // m)
+        tail = x.shape[1:]
+        need_sq = self.variant != "smoothgrad"
+        base_x = xi if create_graph else xi.detach()
+        sums = {}
+        sums_sq = {}
+        for j0 in range(0, self.n_samples, k_max):
+            k = min(k_max, self.n_samples - j0)
+            eps = torch.stack([torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                               for _ in range(k)])
+            noisy = base_x[None] + sigma[None] * eps
+            for i0 in range(0, n, m):
+                i1 = min(i0 + m, n)
+                bx = noisy[:, i0:i1].reshape((k * (i1 - i0),) + tail)
+                bt = t[i0:i1].repeat(k)
+                a = self.base(model, bx, bt, create_graph=create_graph).attributions
                 if not create_graph:
                     a = a.detach()
-                idx = bi[start:stop]
-                s = torch.zeros_like(xi, dtype=a.dtype).index_add(0, idx, a)
-                total = s if total is None else total + s
-                if self.variant != "smoothgrad":
-                    s2 = torch.zeros_like(xi, dtype=a.dtype).index_add(0, idx, a * a)
-                    total_sq = s2 if total_sq is None else total_sq + s2
-                start = stop
-            buf_x, buf_t, buf_idx = [bx[start:]], [bt[start:]], [bi[start:]]
-            buffered = bx.shape[0] - start
-
-        for _ in range(self.n_samples):
-            eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            buf_x.append(xi + sigma * eps)
-            buf_t.append(t)
-            buf_idx.append(idx_all)
-            buffered += n
-            if buffered >= rows:
-                flush(False)
-        if buffered:
-            flush(True)
+                a = a.reshape((k, i1 - i0) + tail)
+                _accumulate(sums, i0, a.sum(0), create_graph)
+                if need_sq:
+                    _accumulate(sums_sq, i0, (a * a).sum(0), create_graph)
+        total = _gather(sums)
+        total_sq = _gather(sums_sq) if need_sq else None
 
         mean = total / self.n_samples
         if self.variant == "smoothgrad":
