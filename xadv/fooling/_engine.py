@@ -1,0 +1,361 @@
+"""The shared engine of input-space fooling attacks.
+
+An attack is this loop plus a per-sample loss on the explanation:
+
+1. the explanation of the current inputs is computed on a softplus copy of the
+   model (``xadv.nn.smooth_relu``) with ``create_graph=True``;
+2. one signed-gradient (or Adam) step is taken, projected on the L-inf ball
+   around ``x`` and on ``bounds``;
+3. the candidate is checked on the ORIGINAL model: the explanation and the
+   prediction come from the real (ReLU) network; a step that changes the
+   prediction is rejected and that sample's step size is halved;
+4. per sample, the best accepted iterate (by the attack's criterion measured on
+   the original model) is returned.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .._model import preserved
+from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from ..explainers import Explainer, get as get_explainer
+from ..explanation import Explanation
+from ..metrics.similarity import similarities
+from ..nn import smooth_relu
+from ..results import FoolingResult
+
+BetaLike = Union[float, Tuple[float, float], None]
+
+
+def resolve_explainer(explainer: Union[str, Explainer]) -> Explainer:
+    if isinstance(explainer, Explainer):
+        return explainer
+    if isinstance(explainer, str):
+        return get_explainer(explainer)
+    raise TypeError(f"explainer must be a registry name or an xadv Explainer, got {type(explainer).__name__}")
+
+
+def bind_explainer(explainer: Explainer, model: torch.nn.Module) -> Explainer:
+    """A copy of ``explainer`` that works on deep copies of ``model``: layers given
+    as module objects (Grad-CAM) are replaced by their dotted names."""
+    layer = getattr(explainer, "layer", None)
+    base = getattr(explainer, "base", None)
+    members = getattr(explainer, "explainers", None)
+    if not isinstance(layer, torch.nn.Module) and not isinstance(base, Explainer) and members is None:
+        return explainer
+    e = copy.copy(explainer)
+    if isinstance(layer, torch.nn.Module):
+        names = [n for n, m in model.named_modules() if m is layer]
+        if not names:
+            raise ValueError("the explainer's layer is not a submodule of the attacked model")
+        e.layer = names[0]
+    if isinstance(base, Explainer):
+        e.base = bind_explainer(base, model)
+    if members is not None:
+        e.explainers = [bind_explainer(m, model) for m in members]
+    return e
+
+
+def check_explainer_differentiable(explainer: Explainer) -> None:
+    if not explainer.differentiable:
+        raise TypeError(
+            f"{type(explainer).__name__} is not differentiable; fooling attacks need create_graph=True "
+            f"(use saliency, input_x_gradient, integrated_gradients, smoothgrad with seed=, or gradcam)"
+        )
+
+
+def beta_schedule(beta: BetaLike, steps: int) -> Optional[list]:
+    """Per-step softplus beta: constant, or geometric from ``beta[0]`` to ``beta[1]``."""
+    if beta is None:
+        return None
+    if isinstance(beta, (tuple, list)):
+        if len(beta) != 2:
+            raise ValueError(f"beta must be a number or a pair (start, end), got {beta!r}")
+        b0, b1 = float(beta[0]), float(beta[1])
+    else:
+        b0 = b1 = float(beta)
+    if not (b0 > 0 and b1 > 0):
+        raise ValueError(f"beta must be positive, got {beta!r}")
+    if steps == 1:
+        return [b1]
+    return [b0 * (b1 / b0) ** (t / (steps - 1)) for t in range(steps)]
+
+
+class SoftMaxPool2d(torch.nn.Module):
+    """Max pooling smoothed by a softmax over each window: ``sum softmax(beta p) p``.
+
+    Tends to ``nn.MaxPool2d`` as ``beta`` grows. Max pooling switches between
+    inputs like ReLU does, so its second derivative vanishes too; fooling attacks
+    replace it in their smooth copy of the model.
+    """
+
+    def __init__(self, pool: torch.nn.MaxPool2d, beta: float):
+        super().__init__()
+        pair = torch.nn.modules.utils._pair
+        self.kernel_size, self.stride, self.padding = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), \
+            pair(pool.padding)
+        self.beta = float(beta)
+
+    @staticmethod
+    def supports(pool: torch.nn.MaxPool2d) -> bool:
+        return (not pool.ceil_mode and not pool.return_indices
+                and torch.nn.modules.utils._pair(pool.dilation) == (1, 1))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = a.shape
+        kh, kw = self.kernel_size
+        ph, pw = self.padding
+        if ph or pw:
+            a = torch.nn.functional.pad(a, (pw, pw, ph, ph), value=float(a.detach().min()) - 1e4)
+        p = torch.nn.functional.unfold(a, self.kernel_size, stride=self.stride)
+        oh = (h + 2 * ph - kh) // self.stride[0] + 1
+        ow = (w + 2 * pw - kw) // self.stride[1] + 1
+        p = p.view(n, c, kh * kw, oh * ow)
+        wts = torch.softmax(self.beta * p, dim=2)
+        return (wts * p).sum(2).view(n, c, oh, ow)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, beta={self.beta}"
+
+
+def smooth_pools(module: torch.nn.Module, beta: float) -> int:
+    """Replace every supported ``nn.MaxPool2d`` in ``module`` (in place) by :class:`SoftMaxPool2d`."""
+    count = 0
+    for name, child in module.named_children():
+        if type(child) is torch.nn.MaxPool2d and SoftMaxPool2d.supports(child):
+            setattr(module, name, SoftMaxPool2d(child, beta))
+            count += 1
+        else:
+            count += smooth_pools(child, beta)
+    return count
+
+
+def set_beta(twin: torch.nn.Module, beta: float, pool_beta: Optional[float] = None) -> None:
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Softplus):
+            m.beta = beta
+        elif isinstance(m, SoftMaxPool2d) and pool_beta is not None:
+            m.beta = pool_beta
+
+
+def make_twin(model, explainer: Explainer, beta0: Optional[float], pool_beta: Optional[float] = None):
+    """The model the attack differentiates through: a softplus copy with frozen
+    parameters (max pooling softened too when ``pool_beta`` is given), or the model
+    itself when it has no nn.ReLU (already smooth), when ``beta`` is None, or when
+    the explainer smooths on its own (``self_smoothing``)."""
+    if beta0 is None or getattr(explainer, "self_smoothing", False) or not isinstance(model, torch.nn.Module):
+        return model, False
+    if not any(type(m) is torch.nn.ReLU for m in model.modules()):
+        return model, False
+    twin = smooth_relu(model, beta0)
+    if pool_beta is not None:
+        smooth_pools(twin, pool_beta)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin, True
+
+
+def normalized_map(e: Explanation, reduce: str = "abs") -> torch.Tensor:
+    """The 2-D (or tabular) map scaled so ``|map|`` has mean one per sample: (N, D) flat.
+
+    Mean one (sum D) rather than sum one keeps loss values O(1) for any size.
+    """
+    m = e.saliency_map(reduce)
+    f = m.reshape(m.shape[0], -1)
+    d = f.shape[1]
+    return f * (d / f.abs().sum(1, keepdim=True).clamp_min(1e-12))
+
+
+def norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    f = delta.detach().reshape(delta.shape[0], -1)
+    return {"linf": f.abs().max(1).values, "l2": f.norm(dim=1), "l0": (f != 0).sum(1)}
+
+
+class FoolingAttack:
+    """Base class of the input-space fooling attacks (see :mod:`xadv.fooling`).
+
+    Subclasses implement ``loss(e, ctx) -> (N,)`` (lower is better for the attacker,
+    differentiable w.r.t. the explanation) and may override ``criterion`` (the
+    per-sample quantity, measured on the original model, used to keep the best
+    iterate), ``accept`` and ``setup``.
+    """
+
+    name = "fooling"
+    maximize_similarity = False
+
+    def __init__(self, explainer: Union[str, Explainer] = "saliency", *, eps: float = 8 / 255,
+                 steps: int = 100, step_size: Optional[float] = None, bounds=(0.0, 1.0),
+                 beta: BetaLike = (3.0, 30.0), k: Union[int, float] = 0.1, reduce: str = "abs",
+                 optimizer: str = "sign", pool_beta: Optional[float] = 3.0, seed: Optional[int] = None,
+                 progress: bool = False):
+        self.explainer = resolve_explainer(explainer)
+        check_explainer_differentiable(self.explainer)
+        if not float(eps) > 0:
+            raise ValueError(f"eps must be positive (L-inf radius in input units), got {eps!r}")
+        self.eps = float(eps)
+        self.steps = check_positive_int(steps, "steps")
+        self.step_size = float(step_size) if step_size is not None else None
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        self.bounds = check_bounds(bounds)
+        beta_schedule(beta, 2)
+        self.beta = beta
+        self.k = k
+        self.reduce = reduce
+        if optimizer not in ("sign", "adam"):
+            raise ValueError(f"optimizer must be 'sign' or 'adam', got {optimizer!r}")
+        self.optimizer = optimizer
+        if pool_beta is not None and not float(pool_beta) > 0:
+            raise ValueError(f"pool_beta must be positive or None, got {pool_beta!r}")
+        self.pool_beta = None if pool_beta is None else float(pool_beta)
+        self.seed = seed
+        self.progress = bool(progress)
+
+    # ------------------------------------------------------------- hooks
+    def setup(self, model, x: torch.Tensor, y: torch.Tensor, e0: Explanation) -> Dict[str, Any]:
+        """Per-call context (reference maps etc.)."""
+        return {"x": x, "y": y, "e0": e0, "ref_map": normalized_map(e0, self.reduce).detach(),
+                "out0": e0.output.detach()}
+
+    def target_for(self, ctx) -> torch.Tensor:
+        """The class each sample's explanation is taken for during the attack."""
+        return ctx["y"]
+
+    def loss(self, e: Explanation, ctx: Dict[str, Any]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def criterion(self, e: Explanation, ctx: Dict[str, Any]) -> torch.Tensor:
+        """Per-sample score on the ORIGINAL model, lower is better. Default: the loss."""
+        return self.loss(e, ctx).detach()
+
+    def accept(self, pred: torch.Tensor, ctx: Dict[str, Any]) -> torch.Tensor:
+        """Which candidates are accepted: by default those whose prediction is kept."""
+        return pred == ctx["pred0"]
+
+    def valid(self, pred: torch.Tensor, ctx: Dict[str, Any]) -> torch.Tensor:
+        """Which accepted iterates may become the returned one."""
+        return pred == ctx["pred0"]
+
+    def after_step(self, pred: torch.Tensor, ctx: Dict[str, Any]) -> None:
+        """Called after each step with the original model's predictions of the iterate."""
+
+    def candidate(self, model, twin, x_cur, step, t, ctx, state) -> torch.Tensor:
+        """Next candidate from ``x_cur`` (N, ...): one gradient step of ``loss`` on ``twin``."""
+        expl = bind_explainer(self.explainer, model) if twin is not model else self.explainer
+        xa = x_cur.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = expl(twin, xa, self.target_for(ctx), create_graph=True)
+            loss = self.loss(e, ctx)
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+        if self.optimizer == "sign":
+            d = -g.sign()
+        else:
+            m, v = state.setdefault("m", torch.zeros_like(g)), state.setdefault("v", torch.zeros_like(g))
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            mh = m / (1 - 0.9 ** (t + 1))
+            vh = v / (1 - 0.999 ** (t + 1))
+            d = -mh / (vh.sqrt() + 1e-12)
+        view = (-1,) + (1,) * (x_cur.dim() - 1)
+        return x_cur + step.view(view) * d
+
+    # ------------------------------------------------------------- run
+    def __call__(self, model, x: torch.Tensor, y=None) -> FoolingResult:
+        """Run the attack.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The original (ReLU) model; it is not changed.
+        x : Tensor (N, ...)
+            Inputs within ``bounds``.
+        y : None, int or LongTensor (N,), optional
+            Class whose explanation is attacked; default the predicted class.
+
+        Returns
+        -------
+        FoolingResult
+        """
+        check_model(model)
+        check_inputs(x, model, min_dim=self.explainer.min_dim)
+        lo, hi = self.bounds
+        if float(x.min()) < lo - 1e-6 or float(x.max()) > hi + 1e-6:
+            raise ValueError(f"x must lie within bounds {self.bounds}; got values in "
+                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+        x = x.detach().clone()
+        betas = beta_schedule(self.beta, self.steps)
+        with preserved(model):
+            e0 = self.explainer(model, x, y).detach()
+            yt = e0.target
+            pred0 = e0.output.argmax(1)
+            ctx = self.setup(model, x, yt, e0)
+            ctx["pred0"] = pred0
+            twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None, self.pool_beta)
+            n = x.shape[0]
+            base_step = self.step_size if self.step_size is not None else (
+                2.5 * self.eps / self.steps if self.optimizer == "sign" else self.eps / 10)
+            step = torch.full((n,), base_step, dtype=x.dtype, device=x.device)
+            x_cur = x.clone()
+            best_x = x.clone()
+            with torch.no_grad():
+                best_c = self.criterion(e0, ctx).clone()
+            best_ok = self.valid(pred0, ctx).clone()
+            if not bool(best_ok.all()):
+                best_c = torch.where(best_ok, best_c, torch.full_like(best_c, math.inf))
+            history = []
+            accepted = torch.zeros(n, dtype=torch.long, device=x.device)
+            state: Dict[str, Any] = {}
+            it = range(self.steps)
+            if self.progress:
+                it = tqdm(it, desc=type(self).__name__, leave=False)
+            for t in it:
+                if smoothed and betas is not None:
+                    # pooling sharpens with the softplus so the copy converges to the model
+                    set_beta(twin, betas[t], None if self.pool_beta is None else self.pool_beta * betas[t] / betas[0])
+                cand = self.candidate(model, twin, x_cur, step, t, ctx, state).detach()
+                cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
+                ec = self.explainer(model, cand, self.target_for(ctx))
+                pred = ec.output.argmax(1)
+                ok = self.accept(pred, ctx)
+                view = (-1,) + (1,) * (x.dim() - 1)
+                x_cur = torch.where(ok.view(view), cand, x_cur)
+                step = torch.where(ok, step, step * 0.5)
+                accepted += ok.long()
+                c = self.criterion(ec.detach(), ctx)
+                better = ok & self.valid(pred, ctx) & (c < best_c)
+                best_c = torch.where(better, c, best_c)
+                best_x = torch.where(better.view(view), cand, best_x)
+                self.after_step(pred, ctx)
+                history.append(float(best_c[torch.isfinite(best_c)].mean()) if torch.isfinite(best_c).any()
+                               else float("nan"))
+            e_adv = self.explainer(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
+                                   else yt).detach()
+            pred_adv = e_adv.output.argmax(1)
+            if not self.explain_adv_for_target:
+                kept = pred_adv == pred0
+            else:
+                kept = pred_adv == self.target_for(ctx)
+        sim = similarities(e0, e_adv, k=self.k, reduce=self.reduce)
+        extras = {"criterion_history": history, "accepted_steps": accepted.cpu(), "beta": self.beta,
+                  "criterion": best_c.detach().cpu()}
+        extras.update(self.extra_results(e0, e_adv, ctx))
+        return FoolingResult(x_adv=best_x.detach(), x=x, y=yt, explanation_clean=e0, explanation_adv=e_adv,
+                             pred_clean=pred0, pred_adv=pred_adv, kept=kept, similarity=sim,
+                             norms=norms(best_x - x), attack=repr(self), extras=extras)
+
+    explain_adv_for_target = False
+
+    def extra_results(self, e0: Explanation, e_adv: Explanation, ctx) -> Dict[str, Any]:
+        return {}
+
+    def get_params(self) -> Dict[str, Any]:
+        keys = ["explainer", "eps", "steps", "step_size", "bounds", "beta", "k", "optimizer", "pool_beta", "seed"]
+        return {k: getattr(self, k) for k in keys if hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
