@@ -20,7 +20,7 @@ def digits_model_and_data(n: int = 64):
     x, y = xadv.data.load_digits("test")
     try:
         model = xadv.zoo.digits_cnn(pretrained=True)
-    except FileNotFoundError:  # weights not generated yet: train a quick one (seeded)
+    except (FileNotFoundError, ValueError):  # weights missing or being regenerated: train a quick one
         from xadv.zoo.train import train_digits
 
         model, _ = train_digits(seed=0, epochs=2, progress=False)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from .base import Attack, perturbation_norms, project
 from .gradient import FGSM, PGD, RFGSM, ExplainerPGD, ProjectedGradient
+from .blackbox import SurrogateAttack, TransferAttack, train_substitute
 from .deletion import JSMA, DeletionAttack
 from .minimal import CarliniWagnerL2, DeepFool
+from .universal import AdversarialPatch, ClassVisualizationPerturbation, DataFreeUAP
 
 __all__ = [
     "Attack", "ProjectedGradient", "FGSM", "PGD", "RFGSM", "ExplainerPGD", "CarliniWagnerL2", "DeepFool",
-    "DeletionAttack", "JSMA",
+    "DeletionAttack", "JSMA", "SurrogateAttack", "TransferAttack", "train_substitute",
+    "ClassVisualizationPerturbation", "DataFreeUAP", "AdversarialPatch",
     "perturbation_norms", "project",
 ]
