@@ -61,12 +61,9 @@ def test_exact_contributions_are_optimal_on_a_linear_model(linear, x16):
 
 
 def test_explanation_input_uses_its_target_and_ig_is_faithful():
-    import xadv.data
-    import xadv.zoo
+    from test_attacks import digits_model_and_data
 
-    model = xadv.zoo.digits_cnn(pretrained=True)
-    x, _ = xadv.data.load_digits("test")
-    x = x[:16]
+    model, x, _ = digits_model_and_data(16)
     ig = IntegratedGradients(steps=16)(model, x)
     rnd = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
     d_ig = deletion_auc(model, x, ig, steps=10)
