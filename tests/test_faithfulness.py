@@ -69,8 +69,8 @@ def test_explanation_input_uses_its_target_and_ig_is_faithful():
     d_ig = deletion_auc(model, x, ig, steps=10)
     d_rnd = deletion_auc(model, x, rnd, target=ig.target, steps=10)
     assert float(d_ig.mean()) < float(d_rnd.mean())
-    assert float(insertion_auc(model, x, ig, steps=10).mean()) > float(
-        insertion_auc(model, x, rnd, target=ig.target, steps=10).mean())
+    assert float(insertion_auc(model, x, ig, steps=10, fill="zeros").mean()) > float(
+        insertion_auc(model, x, rnd, target=ig.target, steps=10, fill="zeros").mean())
     frac, s = deletion_curve(model, x, ig, steps=10)
     with torch.no_grad():
         p = model(x).softmax(1).gather(1, ig.target[:, None]).squeeze(1)
