@@ -10,14 +10,16 @@ import torch.nn.functional as F
 
 from .._validation import check_bounds, check_positive_int, resolve_target
 from ..explanation import Explanation
-from .base import Explainer, check_score, forward, input_leaf, select_score
+from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
+                   select_score)
 from .smoothgrad import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _BASELINES = ("zeros", "uniform", "blur", "mean")
 
-#: rows (interpolation steps x samples) per forward pass when ``batch_size`` is None
-DEFAULT_BATCH_ROWS = 512
+#: rows (interpolation steps x samples) per forward pass when ``batch_size`` is None;
+#: None picks them from the device and the input size (``base.default_batch_rows``)
+DEFAULT_BATCH_ROWS: Optional[int] = None
 
 
 def quadrature(steps: int, method: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -70,12 +72,14 @@ def _blocks(n: int, steps: int, rows: int):
     """Cover the (steps x n) grid with blocks of at most ``rows`` rows: yields
     ``(s0, s1, i0, i1)``; whole batches of samples with several steps when
     ``n <= rows``, else slices of ``rows`` samples one step at a time."""
-    m = min(n, rows)
+    slices = balanced_slices(n, rows)
+    m = slices[0][1] - slices[0][0]
     k = max(1, rows // m)
+    k = -(-steps // -(-steps // k))  # same number of passes, near-equal steps per pass
     for s0 in range(0, steps, k):
         s1 = min(s0 + k, steps)
-        for i0 in range(0, n, m):
-            yield s0, s1, i0, min(i0 + m, n)
+        for i0, i1 in slices:
+            yield s0, s1, i0, i1
 
 
 def _path_gradient_sum(model, base, diff, t, alphas, weights, rows, score, create_graph):
@@ -127,8 +131,9 @@ class IntegratedGradients(Explainer):
         Quadrature rule (captum calls it ``method``): ``riemann_left``, ``riemann_right``, ``riemann_middle``,
         ``riemann_trapezoid`` or ``gausslegendre`` (as in captum).
     batch_size : int, optional
-        Rows (steps x samples) per forward pass, default 512: memory is bounded by
-        it and not by ``steps * N``; results do not depend on it.
+        Rows (steps x samples) per forward pass: memory is bounded by it and not by
+        ``steps * N``; results do not depend on it. Default: rows holding about 2^17
+        input elements on CPU (cache-friendly), 2^22 on accelerators.
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     bounds : (float, float), default (0, 1)
         Range of the uniform baseline.
@@ -210,7 +215,7 @@ class IntegratedGradients(Explainer):
         alphas = torch.as_tensor(alphas_np, dtype=x.dtype, device=x.device)
         weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
         diff = xi - base
-        rows = self.batch_size or DEFAULT_BATCH_ROWS
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
         attr = diff * grad_sum
         with torch.no_grad():

@@ -7,13 +7,14 @@ import torch
 
 from .._validation import check_positive_int, resolve_target
 from ..explanation import Explanation
-from .base import Explainer, forward, input_leaf
+from .base import Explainer, balanced_slices, default_batch_rows, forward, input_leaf
 from .gradient import Saliency
 
 _VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
-#: rows (noisy copies x samples) per forward pass when ``batch_size`` is None
-DEFAULT_BATCH_ROWS = 512
+#: rows (noisy copies x samples) per call of the base explainer when ``batch_size``
+#: is None; None picks them from the device and the input size (``base.default_batch_rows``)
+DEFAULT_BATCH_ROWS: Optional[int] = None
 
 
 def make_generator(seed: Optional[int], generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
@@ -60,7 +61,8 @@ class SmoothGrad(Explainer):
         (Adebayo et al., 2018).
     batch_size : int, optional
         Noisy rows per call of ``base``; memory is bounded by it, results do not
-        depend on it. Default 512.
+        depend on it. Default: rows holding about 2^17 input elements on CPU, 2^22 on
+        accelerators.
     seed : int, optional
         Same seed, same noise on every call (fixed draws, as fooling attacks need).
     generator : torch.Generator, optional
@@ -127,13 +129,15 @@ class SmoothGrad(Explainer):
             sigma = torch.full((n,), self.noise, dtype=x.dtype, device=x.device)
         sigma = sigma.reshape((n,) + (1,) * (x.dim() - 1))
         gen = make_generator(self.seed, self.generator, x.device)
-        rows = self.batch_size or DEFAULT_BATCH_ROWS
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
 
         # Noise is drawn one full-batch copy at a time (draw j is always the j-th
         # ``randn(x.shape)`` of the generator, whatever ``batch_size``), then
         # ``k`` copies of a slice of ``m`` samples go through ``base`` at once.
-        m = min(n, rows)
+        slices = balanced_slices(n, rows)
+        m = slices[0][1] - slices[0][0]
         k_max = max(1, rows // m)
+        k_max = -(-self.n_samples // -(-self.n_samples // k_max))  # near-equal passes
         tail = x.shape[1:]
         need_sq = self.variant != "smoothgrad"
         base_x = xi if create_graph else xi.detach()
@@ -144,8 +148,7 @@ class SmoothGrad(Explainer):
             eps = torch.stack([torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
                                for _ in range(k)])
             noisy = base_x[None] + sigma[None] * eps
-            for i0 in range(0, n, m):
-                i1 = min(i0 + m, n)
+            for i0, i1 in slices:
                 bx = noisy[:, i0:i1].reshape((k * (i1 - i0),) + tail)
                 bt = t[i0:i1].repeat(k)
                 a = self.base(model, bx, bt, create_graph=create_graph).attributions
