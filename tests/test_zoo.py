@@ -118,6 +118,17 @@ def test_training_is_seeded_and_cli_writes_loadable_weights(tmp_path, capsys):
     assert all(torch.equal(m.state_dict()[k], sa[k]) for k in sa)
 
 
+def test_training_script_reproduces_the_shipped_tabular_model():
+    torch.set_num_threads(1)  # the shipped weights were trained with one thread (conftest sets it too)
+    model, info = train.train_tabular(seed=0, progress=False)
+    shipped = zoo.tabular_mlp()
+    x, y = data.load_tabular("all")
+    with torch.no_grad():
+        agree = float((model(x).argmax(1) == shipped(x).argmax(1)).float().mean())
+    assert info["test_accuracy"] >= 0.95
+    assert agree >= 0.99  # bit-identical on the machine that made them; other CPUs may round differently
+
+
 def test_digits_training_loop_with_augmentation_is_deterministic():
     x, y = data.load_digits("train")
     x, y = x[:192], y[:192]
