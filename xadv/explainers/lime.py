@@ -27,11 +27,22 @@ __all__ = ["LIME", "TabularLIME", "weighted_ridge", "exponential_kernel", "segme
 
 _SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb")
 _SAMPLINGS = ("bernoulli", "uniform")
+_FORMATS = ("auto", "contiguous", "channels_last")
 
-#: input elements (rows x C x H x W) per forward pass when ``batch_size`` is None
-DEFAULT_BATCH_ELEMENTS = 1 << 20
-#: cap on rows per forward pass when ``batch_size`` is None
-DEFAULT_MAX_ROWS = 1000
+#: input elements (rows x C x H x W) per forward pass when ``batch_size`` is None: on a
+#: CPU, passes that keep the activations in cache are fastest (measured on the zoo CNNs:
+#: 1000-row passes cost up to 1.8x more per row than 64-row ones); accelerators like
+#: large passes.
+DEFAULT_BATCH_ELEMENTS = {"cpu": 1 << 17, "other": 1 << 22}
+#: bounds on rows per forward pass when ``batch_size`` is None
+DEFAULT_ROWS = {"cpu": (8, 256), "other": (8, 1000)}
+
+
+def default_rows(x: torch.Tensor, row_numel: int) -> int:
+    """Rows per forward pass for inputs like ``x`` with ``row_numel`` elements per row."""
+    kind = "cpu" if x.device.type == "cpu" else "other"
+    lo, hi = DEFAULT_ROWS[kind]
+    return max(lo, min(hi, DEFAULT_BATCH_ELEMENTS[kind] // max(1, row_numel)))
 #: bytes of surrogate design matrix per group of images (bounds memory for large N)
 _GROUP_BYTES = 64 << 20
 
@@ -253,8 +264,9 @@ class LIME(Explainer):
         The explained quantity; ``softmax`` is the class probability, as ``lime``
         explains ``predict_proba``.
     batch_size : int, optional
-        Rows (perturbed images) per forward pass. Default: as many as fit in
-        about 2^20 input elements, at most 1000 (fast on CPU and GPU, bounded memory).
+        Rows (perturbed images) per forward pass. Default: about 2^17 input
+        elements on a CPU (8 to 256 rows; passes whose activations stay in cache
+        are the fastest there), about 2^22 on other devices (8 to 1000 rows).
         Results do not depend on it.
     seed : int, optional
         Same seed, same masks on every call.
@@ -264,6 +276,11 @@ class LIME(Explainer):
         generator.
     progress : bool, optional
         tqdm bar over the images; default: shown when explaining 64 or more images.
+    memory_format : {"auto", "contiguous", "channels_last"}, default "auto"
+        Layout of the perturbed batches handed to the model. ``auto`` uses
+        channels-last for multi-channel images on a CPU, where convolutions run
+        about 1.4x faster in it (zoo CIFAR CNN); a model that cannot take it (e.g. a
+        ``.view`` on a channels-last activation) falls back to contiguous.
 
     Shapes: ``x`` (N, C, H, W) -> ``attributions`` (N, C, H, W); ``segments``
     (N, H, W) long; ``segment_weights`` (N, S_max) (zero-padded when images have
@@ -295,7 +312,11 @@ class LIME(Explainer):
                  blur_sigma: Optional[float] = None, sampling: str = "bernoulli",
                  kernel_width: float = 0.25, alpha: float = 1.0, score="softmax",
                  batch_size: Optional[int] = None, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, progress: Optional[bool] = None):
+                 generator: Optional[torch.Generator] = None, progress: Optional[bool] = None,
+                 memory_format: str = "auto"):
+        if memory_format not in _FORMATS:
+            raise ValueError(f"memory_format must be one of {_FORMATS}, got {memory_format!r}")
+        self.memory_format = memory_format
         if isinstance(segmentation, str):
             if segmentation not in _SEGMENTATIONS:
                 raise ValueError(f"segmentation must be one of {_SEGMENTATIONS}, an integer label mask "
@@ -412,8 +433,13 @@ class LIME(Explainer):
     def _rows_per_batch(self, x: torch.Tensor) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        per = max(1, x[0].numel())
-        return max(1, min(DEFAULT_MAX_ROWS, DEFAULT_BATCH_ELEMENTS // per))
+        return default_rows(x, x[0].numel())
+
+    def _format(self, x: torch.Tensor) -> torch.memory_format:
+        if self.memory_format == "channels_last" or (
+                self.memory_format == "auto" and x.device.type == "cpu" and x.shape[1] > 1):
+            return torch.channels_last
+        return torch.contiguous_format
 
     def _explain(self, model, x, target, create_graph):
         from tqdm.auto import tqdm
@@ -436,6 +462,7 @@ class LIME(Explainer):
         # groups of images bound the memory of the design matrices
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * s_max * 8)))
         rows = self._rows_per_batch(x)
+        fmt = self._format(x)
         show = self.progress if self.progress is not None else n >= 64
         bar = tqdm(total=n, unit="img", desc="LIME", disable=not show, leave=False)
         coef_l, icpt_l, score_l, local_l = [], [], [], []
@@ -456,9 +483,17 @@ class LIME(Explainer):
                     z = gm[img, smp]  # (B, S)
                     pix = z.gather(1, seg_flat[g0 + img]).to(x.dtype)  # (B, H*W)
                     gi = g0 + img
-                    xb = torch.addcmul(fill[gi], diff[gi], pix.reshape(-1, 1, h, w))
+                    xb = torch.empty((r1 - r0, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+                    torch.addcmul(fill[gi], diff[gi], pix.reshape(-1, 1, h, w), out=xb)
                     with torch.no_grad():
-                        ob = forward(model, xb)
+                        try:
+                            ob = forward(model, xb)
+                        except RuntimeError:
+                            if fmt is torch.contiguous_format:
+                                raise
+                            # e.g. a ``.view`` in the model: plain layout from here on
+                            fmt = torch.contiguous_format
+                            ob = forward(model, xb.contiguous())
                         ys[img, smp] = select_score(ob, t[gi], self.score).detach().to(ys.dtype)
                     bar.update((r1 - r0) / (ns - 1))
                 dt = _solve_dtype(x.device)
@@ -565,7 +600,7 @@ class TabularLIME(Explainer):
         Ridge penalty.
     score : {"softmax", "logit", "log_softmax"} or callable, default "softmax"
     batch_size : int, optional
-        Rows per forward pass; default about 2^20 input elements, at most 10000.
+        Rows per forward pass; default about 2^17 input elements (at most 8192 rows).
     seed, generator
         Reproducible sampling; draws are made row after row, so a batch equals its
         rows explained one at a time with the same generator.
@@ -745,7 +780,7 @@ class TabularLIME(Explainer):
         st = self._stats(x.device, dt)
         gen = make_generator(self.seed, self.generator, x.device)
         ns, d = self.n_samples, self._d
-        rows = self.batch_size or max(1, min(10000, DEFAULT_BATCH_ELEMENTS // d))
+        rows = self.batch_size or max(default_rows(x, d), min(8192, DEFAULT_BATCH_ELEMENTS["cpu"] // d))
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * d * 8)))
         show = self.progress if self.progress is not None else n >= 64
         bar = tqdm(total=n, unit="row", desc="TabularLIME", disable=not show, leave=False)
