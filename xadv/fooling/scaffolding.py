@@ -88,16 +88,43 @@ def add_unrelated_features(X, n: int = 1, seed: Optional[int] = 0) -> np.ndarray
     return np.concatenate([X, rng.integers(0, 2, size=(X.shape[0], n)).astype(float)], axis=1)
 
 
-def lime_perturbations(X, n_per_row: int = 10, std: float = 0.3, seed: Optional[int] = 0) -> np.ndarray:
-    """LIME-like samples as Slack et al. draw them: each row plus Gaussian noise with
-    ``std`` times each feature's standard deviation. Like LIME's own sampler, this
-    leaves the data's value grid (integer counts, 0/1 indicators) and breaks the
-    correlations between features. Returns (n_rows * n_per_row, d)."""
+def _categorical(X: np.ndarray, categorical: Optional[Sequence[int]]) -> np.ndarray:
+    if categorical is None:  # binary indicator columns
+        return np.array([j for j in range(X.shape[1]) if len(np.unique(X[:, j])) <= 2], dtype=int)
+    return np.asarray(list(categorical), dtype=int)
+
+
+def lime_perturbations(X, n_per_row: int = 10, std: float = 0.3, categorical: Optional[Sequence[int]] = None,
+                       seed: Optional[int] = 0) -> np.ndarray:
+    """LIME-like samples, half of each kind:
+
+    * the samples ``lime.lime_tabular`` draws (``discretize_continuous=False``):
+      continuous features independently from a Gaussian with the training mean and
+      standard deviation, categorical ones from their training frequencies;
+    * Slack et al.'s samples: each row plus Gaussian noise (``std`` times each
+      feature's standard deviation) on the continuous features.
+
+    Both break the correlations between features. ``categorical`` lists the
+    categorical columns (default: the binary ones). Returns (n_rows * n_per_row, d).
+    """
     X = _as_2d(X)
     rng = np.random.default_rng(seed)
+    n, d = X.shape
+    cat = _categorical(X, categorical)
+    cont = np.setdiff1d(np.arange(d), cat)
     rep = np.repeat(X, n_per_row, axis=0)
-    sd = X.std(0)
-    return rep + rng.normal(size=rep.shape) * std * np.where(sd > 0, sd, 1.0)
+    m = rep.shape[0]
+    mu, sd = X.mean(0), X.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    lime_like = np.empty_like(rep)
+    lime_like[:, cont] = mu[cont] + rng.normal(size=(m, len(cont))) * sd[cont]
+    for j in cat:
+        vals, counts = np.unique(X[:, j], return_counts=True)
+        lime_like[:, j] = rng.choice(vals, size=m, p=counts / counts.sum())
+    noisy = rep.copy()
+    noisy[:, cont] += rng.normal(size=(m, len(cont))) * std * sd[cont]
+    half = rng.random(m) < 0.5
+    return np.where(half[:, None], lime_like, noisy)
 
 
 def shap_perturbations(X, n_per_row: int = 10, background: Optional[np.ndarray] = None, n_background: int = 10,
@@ -143,6 +170,8 @@ class Scaffolding:
         Which perturbation families the detector is trained to recognise.
     n_per_row : int, default 10
         Perturbed copies of each training row.
+    categorical : sequence of int, optional
+        Categorical columns (sampled as LIME samples them); default the binary ones.
     detector : sklearn classifier, optional
         Default ``RandomForestClassifier(n_estimators=50, min_samples_leaf=2)``, trained on 80 %
         of the real and perturbed rows with balanced class weights (20 % held out for
@@ -173,7 +202,7 @@ class Scaffolding:
     """
 
     def __init__(self, biased, innocuous, *, perturbations: str = "both", n_per_row: int = 10, detector=None,
-                 threshold: float = 0.5, seed: Optional[int] = 0):
+                 categorical: Optional[Sequence[int]] = None, threshold: float = 0.5, seed: Optional[int] = 0):
         if not 0 < float(threshold) < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
         self.threshold = float(threshold)
@@ -184,6 +213,7 @@ class Scaffolding:
         self.biased = biased
         self.innocuous = innocuous
         self.perturbations = perturbations
+        self.categorical = categorical
         self.n_per_row = n_per_row
         self.detector = detector
         self.seed = seed
@@ -198,7 +228,7 @@ class Scaffolding:
         X = _as_2d(X)
         parts = []
         if self.perturbations in ("lime", "both"):
-            parts.append(lime_perturbations(X, self.n_per_row, seed=self.seed))
+            parts.append(lime_perturbations(X, self.n_per_row, categorical=self.categorical, seed=self.seed))
         if self.perturbations in ("shap", "both"):
             parts.append(shap_perturbations(X, self.n_per_row, seed=self.seed))
         fake = np.concatenate(parts)

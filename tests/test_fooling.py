@@ -1,0 +1,158 @@
+"""Input-space fooling attacks on the embedded digits CNN: Ghorbani, Dombrowski, ADV^2."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xadv
+import xadv.data
+import xadv.zoo
+from xadv.fooling import JointAttack, MassCenterAttack, RandomSignAttack, TargetedManipulation, TopKAttack
+from xadv.metrics import SIMILARITY_METRICS
+from xadv.results import FoolingResult
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.manual_seed(0)
+    model = xadv.zoo.digits_cnn(pretrained=True)
+    x, y = xadv.data.load_digits("test")
+    return model, x[:16], y[:16]
+
+
+@pytest.fixture(scope="module")
+def ghorbani(digits):
+    model, x, _ = digits
+    out = {}
+    for name, cls in (("random", RandomSignAttack), ("topk", TopKAttack), ("mass", MassCenterAttack)):
+        out[name] = cls("saliency", eps=EPS, steps=20, seed=0)(model, x)
+    return out
+
+
+def _mean(res, key):
+    return float(res.similarity[key].mean())
+
+
+def test_topk_and_mass_center_beat_the_random_sign_baseline(ghorbani):
+    rnd, topk, mass = ghorbani["random"], ghorbani["topk"], ghorbani["mass"]
+    for r in (rnd, topk, mass):
+        assert float(r.kept.float().mean()) >= 0.99
+        assert float(r.norms["linf"].max()) <= EPS + 1e-6
+        assert float(r.x_adv.min()) >= 0 and float(r.x_adv.max()) <= 1
+    # Ghorbani et al.: targeted attacks change the map far more than random signs of the same size
+    assert _mean(topk, "topk_intersection") < _mean(rnd, "topk_intersection") - 0.12
+    assert _mean(topk, "spearman") < _mean(rnd, "spearman") - 0.05
+    assert _mean(topk, "kendall") < _mean(rnd, "kendall") - 0.05
+    assert _mean(mass, "center_of_mass_distance") > 2 * _mean(rnd, "center_of_mass_distance")
+    assert _mean(mass, "spearman") < _mean(rnd, "spearman")
+
+
+def test_integrated_gradients_is_more_robust_than_saliency(digits, ghorbani):
+    model, x, _ = digits
+    ig = xadv.explainers.IntegratedGradients(steps=8)
+    r_ig = TopKAttack(ig, eps=EPS, steps=8)(model, x[:8])
+    r_sal = TopKAttack("saliency", eps=EPS, steps=8)(model, x[:8])
+    assert _mean(r_ig, "topk_intersection") > _mean(r_sal, "topk_intersection") + 0.1
+    assert _mean(r_ig, "spearman") > _mean(r_sal, "spearman")
+
+
+@pytest.mark.parametrize("explainer", [
+    "saliency", "input_x_gradient", xadv.explainers.IntegratedGradients(steps=4),
+    xadv.explainers.SmoothGrad(n_samples=3, seed=0), "gradcam",
+], ids=["saliency", "ixg", "ig", "smoothgrad", "gradcam"])
+def test_every_differentiable_explainer_can_be_attacked(digits, explainer):
+    model, x, _ = digits
+    res = TopKAttack(explainer, eps=EPS, steps=3)(model, x[:4])
+    assert isinstance(res, FoolingResult)
+    assert set(res.similarity) == set(SIMILARITY_METRICS)
+    assert all(v.shape == (4,) for v in res.similarity.values())
+    assert res.kept.all() and torch.equal(res.pred_adv, res.pred_clean)
+    assert res.explanation_adv.attributions.shape == x[:4].shape
+    assert not res.explanation_adv.attributions.requires_grad
+    # the criterion never gets worse than at the clean input
+    assert float(res.similarity["topk_intersection"].mean()) <= 1.0
+    assert len(res.extras["criterion_history"]) == 3
+
+
+def test_gradcam_layer_given_as_a_module(digits):
+    model, x, _ = digits
+    cam = xadv.explainers.GradCAM(layer=model.features.conv3)
+    res = MassCenterAttack(cam, eps=EPS, steps=2)(model, x[:2])
+    assert res.similarity["center_of_mass_distance"].shape == (2,)
+
+
+def test_targeted_manipulation_moves_the_map_to_the_target(digits):
+    model, x, _ = digits
+    target = xadv.explain(model, x[:6].roll(1, 0), method="saliency")
+    res = TargetedManipulation(target, eps=0.5, steps=60, gamma=1.0)(model, x[:6])
+    ex = res.extras
+    assert res.kept.all()
+    assert float(ex["target_mse_after"].mean()) < 0.6 * float(ex["target_mse_before"].mean())
+    assert float(ex["output_mse"].mean()) < 1e-3
+    assert res.attack.startswith("TargetedManipulation(")
+
+
+def test_joint_attack_reaches_the_target_and_keeps_the_map(digits):
+    model, x, _ = digits
+    tgt = (digits[2][:8] + 1) % 10
+    adv2 = JointAttack(eps=0.2, steps=25)(model, x[:8], tgt)
+    plain = JointAttack(eps=0.2, steps=25, c=1e-3, c_factor=1.0, c_min=1e-3)(model, x[:8], tgt)
+    assert torch.equal(adv2.extras["target_class"], tgt)
+    assert float(adv2.kept.float().mean()) >= 0.75
+    assert torch.equal(adv2.pred_adv[adv2.kept], tgt[adv2.kept])
+    both = adv2.kept & plain.kept
+    assert both.sum() >= 4
+    assert float(adv2.similarity["spearman"][both].mean()) > float(plain.similarity["spearman"][both].mean())
+
+
+def test_model_unchanged_seeds_and_save_load(digits, tmp_path):
+    model, x, _ = digits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    try:
+        a = RandomSignAttack(eps=EPS, steps=3, seed=4)(model, x[:3])
+        b = RandomSignAttack(eps=EPS, steps=3, seed=4)(model, x[:3])
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(type(m) is not torch.nn.Softplus for m in model.modules())
+    x_before = x.clone()
+    TopKAttack(eps=EPS, steps=1)(model, x[:3])
+    assert torch.equal(x, x_before)
+    path = a.save(tmp_path / "fool.pt")
+    back = FoolingResult.load(path)
+    assert torch.equal(back.x_adv, a.x_adv) and set(back.similarity) == set(a.similarity)
+    assert back.explanation_adv.method == "saliency"
+
+
+def test_steps_that_change_the_label_are_rejected(digits):
+    model, x, _ = digits
+    res = RandomSignAttack(eps=0.45, steps=6, seed=0)(model, x[:8])
+    # at this size many random signs flip the label; none of those is returned
+    assert res.kept.all()
+    assert (res.extras["accepted_steps"] < 6).any()
+
+
+def test_already_smooth_models_are_attacked_directly(softplus_cnn64, images64):
+    res = TopKAttack(eps=0.05, steps=3, k=6)(softplus_cnn64, images64[:3])
+    assert res.kept.all() and res.x_adv.dtype == torch.float64
+
+
+def test_bad_arguments(digits):
+    model, x, _ = digits
+    with pytest.raises(TypeError, match="not differentiable"):
+        TopKAttack(xadv.explainers.get("lime"))
+    with pytest.raises(ValueError, match="eps"):
+        TopKAttack(eps=-1)
+    with pytest.raises(ValueError, match="bounds"):
+        TopKAttack(steps=1)(model, x[:2] * 3)
+    with pytest.raises(ValueError, match="beta"):
+        TopKAttack(beta=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="target_map"):
+        TargetedManipulation(torch.rand(5, 5), steps=1)(model, x[:2])
+    with pytest.raises(ValueError, match="image inputs"):
+        MassCenterAttack(steps=1)(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.rand(2, 4))
