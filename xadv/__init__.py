@@ -10,9 +10,28 @@ detectors consume them.
 """
 from __future__ import annotations
 
-from . import explainers, nn
+import importlib
+from typing import Any
+
+from . import data, explainers, nn, zoo
 from .explainers import Explainer
 from .explanation import Explanation
+from .results import AttackResult, DetectionReport, FoolingResult
+
+# heavier sub-packages load on first use: ``xadv.attacks``, ``xadv.plot``, ...
+_LAZY = ("attacks", "fooling", "detectors", "defenses", "metrics", "plot", "experiments", "cli")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'xadv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 __version__ = "0.1.0"
 
@@ -32,4 +51,7 @@ def explain(model, x, method="saliency", target=None, *, create_graph: bool = Fa
     return explainers.get(method, **params)(model, x, target, create_graph=create_graph)
 
 
-__all__ = ["Explanation", "Explainer", "explain", "explainers", "nn", "__version__"]
+__all__ = [
+    "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain",
+    "explainers", "nn", "data", "zoo", "__version__", *_LAZY,
+]
