@@ -483,3 +483,19 @@ def test_differentiable_flag_is_honest(name, softplus_cnn64, images64):
     # without create_graph nothing is attached
     plain = ex(softplus_cnn64, images64[:2], 0)
     assert not plain.attributions.requires_grad and not plain.output.requires_grad
+
+
+def test_default_rows_and_blocks_cover_the_grid_once():
+    from xadv.explainers.base import balanced_slices, default_batch_rows
+    from xadv.explainers.integrated_gradients import _blocks
+    assert default_batch_rows(torch.zeros(64, 1, 28, 28)) == 2 ** 18 // 784
+    assert default_batch_rows(torch.zeros(2, 3)) == 2048  # capped
+    assert default_batch_rows(torch.zeros(1, 3, 1024, 1024)) == 1
+    assert balanced_slices(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert [b - a for a, b in balanced_slices(64, 42)] == [32, 32]
+    for n, steps, rows in [(6, 9, 1), (6, 9, 4), (6, 9, 13), (64, 50, 334), (5, 7, 1000), (100, 3, 42)]:
+        seen = torch.zeros(steps, n, dtype=torch.long)
+        for s0, s1, i0, i1 in _blocks(n, steps, rows):
+            assert (s1 - s0) * (i1 - i0) <= rows
+            seen[s0:s1, i0:i1] += 1
+        assert (seen == 1).all()
