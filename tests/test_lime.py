@@ -340,8 +340,10 @@ def test_tabular_bad_inputs(tabular):
 def test_agrees_with_lime_image(digits, digits_net):
     """Same segmentation (slic), same fill (segment means = hide_color=None), same kernel and
     ridge, softmax probabilities, 1000 samples: the top-3 positive segments agree with
-    ``lime_image`` as well as two lime runs with different seeds agree with each other
-    (measured: xadv vs lime 0.93 mean top-3 overlap, 90% top-1; lime vs lime 0.94 / 93%)."""
+    ``lime_image`` about as well as two lime runs with different seeds agree with each other.
+    Measured on the first 30 test digits, zoo digits CNN: xadv vs lime 0.94 mean top-3
+    overlap, 90% top-1 agreement; lime vs lime 0.96 / 97% (a random-init CNN: 0.93 / 90%
+    and 0.94 / 93%). Asserted: >= 0.8 and >= 80%, and intercepts within 0.05."""
     lime_image = pytest.importorskip("lime.lime_image")
     n = 30
     x = digits[:n]
@@ -375,8 +377,10 @@ def test_agrees_with_lime_image(digits, digits_net):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_agrees_with_lime_tabular():
     """Breast cancer (standardised), an MLP, 5000 samples, ``discretize_continuous=False``:
-    the feature rankings agree with ``LimeTabularExplainer`` (Spearman rho >= 0.9 per row,
-    top-5 overlap >= 0.6 on average)."""
+    the feature rankings agree with ``LimeTabularExplainer``. Measured on 20 test rows with
+    the zoo MLP: Spearman rho min 0.987 / mean 0.992, mean top-5 (by |weight|) overlap 0.82;
+    lime vs lime (two seeds): 0.981 / 0.993, 0.81. Asserted on 8 rows: rho >= 0.9 for every
+    row, mean top-5 overlap >= 0.7."""
     lime_tabular = pytest.importorskip("lime.lime_tabular")
     from scipy.stats import spearmanr
 
@@ -410,17 +414,18 @@ def test_agrees_with_lime_tabular():
         rhos.append(spearmanr(ours, w)[0])
         top5.append(len(set(np.argsort(-np.abs(ours))[:5]) & set(np.argsort(-np.abs(w))[:5])) / 5)
     assert min(rhos) >= 0.9, rhos
-    assert np.mean(top5) >= 0.6, top5
+    assert np.mean(top5) >= 0.7, top5
 
 
-def test_channels_last_fallback_for_view_models():
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_fallback_for_view_models(channels):
     """A model that ``.view``s a conv activation cannot take channels-last batches;
     LIME falls back to the contiguous layout and gives the same result."""
 
     class ViewNet(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
             self.fc = torch.nn.Linear(4 * 16 * 16, 5)
 
         def forward(self, x):
@@ -428,10 +433,10 @@ def test_channels_last_fallback_for_view_models():
 
     torch.manual_seed(0)
     net = ViewNet().double()
-    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.rand(2, channels, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(RuntimeError):
-        net(x.contiguous(memory_format=torch.channels_last))
-    a = LIME(n_samples=80, seed=0, memory_format="channels_last", score="logit")(net, x)
+        net(torch.empty_like(x, memory_format=torch.channels_last).copy_(x))
+    a = LIME(n_samples=80, seed=0, score="logit")(net, x)  # auto: channels-last on a CPU
     b = LIME(n_samples=80, seed=0, memory_format="contiguous", score="logit")(net, x)
     torch.testing.assert_close(a.segment_weights, b.segment_weights)
     with pytest.raises(ValueError, match="memory_format"):

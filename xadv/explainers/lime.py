@@ -278,9 +278,9 @@ class LIME(Explainer):
         tqdm bar over the images; default: shown when explaining 64 or more images.
     memory_format : {"auto", "contiguous", "channels_last"}, default "auto"
         Layout of the perturbed batches handed to the model. ``auto`` uses
-        channels-last for multi-channel images on a CPU, where convolutions run
-        about 1.4x faster in it (zoo CIFAR CNN); a model that cannot take it (e.g. a
-        ``.view`` on a channels-last activation) falls back to contiguous.
+        channels-last on a CPU, where convolutions run 1.3x to 2x faster in it
+        (zoo CNNs, even for one channel); a model that cannot take it (e.g. a
+        ``.view`` of a channels-last activation) falls back to contiguous batches.
 
     Shapes: ``x`` (N, C, H, W) -> ``attributions`` (N, C, H, W); ``segments``
     (N, H, W) long; ``segment_weights`` (N, S_max) (zero-padded when images have
@@ -436,8 +436,7 @@ class LIME(Explainer):
         return default_rows(x, x[0].numel())
 
     def _format(self, x: torch.Tensor) -> torch.memory_format:
-        if self.memory_format == "channels_last" or (
-                self.memory_format == "auto" and x.device.type == "cpu" and x.shape[1] > 1):
+        if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
             return torch.channels_last
         return torch.contiguous_format
 
@@ -493,7 +492,7 @@ class LIME(Explainer):
                                 raise
                             # e.g. a ``.view`` in the model: plain layout from here on
                             fmt = torch.contiguous_format
-                            ob = forward(model, xb.contiguous())
+                            ob = forward(model, xb.clone(memory_format=torch.contiguous_format))
                         ys[img, smp] = select_score(ob, t[gi], self.score).detach().to(ys.dtype)
                     bar.update((r1 - r0) / (ns - 1))
                 dt = _solve_dtype(x.device)
