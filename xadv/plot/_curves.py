@@ -191,7 +191,7 @@ def _roc_label(key: str) -> str:
     det, attack, budget, adaptive = parts
     out = f"{det} vs {attack}"
     if budget not in ("", "None", "nan"):
-        out += f" ε={budget}"
+        out += " " + (budget.replace("eps=", "ε=") if "=" in budget else f"ε={budget}")
     if adaptive.lower() in ("true", "1"):
         out += " (adaptive)"
     return out

@@ -18,9 +18,10 @@ ArrayLike = Any
 DIVERGING = LinearSegmentedColormap.from_list(
     "xadv_diverging",
     ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#ffffff",
-     "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f"], N=256)
-#: sequential map for absolute / non-negative maps (white at zero as well)
-SEQUENTIAL = "Reds"
+     "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f"], N=257)  # odd N: 0.5 hits the white entry
+#: sequential map for absolute / non-negative maps: white at zero, then the red half of DIVERGING
+SEQUENTIAL = LinearSegmentedColormap.from_list(
+    "xadv_sequential", ["#ffffff", "#fddbc7", "#f4a582", "#d6604d", "#b2182b", "#67001f"], N=256)
 #: methods whose signed sum over channels is not meaningful: shown as absolute maps
 _ABSOLUTE_BY_DEFAULT = ("saliency", "smoothgrad")
 _SIGNS = ("auto", "signed", "absolute")
