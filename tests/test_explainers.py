@@ -488,7 +488,7 @@ def test_differentiable_flag_is_honest(name, softplus_cnn64, images64):
 def test_default_rows_and_blocks_cover_the_grid_once():
     from xadv.explainers.base import balanced_slices, default_batch_rows
     from xadv.explainers.integrated_gradients import _blocks
-    assert default_batch_rows(torch.zeros(64, 1, 28, 28)) == 2 ** 18 // 784
+    assert default_batch_rows(torch.zeros(64, 1, 28, 28)) == 2 ** 17 // 784
     assert default_batch_rows(torch.zeros(2, 3)) == 2048  # capped
     assert default_batch_rows(torch.zeros(1, 3, 1024, 1024)) == 1
     assert balanced_slices(10, 4) == [(0, 4), (4, 8), (8, 10)]

@@ -132,7 +132,7 @@ class IntegratedGradients(Explainer):
         ``riemann_trapezoid`` or ``gausslegendre`` (as in captum).
     batch_size : int, optional
         Rows (steps x samples) per forward pass: memory is bounded by it and not by
-        ``steps * N``; results do not depend on it. Default: rows holding about 2^18
+        ``steps * N``; results do not depend on it. Default: rows holding about 2^17
         input elements on CPU (cache-friendly), 2^22 on accelerators.
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     bounds : (float, float), default (0, 1)

@@ -61,7 +61,7 @@ class SmoothGrad(Explainer):
         (Adebayo et al., 2018).
     batch_size : int, optional
         Noisy rows per call of ``base``; memory is bounded by it, results do not
-        depend on it. Default: rows holding about 2^18 input elements on CPU, 2^22 on
+        depend on it. Default: rows holding about 2^17 input elements on CPU, 2^22 on
         accelerators.
     seed : int, optional
         Same seed, same noise on every call (fixed draws, as fooling attacks need).
