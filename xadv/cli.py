@@ -323,7 +323,8 @@ def cmd_attack(a) -> int:
     k = min(4, len(x))
     with xp.style("paper", columns=2):
         eb, ea = ex(model, res.x[:k], res.y[:k]), ex(model, res.x_adv[:k], res.y[:k])
-        figs = _save_both(xp.attack_grid(res[...] if False else res, eb, ea, n=k), out, "attack", a.formats)
+        figs = _save_both(xp.attack_grid(_first(res, k), eb, ea, n=k), out, "attack", a.formats,
+                          attributions={"before": eb, "after": ea})
     res.save(out / "attack_result.pt")
     (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": repr(atk), **summ}), indent=1))
     print(f"{atk!r}: success rate {summ['success_rate']:.3f} on {len(x)} digits; wrote {', '.join(figs)}")

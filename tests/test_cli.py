@@ -1,0 +1,126 @@
+"""The xadv command: demo on the fast setting, explain for the digits model and for user models."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from xadv.cli import build_parser, load_image, main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--fast", "--no-progress", "--threads", "1"]) == 0
+    return out
+
+
+def test_demo_writes_figures_report_and_metrics(demo_out):
+    report = (demo_out / "report.md").read_text()
+    for section in ("## 1. Explanations", "## 2. Attacks from explanations", "## 3. Fooling explanations",
+                    "## 4. Detecting adversarial inputs"):
+        assert section in report
+    m = json.loads((demo_out / "metrics.json").read_text())
+    assert m["skipped"] == {}
+    methods = {r["method"] for r in m["explain"]["rows"]}
+    assert {"Saliency", "IG", "SmoothGrad", "Grad-CAM", "LIME"} <= methods
+    # attack success is monotone in the budget for PGD, and it succeeds at eps=0.2
+    pgd = [v for k, v in m["attack"]["success_rate"].items() if k.startswith("PGD")][0]
+    assert pgd == sorted(pgd) and pgd[-1] > 0.9
+    assert all(r["kept_rate"] == 1.0 for r in m["fool"]["rows"])
+    assert all(0.0 <= r["auroc"] <= 1.0 for r in m["detect"]["rows"])
+    for stem in ("explanations", "deletion_insertion", "attack_success", "attack_examples", "fooling_examples",
+                 "detection_roc"):
+        assert (demo_out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"/FontFile2" in (demo_out / f"{stem}.pdf").read_bytes()
+        assert f"({stem}.png)" in report
+    z = np.load(demo_out / "explanations.npz")
+    assert z["IG/attributions"].shape == (4, 1, 28, 28)
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for cmd in ("demo", "explain", "attack", "fool", "detect", "examples:", "xadv demo --out demo-out"):
+        assert cmd in text
+    for sub in ("demo", "explain", "attack", "fool", "detect"):
+        h = build_parser()._subparsers._group_actions[0].choices[sub].format_help()
+        assert "example" in h and "--out" in h
+
+
+def test_explain_digits_to_pdf(tmp_path, capsys):
+    out = tmp_path / "fig.pdf"
+    assert main(["explain", "--model", "digits", "--method", "ig", "--index", "0", "--out", str(out), "--npz",
+                 "--param", "steps=8"]) == 0
+    assert out.read_bytes()[:5] == b"%PDF-" and b"/FontFile2" in out.read_bytes()
+    z = np.load(tmp_path / "fig.npz")
+    assert z["attributions"].shape == (1, 1, 28, 28) and str(z["method"]) == "integrated_gradients"
+    assert "predicted class" in capsys.readouterr().out
+
+
+def _user_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 12 * 12, 5)).eval()
+
+
+def test_explain_torchscript_model_and_png_image(tmp_path):
+    net = _user_net()
+    ts = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.script(net), str(ts))
+    img = tmp_path / "x.png"
+    rng = np.random.default_rng(0)
+    matplotlib.image.imsave(str(img), rng.random((20, 16, 3)))
+    x = load_image(str(img), size=12)
+    assert x.shape == (1, 3, 12, 12) and 0 <= float(x.min()) and float(x.max()) <= 1
+    out = tmp_path / "ts.svg"
+    assert main(["explain", "--model", str(ts), "--image", str(img), "--size", "12", "--method", "saliency",
+                 "--out", str(out), "--overlay"]) == 0
+    assert "<text" in out.read_text()
+
+
+def test_explain_module_factory_with_weights(tmp_path, monkeypatch):
+    (tmp_path / "usermodels.py").write_text(textwrap.dedent("""
+        import torch
+        def make():
+            return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                       torch.nn.Linear(4 * 12 * 12, 5))
+    """))
+    net = _user_net()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    torch.save(torch.rand(2, 3, 12, 12), tmp_path / "inputs.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "--model", "usermodels:make", "--weights", "w.pt", "--input", "inputs.pt", "--index",
+                 "1", "--method", "gradcam", "--out", "cam.png"]) == 0
+    assert (tmp_path / "cam.png").stat().st_size > 1000
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["explain", "--model", "no_such_module:f", "--image", "x.png", "--out", str(tmp_path / "a.png")]) == 2
+    assert "cannot import" in capsys.readouterr().err
+    assert main(["explain", "--model", "digits", "--index", "99999", "--out", str(tmp_path / "a.png")]) == 2
+    assert "--index" in capsys.readouterr().err
+    assert main(["explain", "--model", "digits", "--method", "nope", "--out", str(tmp_path / "a.png")]) == 2
+    assert "unknown explainer" in capsys.readouterr().err
+
+
+def test_attack_command(tmp_path):
+    assert main(["attack", "--attack", "fgsm", "--eps", "0.2", "--n", "8", "--explainer", "saliency",
+                 "--out", str(tmp_path), "--formats", "png"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["success_rate"] > 0.5 and (tmp_path / "attack.png").exists()
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "xadv", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("xadv ")
