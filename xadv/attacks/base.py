@@ -177,19 +177,26 @@ class Attack:
         if not self.targeted and not self.supports_untargeted:
             raise ValueError(f"{type(self).__name__} is targeted only; pass targeted=True and target labels")
         x0 = x.detach().clone()
+        if callable(y) and not isinstance(y, torch.Tensor):
+            raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
         with preserved(model):
             counter = QueryCounter(model)
             try:
-                with torch.no_grad():
-                    out_clean = forward(model, x0)
-                counter.take()
-                if callable(y) and not isinstance(y, torch.Tensor):
-                    raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
-                labels = resolve_target(y, out_clean)
-                ctx = AttackContext(self, counter, x0, labels, out_clean.detach())
+                out_clean = None
+                if y is None:
+                    with torch.no_grad():
+                        out_clean = forward(model, x0)
+                    counter.take()
+                    labels = resolve_target(None, out_clean)
+                else:  # range-checked against the model's classes once its output is known
+                    labels = resolve_target(y, x0.new_zeros(1, 1).expand(x0.shape[0], 1 << 30))  # no memory: stride 0
+                ctx = AttackContext(self, counter, x0, labels, out_clean)
+                if out_clean is not None:
+                    ctx.check_labels()
                 x_adv, extras = self._attack(ctx)
                 x_adv = x_adv.detach()
                 counter.take()
+                out_clean = ctx.logits
                 with torch.no_grad():
                     out_adv = forward(model, x_adv)
             finally:
@@ -227,19 +234,46 @@ class Attack:
 
 class AttackContext:
     """Everything ``_attack`` needs: the model (with query counting), clean inputs,
-    labels, clean logits, and per-sample ``queries``/``steps`` accumulators."""
+    labels, clean logits (computed on first use, or handed over by the attack when
+    its first step already evaluated the clean inputs), and per-sample
+    ``queries``/``steps`` accumulators."""
 
     def __init__(self, attack: Attack, counter: QueryCounter, x: torch.Tensor, y: torch.Tensor,
-                 logits: torch.Tensor):
+                 logits: Optional[torch.Tensor] = None):
         self.attack = attack
         self.counter = counter
         self.model = counter.wrapped
         self.x = x
         self.y = y
-        self.logits = logits
+        self._logits = None if logits is None else logits.detach()
         self.n = x.shape[0]
         self.queries = torch.zeros(self.n, dtype=torch.long, device=x.device)
         self.steps = torch.zeros(self.n, dtype=torch.long, device=x.device)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The model's output on the clean inputs, (N, K) (not counted as queries)."""
+        if self._logits is None:
+            pending = self.counter.take()
+            with torch.no_grad():
+                self._logits = forward(self.model, self.x).detach()
+            self.counter.take()
+            self.counter.rows = pending
+            self.check_labels()
+        return self._logits
+
+    def provide_logits(self, logits: torch.Tensor) -> None:
+        """Hand over the clean logits computed as part of an attack step."""
+        if self._logits is None:
+            self._logits = logits.detach()
+            self.check_labels()
+
+    def check_labels(self) -> None:
+        k = self._logits.shape[1]
+        if self._logits.dim() != 2:
+            resolve_target(self.y, self._logits)
+        if self.n and (int(self.y.min()) < 0 or int(self.y.max()) >= k):
+            raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1}), got {self.y.tolist()}")
 
     def charge(self, idx: Optional[torch.Tensor] = None) -> None:
         """Spread the rows counted since the last call over the samples ``idx`` (all when None)."""

@@ -236,6 +236,8 @@ class ProjectedGradient(Attack):
             xs = xa if idx is None else xa[idx]
             ys = y if idx is None else y[idx]
             d, out = self._direction(ctx, xs, ys)
+            if t == 0 and idx is None and self.random_start is False and out is not None:
+                ctx.provide_logits(out)  # the first step evaluated the clean inputs
             if self.early_stop:
                 if out is None:
                     with torch.no_grad():

@@ -1,0 +1,108 @@
+"""Time xadv's attacks against torchattacks and captum.robust on the same model and batch.
+
+Usage::
+
+    python bench/attacks.py                    # digits CNN, batch 128, 1 thread, 7 rounds
+    python bench/attacks.py --repeats 11 --threads 2
+
+* PGD (10 steps, Linf, no random start): xadv vs torchattacks.PGD vs captum.robust.PGD,
+  each also relative to one forward+backward of the batch.
+* ExplainerPGD with an Integrated Gradients direction (IG steps s): cost against
+  ``steps x`` (one IG explanation of the batch).
+* SurrogateAttack: queries per success (and seconds) on the same batch.
+
+Every configuration is timed once per round and the rounds are interleaved, so a
+busy machine slows all of them alike; the table reports medians and ratios. Not a
+test: numbers go to docs/attacks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import xadv.attacks as A
+from xadv.explainers import IntegratedGradients
+
+
+def load(batch: int):
+    from xadv.data import load_digits
+    from xadv.zoo import digits_cnn
+
+    model = digits_cnn(pretrained=True).eval()
+    x, y = load_digits(split="test")
+    reps = (batch + x.shape[0] - 1) // x.shape[0]
+    return model, x.repeat(reps, 1, 1, 1)[:batch].contiguous(), y.repeat(reps)[:batch].contiguous()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ig-steps", type=int, default=16)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model, x, y = load(a.batch)
+    eps, alpha, steps = 0.1, 0.02, 10
+
+    import torchattacks
+    from captum.robust import PGD as CaptumPGD
+
+    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
+    cap = CaptumPGD(model, torch.nn.CrossEntropyLoss(reduction="none"), lower_bound=0.0, upper_bound=1.0)
+    ours = A.PGD(eps=eps, step_size=alpha, steps=steps, random_start=False)
+    ig = IntegratedGradients(steps=a.ig_steps)
+    eig = A.ExplainerPGD(ig, eps=eps, step_size=alpha, steps=steps)
+
+    def fwd_bwd():
+        xi = x.detach().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(model(xi), y)
+        torch.autograd.grad(loss, xi)
+
+    configs = {
+        "forward+backward": fwd_bwd,
+        "xadv PGD": lambda: ours(model, x, y),
+        "torchattacks PGD": lambda: ta(x, y),
+        "captum.robust PGD": lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps, target=y),
+        "IG explanation": lambda: ig(model, x, y),
+        "xadv ExplainerPGD[IG]": lambda: eig(model, x, y),
+    }
+    # the three PGD implementations agree (no random start)
+    ref = ta(x, y)
+    assert torch.allclose(ours(model, x, y).x_adv, ref, atol=1e-5)
+    times = {k: [] for k in configs}
+    for _ in range(a.repeats):
+        for k, f in configs.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fb = med["forward+backward"]
+    print(f"batch {a.batch}, {a.threads} thread(s), {a.repeats} interleaved rounds, median seconds\n")
+    print("| configuration | median s | x forward+backward | ratio |")
+    print("|---|---|---|---|")
+    for k in ("forward+backward", "xadv PGD", "torchattacks PGD", "captum.robust PGD"):
+        r = med[k] / med["torchattacks PGD"]
+        print(f"| {k} | {med[k]:.4f} | {med[k] / fb:.1f} | {r:.2f}x torchattacks |")
+    r = med["xadv ExplainerPGD[IG]"] / (steps * med["IG explanation"])
+    print(f"| IG explanation ({a.ig_steps} steps) | {med['IG explanation']:.4f} | "
+          f"{med['IG explanation'] / fb:.1f} | |")
+    print(f"| xadv ExplainerPGD[IG], {steps} steps | {med['xadv ExplainerPGD[IG]']:.4f} | "
+          f"{med['xadv ExplainerPGD[IG]'] / fb:.1f} | {r:.2f}x ({steps} x IG) |")
+
+    n_sur = min(64, a.batch)
+    t = time.perf_counter()
+    res = A.SurrogateAttack(eps=0.2, steps=20, n_samples=64, seed=0)(model, x[:n_sur], y[:n_sur])
+    dt = time.perf_counter() - t
+    q = res.queries[res.success].float()
+    print(f"\nSurrogateAttack (Linf 0.2, 64 samples/refit, 4x4 patches) on {n_sur} digits: success "
+          f"{res.success_rate:.3f}, queries per success mean {float(q.mean()):.0f} / median {float(q.median()):.0f}, "
+          f"{dt:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

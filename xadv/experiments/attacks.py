@@ -1,0 +1,256 @@
+"""Attacks derived from attributions on the embedded digits CNN: the results table.
+
+``python -m xadv.experiments.attacks [--n 256] [--out DIR]`` runs, on the first
+``n`` test digits the model classifies correctly:
+
+* gradient attacks (FGSM, R+FGSM, PGD Linf/L2/L0) across budgets, and the
+  minimum-norm DeepFool and Carlini-Wagner L2;
+* ExplainerPGD per explainer against plain PGD at equal budget;
+* DeletionAttack success against k per explainer (saliency, IG, SmoothGrad,
+  Grad-CAM, LIME) and JSMA;
+* SurrogateAttack (query-only) queries per success against transfer from a
+  substitute trained on label queries;
+* universal perturbations (class visualisation, data-free GD-UAP) and adversarial
+  patches (random vs saliency placement): fooling rates on held-out test digits.
+
+Success rate = fraction of samples misclassified (untargeted) or classified as the
+target (targeted); norms are means over successful samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .. import attacks as A
+from .. import explainers as E
+
+
+def _load(n: int, seed: int = 0):
+    from ..data import load_digits
+    from ..zoo import digits_cnn
+
+    model = digits_cnn(pretrained=True)
+    x, y = load_digits("test")
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    xt, yt = load_digits("train")
+    return model, x[ok][:n], y[ok][:n], xt, yt
+
+
+def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -> Dict[str, Any]:
+    s = res.success
+    out = {"section": section, "attack": name, "budget": budget, "n": int(s.numel()),
+           "success_rate": res.success_rate}
+    for k in ("l2", "linf", "l0"):
+        v = res.norms[k][s]
+        out[f"{k}"] = float(v.median()) if k == "l0" and len(v) else (float(v.mean()) if len(v) else float("nan"))
+    q = res.queries[s].float() if res.queries is not None else torch.zeros(0)
+    out["queries"] = float(q.mean()) if len(q) else float("nan")
+    out.update(extra)
+    return out
+
+
+def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
+        sections: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
+
+    Parameters
+    ----------
+    n : int, default 256
+        Test digits (correctly classified) for the fast attacks.
+    n_slow : int, default 64
+        Digits for the per-sample-heavy attacks (CW, LIME deletion, JSMA uses n_slow // 4,
+        SurrogateAttack).
+    sections : optional subset of {"gradient", "explainer", "deletion", "blackbox", "universal"}
+    """
+    torch.manual_seed(seed)
+    model, x, y, xt, yt = _load(n, seed)
+    xs, ys = x[:n_slow], y[:n_slow]
+    rows: List[Dict[str, Any]] = []
+    secs: Dict[str, float] = {}
+    want = set(sections or ("gradient", "explainer", "deletion", "blackbox", "universal"))
+
+    def timed(name):
+        class _T:
+            def __enter__(self_):
+                self_.t = time.perf_counter()
+
+            def __exit__(self_, *a):
+                secs[name] = round(time.perf_counter() - self_.t, 1)
+                if progress:
+                    print(f"[attacks] {name}: {secs[name]} s", flush=True)
+        return _T()
+
+    if "gradient" in want:
+        with timed("gradient"):
+            for eps in (0.05, 0.1, 0.2, 0.3):
+                b = f"Linf {eps}"
+                rows.append(_row("gradient", "FGSM", b, A.FGSM(eps=eps)(model, x, y)))
+                rows.append(_row("gradient", "R+FGSM", b, A.RFGSM(eps=eps, seed=seed)(model, x, y)))
+                rows.append(_row("gradient", "PGD-10", b, A.PGD(eps=eps, steps=10, seed=seed)(model, x, y)))
+            for eps in (1.0, 2.0, 3.0):
+                rows.append(_row("gradient", "PGD-10 L2", f"L2 {eps}",
+                                 A.PGD(norm="l2", eps=eps, steps=10, seed=seed)(model, x, y)))
+            for k in (10, 30, 60):
+                rows.append(_row("gradient", "PGD-20 L0", f"L0 {k}",
+                                 A.PGD(norm="l0", eps=k, steps=20, seed=seed)(model, x, y)))
+            rows.append(_row("gradient", "DeepFool", "min L2", A.DeepFool()(model, x, y)))
+            rows.append(_row("gradient", "CW-L2 (50 x 5)", "min L2",
+                             A.CarliniWagnerL2(steps=50, binary_search_steps=5, lr=0.05)(model, xs, ys)))
+
+    if "explainer" in want:
+        with timed("explainer"):
+            dirs = {
+                "PGD (= Saliency of log-softmax)": None,
+                "Saliency (logit)": E.Saliency(),
+                "Input x Gradient": E.InputXGradient(score="log_softmax"),
+                "SmoothGrad (8)": E.SmoothGrad(E.Saliency(score="log_softmax"), n_samples=8, noise=0.1, seed=seed),
+                "IG (8 steps)": E.IntegratedGradients(steps=8, score="log_softmax"),
+                "Grad-CAM": E.GradCAM(relu=False, score="log_softmax"),
+            }
+            for eps in (0.1, 0.2):
+                for name, ex in dirs.items():
+                    atk = A.ProjectedGradient(ex, eps=eps, steps=10)
+                    rows.append(_row("explainer", name, f"Linf {eps}", atk(model, x, y)))
+
+    if "deletion" in want:
+        with timed("deletion"):
+            ks = [10, 25, 50, 100, 200]
+            expl = {
+                "saliency": E.Saliency(),
+                "integrated_gradients": E.IntegratedGradients(steps=16),
+                "smoothgrad": E.SmoothGrad(n_samples=16, noise=0.1, seed=seed),
+                "gradcam": E.GradCAM(),
+            }
+            if "lime" in E.names():
+                expl["lime"] = E.get("lime", n_samples=150, seed=seed)
+            for name, ex in expl.items():
+                xx, yy = (xs, ys) if name == "lime" else (x, y)
+                curve = A.DeletionAttack(ex, fill="zeros").success_vs_k(model, xx, yy, ks)
+                for k, r in zip(curve["k"], curve["success_rate"]):
+                    rows.append({"section": "deletion", "attack": f"Deletion[{name}]", "budget": f"k={k}",
+                                 "n": len(xx), "success_rate": r, "l0": float(k), "l2": float("nan"),
+                                 "linf": float("nan"), "queries": float(curve["queries"])})
+            rows.append(_row("deletion", "Deletion[saliency], 4 rounds", "k=100",
+                             A.DeletionAttack("saliency", k=100, steps=4)(model, x, y)))
+            xj, yj = xs[: max(4, n_slow // 4)], ys[: max(4, n_slow // 4)]
+            rows.append(_row("deletion", "JSMA (targeted y+1)", "gamma=0.1",
+                             A.JSMA(gamma=0.1)(model, xj, (yj + 1) % 10)))
+
+    if "blackbox" in want:
+        with timed("blackbox"):
+            for eps in (0.2, 0.3):
+                res = A.SurrogateAttack(eps=eps, steps=20, n_samples=64, seed=seed)(model, xs, ys)
+                rows.append(_row("blackbox", "Surrogate (LIME-style, 4x4 patches)", f"Linf {eps}", res,
+                                 note=f"query-only; R2 {res.extras['surrogate_r2']:.2f}"))
+            sub, q = A.train_substitute(model, xt[:150], type(model)(), rounds=3, epochs=10, seed=seed)
+            for eps in (0.2, 0.3):
+                res = A.TransferAttack(A.PGD(eps=eps, steps=10, seed=seed), sub, q)(model, xs, ys)
+                rows.append(_row("blackbox", "Transfer PGD-10 from substitute", f"Linf {eps}", res,
+                                 note=f"{q} label queries to train the substitute (shared)"))
+
+    if "universal" in want:
+        with timed("universal"):
+            # held-out data: every test digit not used above is fine; universal attacks use no data
+            from ..data import load_digits
+
+            xh, yh = load_digits("test")
+            with torch.no_grad():
+                ph = model(xh).argmax(1)
+            for eps in (0.1, 0.2, 0.3):
+                rates = []
+                for t in (0, 3, 8):
+                    rates.append(A.ClassVisualizationPerturbation(target=t, eps=eps, steps=100, seed=seed)(
+                        model, xh[ph != t]).success_rate)
+                rows.append({"section": "universal", "attack": "ClassVisualization (targets 0,3,8)",
+                             "budget": f"Linf {eps}", "n": int((ph != 0).sum()), "success_rate": sum(rates) / 3,
+                             "l2": float("nan"), "linf": eps, "l0": float("nan"), "queries": 0.0,
+                             "note": "targeted, data-free, mean over 3 targets"})
+                res = A.DataFreeUAP(eps=eps, steps=100, seed=seed)(model, xh)
+                rows.append(_row("universal", "GD-UAP data-free", f"Linf {eps}", res, note="untargeted fooling rate"))
+                g = torch.Generator().manual_seed(seed)
+                noise = eps * torch.randn(xh[:1].shape, generator=g).sign()
+                with torch.no_grad():
+                    fr = float((model((xh + noise).clamp(0, 1)).argmax(1) != ph).float().mean())
+                rows.append({"section": "universal", "attack": "random sign noise (control)", "budget": f"Linf {eps}",
+                             "n": len(xh), "success_rate": fr, "l2": float("nan"), "linf": eps,
+                             "l0": float("nan"), "queries": 0.0})
+            for size in (6, 8, 10):
+                patch = A.AdversarialPatch(size=size, target=3, steps=200, seed=seed)
+                patch.fit(model, xt)
+                keep = ph != 3
+                for placement, ex in (("random", "saliency"), ("saliency", "saliency"), ("saliency", "gradcam")):
+                    patch.placement, patch.explainer = placement, A.gradient.resolve_explainer(ex)
+                    label = placement if placement == "random" else f"{placement} peak ({ex})"
+                    res = patch(model, xh[keep])
+                    rows.append(_row("universal", f"Patch -> 3, {label}", f"{size}x{size}", res,
+                                     note="targeted, trained on train split"))
+
+    return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+
+
+def _fmt(v, digits=3):
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+_TITLES = {
+    "gradient": "Gradient and minimum-norm attacks",
+    "explainer": "ExplainerPGD: step direction from each explainer (10 steps, Linf)",
+    "deletion": "Feature deletion (L0, fill = 0) and JSMA",
+    "blackbox": "Query-only: local surrogate vs substitute transfer",
+    "universal": "Universal perturbations and patches (held-out test split)",
+}
+
+
+def to_markdown(rows: List[Dict[str, Any]]) -> str:
+    """One markdown table per section."""
+    out = []
+    for sec, title in _TITLES.items():
+        rs = [r for r in rows if r["section"] == sec]
+        if not rs:
+            continue
+        out.append(f"### {title}\n")
+        out.append("| attack | budget | n | success | mean L2 | mean Linf | median L0 | queries/success | note |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in rs:
+            out.append(f"| {r['attack']} | {r['budget']} | {r['n']} | {r['success_rate']:.3f} | {_fmt(r['l2'])} | "
+                       f"{_fmt(r['linf'])} | {_fmt(r['l0'])} | {_fmt(r['queries'])} | {r.get('note', '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xadv.experiments.attacks", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=256, help="test digits for the fast attacks")
+    p.add_argument("--n-slow", type=int, default=64, help="digits for CW, LIME deletion, JSMA/4, surrogate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sections", nargs="*", default=None,
+                   help="subset of: gradient explainer deletion blackbox universal")
+    p.add_argument("--out", help="directory for attacks.md and attacks.json")
+    p.add_argument("--progress", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    t = time.perf_counter()
+    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections)
+    total = time.perf_counter() - t
+    text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attacks.md").write_text(text)
+        (out / "attacks.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
