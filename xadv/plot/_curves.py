@@ -85,7 +85,7 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
     if title:
         ax.set_title(title)
     if legend and any(n for n in _series(values)):
-        ax.legend(loc="best")
+        ax.legend(loc="best", frameon=True, framealpha=0.85, edgecolor="none")
     ax.grid(True, linewidth=0.3, alpha=0.5)
     return fig
 

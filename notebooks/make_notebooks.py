@@ -1,0 +1,216 @@
+"""Writes the tutorial notebooks (without outputs): ``python notebooks/make_notebooks.py``.
+
+The notebooks are generated so they stay consistent with each other and are
+stored clean (``execution_count`` null, no outputs); ``tests/test_notebooks.py``
+executes every one of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """\
+import warnings; warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+import torch, numpy as np, matplotlib.pyplot as plt
+import xadv, xadv.plot as xp
+torch.set_num_threads(1)          # the embedded model is small: one thread is fastest on a shared CPU
+model = xadv.zoo.digits_cnn()     # embedded, pretrained (eval mode); nothing is downloaded
+x_test, y_test = xadv.data.load_digits("test")
+with torch.no_grad():
+    correct = model(x_test).argmax(1) == y_test
+print(f"test accuracy {correct.float().mean():.3f} on {len(y_test)} digits")
+x, y = x_test[correct][:8], y_test[correct][:8]"""
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": [
+        ("md", """# 01 · Quickstart: explain a prediction with every method
+
+xadv computes attributions itself (so they can be differentiated, attacked and defended).
+Every explainer is called the same way: `explainer(model, x, target)` → `Explanation`,
+or functionally `xadv.explain(model, x, method=..., target=..., **params)`."""),
+        ("code", SETUP),
+        ("md", "## One explanation, drawn over the image\n\nSigned maps use a diverging colormap with white at "
+               "exactly zero: red pixels raise the class score, blue ones lower it."),
+        ("code", """e = xadv.explain(model, x, method="ig", target=y, steps=32)
+print(e)
+print("completeness error |sum(attr) - (f(x) - f(baseline))|:", e.delta.abs().max().item())
+fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+xp.overlay(e, index=0, ax=axes[0], title="IG over the input")
+xp.heatmap(e, index=0, ax=axes[1], colorbar=True, title="IG");"""),
+        ("md", "## Every method on the same digits\n\n`xadv.explainers.names()` lists the registry. LIME is "
+               "sampling-based (seeded), the rest are gradient methods."),
+        ("code", """methods = {"Saliency": "saliency", "Input×Grad": "input_x_gradient", "SmoothGrad": "smoothgrad",
+           "IG": "integrated_gradients", "Grad-CAM": "gradcam", "Grad-CAM++": "gradcam_pp", "LIME": "lime"}
+params = {"smoothgrad": dict(n_samples=25, noise=0.1, seed=0), "integrated_gradients": dict(steps=32),
+          "lime": dict(n_samples=300, seed=0)}
+expl = {name: xadv.explain(model, x[:4], method=m, target=y[:4], **params.get(m, {})) for name, m in methods.items()}
+fig = xp.explanation_grid(expl, n=4, share="none")"""),
+        ("md", "## Is the explanation faithful? Deletion and insertion\n\nRemove the most attributed pixels first: "
+               "a faithful map makes the class probability drop fast (low area)."),
+        ("code", """from xadv.metrics import deletion_curve, insertion_curve, curve_auc
+dels, ins = {}, {}
+for name in ["Saliency", "IG", "Grad-CAM"]:
+    ex = xadv.explain(model, x, method=methods[name], target=y, **params.get(methods[name], {}))
+    f, dels[name] = deletion_curve(model, x, ex, steps=20)
+    _, ins[name] = insertion_curve(model, x, ex, steps=20, fill="zeros")
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+xp.deletion_curve(f.numpy(), {k: v.numpy() for k, v in dels.items()}, kind="deletion", ax=axes[0])
+xp.deletion_curve(f.numpy(), {k: v.numpy() for k, v in ins.items()}, kind="insertion", ax=axes[1])
+fig.tight_layout()"""),
+        ("md", "## Save and load\n\nExplanations are saved with their inputs, target, outputs and parameters; "
+               "`xp.export_attributions` writes plain NumPy arrays for other tools."),
+        ("code", """import tempfile, os
+d = tempfile.mkdtemp()
+e.save(os.path.join(d, "ig.pt"))
+e2 = xadv.Explanation.load(os.path.join(d, "ig.pt"))
+assert torch.equal(e2.attributions, e.attributions)
+arrays = np.load(xp.export_attributions(os.path.join(d, "ig.npz"), e))
+print(sorted(arrays.files))"""),
+    ],
+    "02_attacks_from_explanations.ipynb": [
+        ("md", """# 02 · Attacks from explanations
+
+An attribution map says which pixels the model relies on, so it is also a direction to attack.
+`xadv.attacks.ExplainerPGD` takes its step direction from any explainer; `DeletionAttack`
+removes the top-k pixels an explainer points at (an L0 attack)."""),
+        ("code", SETUP.replace("[:8]", "[:48]")),
+        ("code", """from xadv import attacks as A, explainers as E
+budgets = [0.05, 0.1, 0.15, 0.2]
+makers = {
+    "FGSM": lambda eps: A.FGSM(eps=eps),
+    "PGD-10": lambda eps: A.PGD(eps=eps, steps=10, seed=0),
+    "ExplainerPGD[IG]-10": lambda eps: A.ExplainerPGD(E.IntegratedGradients(steps=8, score="log_softmax"),
+                                                     eps=eps, steps=10, seed=0),
+}
+results = {name: [mk(eps)(model, x, y) for eps in budgets] for name, mk in makers.items()}
+fig = xp.success_curve(budgets, results, norm="linf")"""),
+        ("md", "The results are `AttackResult` objects: adversarial inputs, success mask, predictions and "
+               "confidences, perturbation norms and queries."),
+        ("code", """res = results["PGD-10"][2]
+print(res.summary())
+ig = E.IntegratedGradients(steps=32)
+before, after = ig(model, res.x[:4], res.y[:4]), ig(model, res.x_adv[:4], res.y[:4])
+# the two map columns share ONE colour scale, so magnitudes are comparable
+small = type(res)(**{k: (v[:4] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in vars(res).items()
+                     if k not in ("norms", "extras")})
+fig = xp.attack_grid(small, before, after, n=4)"""),
+        ("md", "## Deleting what the explanation points at"),
+        ("code", """ks = [10, 25, 50, 100, 200]
+curves = {}
+for name, ex in {"Saliency": E.Saliency(), "IG": E.IntegratedGradients(steps=16), "Grad-CAM": E.GradCAM()}.items():
+    curves[name] = A.DeletionAttack(ex, fill="zeros").success_vs_k(model, x, y, ks)["success_rate"]
+fig = xp.budget_curve(ks, curves, xlabel="pixels set to 0 (k)", ylabel="attack success rate", ylim=(0, 1.02))
+print(xp.to_markdown([{"explainer": k, **{f"k={kk}": v for kk, v in zip(ks, vs)}} for k, vs in curves.items()]))"""),
+    ],
+    "03_fooling_explanations.ipynb": [
+        ("md", """# 03 · Fooling explanations
+
+Interpretation-fooling attacks change the explanation while the prediction stays the same
+(Ghorbani et al., 2019; Dombrowski et al., 2019). They differentiate through the explainer
+(`create_graph=True`) on a softplus copy of the ReLU network and are evaluated on the original model."""),
+        ("code", SETUP.replace("[:8]", "[:6]")),
+        ("code", """from xadv import fooling as Fo
+attack = Fo.TopKAttack("saliency", eps=0.05, steps=40, k=0.1, seed=0)
+res = attack(model, x, y)
+print({k: round(v, 3) for k, v in res.summary().items()})
+fig = xp.fooling_grid(res, n=4)"""),
+        ("md", "Every similarity metric between the maps before and after is in `res.similarity` "
+               "(top-k intersection, rank correlations, SSIM, ...); the prediction was kept for every sample "
+               "(`res.kept`)."),
+        ("code", """print(xp.to_markdown([{"sample": i, "kept": bool(res.kept[i]),
+                        **{k: float(v[i]) for k, v in res.similarity.items()}} for i in range(len(res))], digits=2))"""),
+        ("md", "## Budget and defenses\n\nA smoother explanation (β-smoothing: softplus instead of ReLU while "
+               "explaining) is harder to fool at the same budget."),
+        ("code", """budgets = [0.02, 0.05, 0.1]
+curve = {}
+for name, ex in {"Saliency": "saliency", "β-smoothed saliency (β=3)": xadv.defenses.BetaSmoothed("saliency", beta=3.0)}.items():
+    curve[name] = [Fo.TopKAttack(ex, eps=e, steps=20, k=0.1, seed=0)(model, x, y).summary()["topk_intersection"]
+                   for e in budgets]
+fig = xp.fooling_curve(budgets, curve, key="topk_intersection", ylabel="top-10% intersection", xlabel="budget ε (L∞)")"""),
+    ],
+    "04_detecting_adversarial_inputs.ipynb": [
+        ("md", """# 04 · Detecting adversarial inputs with explanations
+
+Explanations of adversarial inputs look different; a detector reads them as features.
+`xadv.detectors.evaluate` fits detectors on some attacks and tests them on held-out attacks and budgets."""),
+        ("code", SETUP),
+        ("code", """from xadv import attacks as A, detectors as D
+x_train, y_train = xadv.data.load_digits("train")
+g = torch.Generator().manual_seed(0)
+itr = torch.randperm(len(x_train), generator=g)[:150]
+ite = torch.randperm(len(x_test), generator=g)[:80]
+detectors = {"Saliency-CNN": D.SaliencyDetector("saliency", epochs=10, seed=0),
+             "Mahalanobis": D.MahalanobisDetector(seed=0)}
+train_attacks = {("PGD", "eps=0.2"): A.PGD(eps=0.2, steps=10, seed=0)}
+test_attacks = {("FGSM", "eps=0.1"): A.FGSM(eps=0.1), ("PGD", "eps=0.1"): A.PGD(eps=0.1, steps=10, seed=1),
+                ("PGD", "eps=0.2"): A.PGD(eps=0.2, steps=10, seed=1)}
+report = D.evaluate(detectors, model, (x_train[itr], y_train[itr]), (x_test[ite], y_test[ite]),
+                    train_attacks=train_attacks, test_attacks=test_attacks)
+print(D.to_markdown(report))"""),
+        ("code", """fig = xp.roc_curve(report, keys=[k for k in report.roc if "PGD" in k])"""),
+        ("md", "`held_out` rows are attacks or budgets the detector never saw while fitting. A detector that "
+               "only works on its training attack is not a defense; see `AdaptiveAttack` and "
+               "`python -m xadv.experiments.detection` for the white-box adaptive numbers."),
+    ],
+    "05_paper_figures.ipynb": [
+        ("md", """# 05 · Figures for papers
+
+`xp.style("paper", columns=1|2)` sets the width of one or two columns, 8 pt text, TrueType fonts
+embedded in PDF and SVG text kept as text. `xp.save` picks the format from the extension and writes
+the same bytes for the same figure (no dates), so figures can live in git."""),
+        ("code", SETUP.replace("[:8]", "[:4]")),
+        ("code", """import tempfile, os, hashlib
+out = tempfile.mkdtemp()
+expl = {"Saliency": xadv.explain(model, x, method="saliency", target=y),
+        "IG": xadv.explain(model, x, method="ig", target=y, steps=32),
+        "Grad-CAM": xadv.explain(model, x, method="gradcam", target=y)}
+with xp.style("paper", columns=2):
+    fig = xp.explanation_grid(expl, n=3, share="column")   # one colour scale per column, with colorbars
+    for ext in ("pdf", "svg", "png"):
+        xp.save(fig, os.path.join(out, f"methods.{ext}"), attributions=expl if ext == "pdf" else None)
+print(sorted(os.listdir(out)))"""),
+        ("code", """pdf = open(os.path.join(out, "methods.pdf"), "rb").read()
+print("TrueType fonts embedded:", b"/FontFile2" in pdf, "| text in SVG:", "<text" in open(os.path.join(out, "methods.svg")).read())
+with xp.style("paper", columns=2):
+    again = xp.save(xp.explanation_grid(expl, n=3, share="column"), os.path.join(out, "again.pdf"))
+print("byte-identical:", hashlib.sha256(pdf).hexdigest() == hashlib.sha256(again.read_bytes()).hexdigest())"""),
+        ("md", "## A single-column curve and a table"),
+        ("code", """from xadv import attacks as A
+budgets = [0.05, 0.1, 0.2]
+rates = {"FGSM": [A.FGSM(eps=e)(model, x, y).success_rate for e in budgets],
+         "PGD-10": [A.PGD(eps=e, steps=10, seed=0)(model, x, y).success_rate for e in budgets]}
+with xp.style("paper", columns=1):
+    fig = xp.success_curve(budgets, rates, norm="linf")
+    xp.save(fig, os.path.join(out, "success.pdf"))
+rows = [{"attack": k, **{f"ε={b}": v for b, v in zip(budgets, vs)}} for k, vs in rates.items()]
+print(xp.to_latex(rows, caption="Attack success on the digits CNN", label="tab:success"))"""),
+        ("md", "Raw attributions next to the figure (`methods.npz`) let reviewers re-plot or re-score them:"),
+        ("code", """z = np.load(os.path.join(out, "methods.npz"))
+print({k: z[k].shape for k in z.files if k.endswith("attributions")})"""),
+    ],
+}
+
+
+def build(name: str, cells) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for kind, src in cells:
+        nb.cells.append(new_markdown_cell(src) if kind == "md" else new_code_cell(src))
+    for i, c in enumerate(nb.cells):  # stable ids: regenerating gives the same files
+        c["id"] = f"{Path(name).stem[:2]}-{i:02d}"
+    return nb
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        nbformat.write(build(name, cells), HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    main()
