@@ -361,7 +361,7 @@ def test_agrees_with_lime_image(digits, digits_net):
         label = int(e.target[i])
         ref = lime_image.LimeImageExplainer(random_state=100 + i).explain_instance(
             x[i, 0].double().numpy(), classifier_fn, labels=(label,), top_labels=None, hide_color=None,
-            num_samples=1000, batch_size=1000, segmentation_fn=lambda im, s=s: s)
+            num_samples=1000, batch_size=100, segmentation_fn=lambda im, s=s: s)
         w = np.zeros(int(e.extras["n_segments"][i]))
         for f, v in ref.local_exp[label]:
             w[f] = v
