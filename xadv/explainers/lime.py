@@ -202,7 +202,8 @@ def segment(images: torch.Tensor, method: str = "slic", **kwargs) -> torch.Tenso
         else:
             kw = {"scale": 1.0, "sigma": 0.5, "min_size": 5}
             kw.update(kwargs)
-            lab = sks.felzenszwalb(hwc[..., 0] if c == 1 else hwc, channel_axis=None if c == 1 else -1, **kw)
+            img2 = hwc[..., 0] if c == 1 else hwc
+            lab = sks.felzenszwalb(img2, channel_axis=None if c == 1 else -1, **kw)
         out.append(np.asarray(lab, dtype=np.int64))
     return torch.as_tensor(np.stack(out), device=images.device)
 
@@ -307,8 +308,9 @@ class LIME(Explainer):
     differentiable = False
     min_dim = 4
 
-    def __init__(self, segmentation: SegmentationLike = "slic", segmentation_kwargs: Optional[dict] = None,
-                 n_samples: int = 1000, fill: Union[str, float, torch.Tensor] = "mean",
+    def __init__(self, segmentation: SegmentationLike = "slic",
+                 segmentation_kwargs: Optional[dict] = None, n_samples: int = 1000,
+                 fill: Union[str, float, torch.Tensor] = "mean",
                  blur_sigma: Optional[float] = None, sampling: str = "bernoulli",
                  kernel_width: float = 0.25, alpha: float = 1.0, score="softmax",
                  batch_size: Optional[int] = None, seed: Optional[int] = None,
@@ -326,7 +328,8 @@ class LIME(Explainer):
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"a segmentation mask must hold integer labels, got dtype {t.dtype}")
             if t.dim() not in (2, 3):
-                raise ValueError(f"a segmentation mask must have shape (H, W) or (N, H, W), got {tuple(t.shape)}")
+                raise ValueError("a segmentation mask must have shape (H, W) or (N, H, W), "
+                                 f"got {tuple(t.shape)}")
         elif not callable(segmentation):
             raise TypeError("segmentation must be a method name, an integer label mask or a callable, "
                             f"got {type(segmentation).__name__}")
@@ -337,7 +340,8 @@ class LIME(Explainer):
             if fill not in ("mean", "blur"):
                 raise ValueError(f"fill must be 'mean', 'blur', a number or a tensor, got {fill!r}")
         elif isinstance(fill, bool) or not isinstance(fill, (int, float, torch.Tensor)):
-            raise TypeError(f"fill must be 'mean', 'blur', a number or a tensor, got {type(fill).__name__}")
+            raise TypeError("fill must be 'mean', 'blur', a number or a tensor, "
+                            f"got {type(fill).__name__}")
         self.fill = fill
         if blur_sigma is not None and not float(blur_sigma) > 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma!r}")
@@ -378,12 +382,14 @@ class LIME(Explainer):
             out = []
             for i in range(n):
                 lab = seg(np.moveaxis(arr[i], 0, -1))
-                lab_t = torch.as_tensor(np.asarray(lab.numpy(force=True) if isinstance(lab, torch.Tensor) else lab))
+                lab = lab.numpy(force=True) if isinstance(lab, torch.Tensor) else lab
+                lab_t = torch.as_tensor(np.asarray(lab))
                 if tuple(lab_t.shape) != (h, w):
                     raise ValueError(f"the segmentation callable must return (H, W) = {(h, w)} labels, "
                                      f"got shape {tuple(lab_t.shape)}")
                 if lab_t.is_floating_point() or lab_t.dtype == torch.bool:
-                    raise TypeError(f"the segmentation callable must return integer labels, got {lab_t.dtype}")
+                    raise TypeError("the segmentation callable must return integer labels, "
+                                    f"got {lab_t.dtype}")
                 out.append(lab_t.long())
             labels = torch.stack(out).to(x.device)
         return _relabel(labels)
@@ -406,7 +412,8 @@ class LIME(Explainer):
         # segment mean colour
         s_max = int(counts.max())
         flat = segments.reshape(n, 1, h * w).expand(n, c, h * w)
-        sums = torch.zeros(n, c, s_max, dtype=x.dtype, device=x.device).scatter_add_(2, flat, x.reshape(n, c, -1))
+        sums = torch.zeros(n, c, s_max, dtype=x.dtype, device=x.device)
+        sums.scatter_add_(2, flat, x.reshape(n, c, -1))
         cnt = torch.zeros(n, 1, s_max, dtype=x.dtype, device=x.device).scatter_add_(
             2, segments.reshape(n, 1, -1), torch.ones(n, 1, h * w, dtype=x.dtype, device=x.device))
         means = sums / cnt.clamp_min(1)
@@ -436,7 +443,8 @@ class LIME(Explainer):
         return default_rows(x, x[0].numel())
 
     def _format(self, x: torch.Tensor) -> torch.memory_format:
-        if self.memory_format == "channels_last" or (self.memory_format == "auto" and x.device.type == "cpu"):
+        auto_cl = self.memory_format == "auto" and x.device.type == "cpu"
+        if self.memory_format == "channels_last" or auto_cl:
             return torch.channels_last
         return torch.contiguous_format
 
@@ -482,7 +490,8 @@ class LIME(Explainer):
                     z = gm[img, smp]  # (B, S)
                     pix = z.gather(1, seg_flat[g0 + img]).to(x.dtype)  # (B, H*W)
                     gi = g0 + img
-                    xb = torch.empty((r1 - r0, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+                    xb = torch.empty((r1 - r0, c, h, w), dtype=x.dtype, device=x.device,
+                                     memory_format=fmt)
                     torch.addcmul(fill[gi], diff[gi], pix.reshape(-1, 1, h, w), out=xb)
                     with torch.no_grad():
                         try:
@@ -714,7 +723,8 @@ class TabularLIME(Explainer):
         return p
 
     # ---------------------------------------------------------------- sampling
-    def _sample_row(self, xr: torch.Tensor, gen, st: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _sample_row(self, xr: torch.Tensor, gen,
+                    st: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(values (n, D) for the model, features (n, D) for the surrogate) of one row."""
         m = self.n_samples - 1
         dev, dt = xr.device, st["mean"].dtype
@@ -738,7 +748,8 @@ class TabularLIME(Explainer):
                 v = mu + sd * torch.special.ndtri(q)
                 v = torch.minimum(torch.maximum(v, mu + sd * lo), mu + sd * hi)
                 values[1:, cont] = v
-                inst_bin = torch.searchsorted(st["qts"], xr.to(dt)[cont][:, None].contiguous()).reshape(-1)
+                inst = xr.to(dt)[cont][:, None].contiguous()
+                inst_bin = torch.searchsorted(st["qts"], inst).reshape(-1)
                 feats[:, cont] = 1.0
                 feats[1:, cont] = (bins == inst_bin[None, :]).to(dt)
             else:
@@ -767,7 +778,8 @@ class TabularLIME(Explainer):
 
         x = x.detach()
         if x.dim() != 2 or x.shape[1] != self._d:
-            raise ValueError(f"TabularLIME was fitted on {self._d} features and needs x of shape (N, {self._d}), "
+            raise ValueError(f"TabularLIME was fitted on {self._d} features and needs x of shape "
+                             f"(N, {self._d}), "
                              f"got {tuple(x.shape)}")
         n = x.shape[0]
         with torch.no_grad():
@@ -798,7 +810,8 @@ class TabularLIME(Explainer):
                 for r0 in range(0, flat.shape[0], rows):
                     r1 = min(flat.shape[0], r0 + rows)
                     with torch.no_grad():
-                        yflat[r0:r1] = select_score(forward(model, flat[r0:r1]), tt[r0:r1], self.score).to(dt)
+                        ob = forward(model, flat[r0:r1])
+                        yflat[r0:r1] = select_score(ob, tt[r0:r1], self.score).to(dt)
                     bar.update((r1 - r0) / (ns - 1))
                 ys[:, 1:] = yflat.reshape(g1 - g0, ns - 1)
                 dist = (feats - feats[:, :1]).pow(2).sum(2).sqrt()
