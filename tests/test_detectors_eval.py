@@ -111,5 +111,13 @@ def test_evaluate_protocol_rows_and_metrics(digits, tmp_path):
     json.dumps(D.to_dict(rep))
     back = DetectionReport.load(rep.save(tmp_path / "rep.pt"))
     assert back.rows == rep.rows
+    import matplotlib.pyplot as plt
+    import xadv.plot as xp
+
+    keys = [k for k in back.roc if k.startswith("Maha|")]
+    assert "Maha|adaptive PGD|eps=0.2|True" in keys
+    fig = xp.roc_curve(back, keys=keys)
+    assert len(fig.axes[0].lines) == len(keys) + 1  # the curves and the chance line
+    plt.close(fig)
     with pytest.raises(TypeError, match="DetectionReport"):
         D.to_markdown({"rows": []})

@@ -121,10 +121,21 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
 
     Examples
     --------
-    >>> from xadv.detectors import evaluate, to_markdown  # doctest: +SKIP
-    >>> rep = evaluate({"LOO": LOODetector()}, net, (xtr, ytr), (xte, yte),
-    ...                train_attacks={("FGSM", "eps=0.2"): fgsm}, test_attacks={("PGD", "eps=0.1"): pgd})
-    >>> print(to_markdown(rep))
+    >>> import torch
+    >>> from xadv.attacks import FGSM, PGD
+    >>> from xadv.detectors import LOODetector, evaluate, to_markdown
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> x = torch.rand(120, 1, 4, 4)
+    >>> y = net(x).argmax(1)
+    >>> rep = evaluate({"LOO": LOODetector(patch=2)}, net, (x[:80], y[:80]), (x[80:], y[80:]),
+    ...                train_attacks={"FGSM@eps=0.3": FGSM(eps=0.3)},
+    ...                test_attacks={"PGD@eps=0.3": PGD(eps=0.3, steps=5, seed=0)})
+    >>> rep.rows[0]["attack"], rep.rows[0]["held_out"]
+    ('PGD', True)
+    >>> to_markdown(rep).splitlines()[0][:30]
+    '| detector | attack | budget | h'
     """
     check_model(model)
     if not isinstance(detectors, Mapping) or not detectors:

@@ -28,7 +28,7 @@ def _map_scale(maps: torch.Tensor) -> torch.Tensor:
 class SaliencyDetector(Detector):
     """A small CNN trained on explanation maps of clean vs adversarial inputs.
 
-    The explainer (any xadv explainer; default plain gradients) explains the model's
+    The explainer (any xadv explainer, or several; default plain gradients) explains the model's
     predicted class; maps are divided by their per-channel standard deviation on clean
     fitting data (so magnitudes, which differ between clean and adversarial inputs,
     are kept) and classified by a two-layer CNN (an MLP for non-image inputs). The score
@@ -36,9 +36,13 @@ class SaliencyDetector(Detector):
 
     Parameters
     ----------
-    explainer : str or Explainer, default "saliency"
+    explainer : str, Explainer or a sequence of them, default "saliency"
         Registry name (``"input"`` reads the raw input instead) or an instance. Names
         get cheap defaults (IG ``steps=8``, SmoothGrad ``n_samples=8, noise=0.1, seed=0``).
+        With several explainers their maps are stacked as channels, e.g.
+        ``("saliency", Saliency(score="log_softmax"))``: the logit gradient exposes
+        large perturbations, the log-probability gradient (near zero for confident
+        inputs) exposes minimal ones that end near the decision boundary (C&W).
     with_input : bool, default False
         Stack the input next to the map as extra channels.
     width, hidden : int, default 16, 64
@@ -70,8 +74,11 @@ class SaliencyDetector(Detector):
                  hidden: int = 64, epochs: int = 20, lr: float = 2e-3, weight_decay: float = 1e-4,
                  train_batch_size: int = 64, **kwargs):
         super().__init__(**kwargs)
-        self.explainer = explainer
-        self.explainer_ = resolve_explainer(explainer)  # fail early on a bad name
+        self.explainer = explainer if isinstance(explainer, (str, Explainer)) else tuple(explainer)
+        self.explainers_ = [resolve_explainer(e) for e in as_list(explainer)]  # fail early on a bad name
+        if not self.explainers_:
+            raise ValueError("explainer must name at least one explainer")
+        self.explainer_ = self.explainers_[0]
         self.with_input = bool(with_input)
         self.width = check_positive_int(width, "width")
         self.hidden = check_positive_int(hidden, "hidden")
@@ -82,26 +89,32 @@ class SaliencyDetector(Detector):
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]
-        return bool(self.explainer_.differentiable)
+        return all(e.differentiable for e in self.explainers_)
 
     @property
     def surrogate_note(self) -> str:  # type: ignore[override]
-        if self.explainer_.differentiable:
+        bad = [e.name for e in self.explainers_ if not e.differentiable]
+        if not bad:
             return ""
-        return f"{self.explainer_.name} is not differentiable: its map is held constant (BPDA, zero gradient)"
+        return f"{', '.join(bad)} not differentiable: map held constant (BPDA, zero gradient)"
+
+    def _raw_maps(self, model, x, create_graph):
+        parts = [explain_batched(e, model, x, create_graph=create_graph and e.differentiable,
+                                 batch_size=self.batch_size) for e in self.explainers_]
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def maps(self, model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """The CNN's input: scaled explanation maps (and the input with ``with_input``)."""
-        cg = create_graph and self.explainer_.differentiable
-        a = explain_batched(self.explainer_, model, x, create_graph=cg, batch_size=self.batch_size)
+        """The CNN's input: scaled explanation maps, one block of channels per explainer
+        (and the input with ``with_input``)."""
+        a = self._raw_maps(model, x, create_graph)
         a = a / self.scale_.to(a.device, a.dtype)
         if self.with_input:
             a = torch.cat([a, x], dim=1)
         return a
 
     def _fit(self, model, x_clean, x_adv):
-        a_clean = explain_batched(self.explainer_, model, x_clean, batch_size=self.batch_size)
-        a_adv = explain_batched(self.explainer_, model, x_adv, batch_size=self.batch_size)
+        a_clean = self._raw_maps(model, x_clean, False)
+        a_adv = self._raw_maps(model, x_adv, False)
         self.scale_ = _map_scale(a_clean)
         feats = torch.cat([a_clean, a_adv]) / self.scale_
         if self.with_input:
@@ -112,7 +125,7 @@ class SaliencyDetector(Detector):
                                   x_clean.dtype)
         train_binary(self.net_, feats, labels, epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                      batch_size=self.train_batch_size, seed=self.seed, progress=self.progress,
-                     desc=f"SaliencyDetector({self.explainer_.name})")
+                     desc=f"SaliencyDetector({'+'.join(e.name for e in self.explainers_)})")
 
     def _score(self, model, x, create_graph):
         self.net_.to(device=x.device)
@@ -130,16 +143,20 @@ class XEnsemble(Detector):
     on). The score is the forest's probability of "adversarial".
 
     Not differentiable (a forest): :meth:`surrogate_score` replaces the forest by a
-    logistic regression fitted to the forest's probabilities on the stacking split; the
-    sub-detectors stay exact (explainers differentiated with ``create_graph=True``).
+    logistic regression fitted to the forest's probabilities on the stacking split
+    (``surrogate="logistic"``) or by the sum of the members' standardised scores
+    (``"members"``: an input that evades every member evades the forest; weaker in our
+    runs); the members stay exact (explainers differentiated with ``create_graph=True``).
 
     Parameters
     ----------
-    explainers : sequence of str or Explainer,
+    explainers : sequence of str, Explainer or tuples of them,
         default ("input", "saliency", "integrated_gradients", "smoothgrad", "gradcam")
+        One sub-detector per entry; a tuple gives one sub-detector on stacked maps.
         ``"lime"`` may be added; its map is constant under the surrogate (BPDA).
     n_estimators : int, default 100
     stack_fraction : float, default 0.3
+    surrogate : {"logistic", "members"}, default "logistic"
     epochs, lr, weight_decay, width, hidden, train_batch_size : for every sub-detector.
     fpr, val_fraction, batch_size, seed, progress : see :class:`Detector`.
 
@@ -160,19 +177,22 @@ class XEnsemble(Detector):
     """
 
     differentiable = False
-    surrogate_note = "random forest replaced by a logistic regression fitted to its probabilities"
 
     def __init__(self, explainers: Sequence[Union[str, Explainer]] = ("input", "saliency", "integrated_gradients",
                                                                          "smoothgrad", "gradcam"),
                  *, n_estimators: int = 100, stack_fraction: float = 0.3, epochs: int = 20, lr: float = 2e-3,
                  weight_decay: float = 1e-4, width: int = 16, hidden: int = 64, train_batch_size: int = 64,
-                 **kwargs):
+                 surrogate: str = "logistic", **kwargs):
         super().__init__(**kwargs)
-        self.explainers = tuple(as_list(explainers))
+        if surrogate not in ("members", "logistic"):
+            raise ValueError(f"surrogate must be 'members' or 'logistic', got {surrogate!r}")
+        self.surrogate = surrogate
+        self.explainers = tuple(e if isinstance(e, (str, Explainer)) else tuple(e) for e in as_list(explainers))
         if not self.explainers:
             raise ValueError("explainers must name at least one explainer")
         for e in self.explainers:
-            resolve_explainer(e)
+            for one in as_list(e):
+                resolve_explainer(one)
         self.n_estimators = check_positive_int(n_estimators, "n_estimators")
         self.stack_fraction = check_fraction(stack_fraction, "stack_fraction")
         self.epochs = check_positive_int(epochs, "epochs")
@@ -229,9 +249,20 @@ class XEnsemble(Detector):
         p = self.forest_.predict_proba(f)[:, 1]
         return torch.as_tensor(p, dtype=x.dtype, device=x.device)
 
+    @property
+    def surrogate_note(self) -> str:  # type: ignore[override]
+        if self.surrogate == "members":
+            return ("random forest replaced by the sum of the members' standardised scores "
+                    "(evading every member evades the forest)")
+        return "random forest replaced by a logistic regression fitted to its probabilities"
+
     def _surrogate(self, model, x):
-        f = self.sub_scores(model, x, create_graph=True)
-        return self.surrogate_.to(x.device)(f.to(x.dtype))
+        f = self.sub_scores(model, x, create_graph=True).to(x.dtype)
+        if self.surrogate == "members":
+            thr = torch.tensor([d.threshold_ for d in self.detectors_], dtype=x.dtype, device=x.device)
+            scale = torch.tensor([d.score_scale_ for d in self.detectors_], dtype=x.dtype, device=x.device)
+            return ((f - thr) / scale).sum(1)
+        return self.surrogate_.to(x.device)(f)
 
 
 @_register
