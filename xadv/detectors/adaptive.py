@@ -1,7 +1,7 @@
 """White-box adaptive attack on a detector: PGD through the classifier, the explainer and the detector."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

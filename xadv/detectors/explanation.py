@@ -1,7 +1,7 @@
 """Detectors that read explanation maps: SaliencyDetector, XEnsemble, ExplanationAutoencoder."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -10,7 +10,6 @@ from torch import nn
 
 from .._validation import check_positive_int
 from ..explainers import Explainer
-from ..explainers.base import forward
 from .base import (Detector, TorchLogistic, _register, as_list, check_fraction, explain_batched, make_generator,
                    map_net, resolve_explainer, seeded_module, train_binary)
 
