@@ -251,10 +251,8 @@ def cmd_explain(a) -> int:
         raise CLIError("a user model needs an input: --image FILE (PNG/JPEG) or --input tensor.pt")
     params = _parse_params(a.param)
     try:
-        ex = _explainer(a.method, seed=a.seed, **params) if a.method.lower() in (
-            "smoothgrad", "sg", "ig", "integrated_gradients", "lime") else _explainer(a.method, **params)
-        target = a.target
-        e = ex(model, x, target)
+        seed = params.pop("seed", a.seed)
+        e = _explainer(a.method, seed=seed, **params)(model, x, a.target)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err))
     probs = torch.softmax(e.output.detach().double(), 1)[0]
