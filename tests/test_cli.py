@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -121,6 +120,10 @@ def test_attack_command(tmp_path):
     assert m["success_rate"] > 0.5 and (tmp_path / "attack.png").exists()
 
 
-def test_python_dash_m_entry_point():
-    r = subprocess.run([sys.executable, "-m", "xadv", "--version"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.startswith("xadv ")
+def test_python_dash_m_entry_point(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["xadv", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("xadv", run_name="__main__")
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("xadv ")

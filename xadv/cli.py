@@ -16,10 +16,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+_DESCRIPTION = """\
+xadv: explanations linked to adversarial attacks, from the shell.
+
+`xadv demo --out DIR` runs the whole story on the embedded digits CNN (explain,
+attack from explanations, fool explanations, detect) and writes figures (PNG +
+PDF), report.md and metrics.json. The other commands run one step each;
+`xadv COMMAND --help` shows their options."""
+
 _EPILOG = """\
 examples:
   xadv demo --out demo-out                 explain, attack, fool, detect on the embedded digits CNN
-  xadv demo --out demo-out --fast          the same on a small setting (~30 s)
+  xadv demo --out demo-out --fast          the same on a small setting (~20 s)
   xadv explain --model digits --method ig --index 0 --out fig.pdf
   xadv explain --model net.ts --image cat.png --size 32 --method gradcam --out cat.png
   xadv explain --model mypkg.models:resnet --weights w.pt --image x.png --method smoothgrad --out x.pdf
@@ -364,6 +372,7 @@ def cmd_fool(a) -> int:
                           attributions={"before": res.explanation_clean, "after": res.explanation_adv})
     res.save(out / "fooling_result.pt")
     summ = res.summary()
+    summ["n"] = int(summ["n"])
     (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": res.attack, **summ}), indent=1))
     print(xp.to_markdown([summ]))
     print(f"wrote {', '.join(figs)}")
@@ -751,7 +760,7 @@ def cmd_demo(a) -> int:
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="xadv", description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="xadv", description=_DESCRIPTION,
                                 epilog=_EPILOG, formatter_class=fmt)
     from . import __version__
 
@@ -772,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  xadv demo --out demo-out\n  xadv demo --out demo-out --fast --stages "
                               "explain attack")
     common(d)
-    d.add_argument("--fast", action="store_true", help="small setting (~30 s): fewer images, steps and budgets")
+    d.add_argument("--fast", action="store_true", help="small setting (~20 s): fewer images, steps and budgets")
     d.add_argument("--stages", nargs="+", choices=["explain", "attack", "fool", "detect"],
                    help="run only these stages (default all)")
     d.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
