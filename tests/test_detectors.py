@@ -214,6 +214,12 @@ def test_ig_shap_signature_matches_shap_deep_explainer():
     b = deep.shap_values(net, x[100:104])
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert a.shape == (4, 10, 1568)
+    # shap's GradientExplainer (expected gradients, sampled backgrounds) agrees up to sampling error
+    grad = ShapSignatureDetector(estimator="shap_gradient", steps=16, epochs=1, n_background=30).fit(net, xc, xa)
+    grad.steps = 300
+    c = grad.shap_values(net, x[100:102])
+    assert float((c - a[:2]).norm() / a[:2].norm()) < 0.15
+    assert not grad.differentiable and "IG" in grad.surrogate_note
 
 
 def test_ig_estimator_completeness_on_nonlinear_head():

@@ -121,3 +121,20 @@ def test_evaluate_protocol_rows_and_metrics(digits, tmp_path):
     plt.close(fig)
     with pytest.raises(TypeError, match="DetectionReport"):
         D.to_markdown({"rows": []})
+
+
+def test_detection_experiment_runs_end_to_end_small():
+    """The table's code path (all attacks incl. C&W and the black-box one), at toy sizes."""
+    from xadv.experiments import detection
+
+    res = detection.run(n_train=60, n_test=16, n_adaptive=4, adaptive_steps=2,
+                        detectors={"Saliency-CNN": D.SaliencyDetector(epochs=2), "Mahalanobis": D.MahalanobisDetector()})
+    rep = res["report"]
+    attacks = {(r["attack"], r["budget"], r["held_out"], r["adaptive"]) for r in rep.rows}
+    assert ("PGD", "eps=0.1", False, False) in attacks and ("PGD", "eps=0.2", True, False) in attacks
+    assert ("CW-L2", "kappa=5", True, False) in attacks
+    assert ("black-box (surrogate)", "eps=0.2", True, False) in attacks
+    assert ("adaptive PGD", "eps=0.2", True, True) in attacks
+    assert len(rep.rows) == 2 * (8 + 2)
+    assert res["markdown"].startswith("| detector |")
+    assert set(detection.summary(rep)) == {"Saliency-CNN"}
