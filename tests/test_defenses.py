@@ -35,7 +35,8 @@ def test_smoothgrad_and_aggregation_are_more_robust_than_saliency(digits):
     model, x = digits
     sg = SmoothGrad(n_samples=6, noise=0.1, seed=0)
     rows = evaluate(TopKAttack(eps=8 / 255, steps=8), model, x[:8],
-                    {"none": "saliency", "smoothgrad": sg, "aggregate": Aggregate(["saliency", "input_x_gradient", sg])},
+                    {"none": "saliency", "smoothgrad": sg,
+                     "aggregate": Aggregate(["saliency", "input_x_gradient", sg])},
                     metrics=("spearman",))
     r = {row["defense"]: row["spearman"] for row in rows}
     assert r["smoothgrad"] > r["none"] + 0.1

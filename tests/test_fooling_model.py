@@ -54,7 +54,8 @@ def test_model_manipulation_active_and_smoothed_saliency(digits):
     model, x, y, xt, yt = digits
     active = ModelManipulation("gradcam", kind="active", classes=(3, 8), epochs=1, lr=3e-3)(model, x, y, xt, yt)
     assert active.fsr > active.fsr_before + 0.3
-    sal = ModelManipulation("saliency", kind="center_mass", beta=5.0, epochs=1)(model, x[:200], y[:200], xt[:50], yt[:50])
+    sal = ModelManipulation("saliency", kind="center_mass", beta=5.0, epochs=1)(model, x[:200], y[:200],
+                                                                               xt[:50], yt[:50])
     assert 0 <= sal.fsr <= 1 and all(type(m) is not torch.nn.Softplus for m in sal.model.modules())
 
 

@@ -339,7 +339,8 @@ class JointAttack(FoolingAttack):
 
     def __init__(self, explainer: Union[str, Explainer] = "saliency", *, target=None, eps: float = 8 / 255,
                  steps: int = 100, step_size: Optional[float] = None, bounds=(0.0, 1.0),
-                 beta: BetaLike = (3.0, 30.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2, c_max: float = 1e3,
+                 beta: BetaLike = (3.0, 30.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
+                 c_max: float = 1e3,
                  k: Union[int, float] = 0.1, reduce: str = "abs", optimizer: str = "sign",
                  pool_beta: Optional[float] = 3.0, seed: Optional[int] = None, progress: bool = False):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,

@@ -282,7 +282,8 @@ class Scaffolding:
         """
         X_train, X_test = _as_2d(X_train), _as_2d(X_test)
         rows = X_test[:n_explain]
-        rep = ScaffoldingReport(fidelity=self.fidelity(X_test), ood_accuracy=getattr(self, "ood_accuracy_", float("nan")),
+        rep = ScaffoldingReport(fidelity=self.fidelity(X_test),
+                                ood_accuracy=getattr(self, "ood_accuracy_", float("nan")),
                                 n_explained=len(rows), feature=int(feature), unrelated=unrelated)
         for method in methods:
             before = feature_ranks(lambda Z: _proba(self.biased, Z), X_train, rows, method=method,

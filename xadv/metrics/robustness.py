@@ -172,7 +172,8 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
     with preserved(model), torch.no_grad():
         out0 = model(x)
         if isinstance(explainer, Explanation):
-            attr, t = explainer.attributions.detach(), resolve_target(explainer.target if target is None else target, out0)
+            attr = explainer.attributions.detach()
+            t = resolve_target(explainer.target if target is None else target, out0)
         elif isinstance(explainer, torch.Tensor):
             attr, t = explainer.detach(), resolve_target(target, out0)
         else:
