@@ -42,6 +42,8 @@ def test_demo_writes_figures_report_and_metrics(demo_out):
         assert (demo_out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         assert b"/FontFile2" in (demo_out / f"{stem}.pdf").read_bytes()
         assert f"({stem}.png)" in report
+    tex = (demo_out / "tables.tex").read_text()
+    assert tex.count(r"\toprule") == 2 and r"\label{tab:attack}" in tex
     z = np.load(demo_out / "explanations.npz")
     assert z["IG/attributions"].shape == (4, 1, 28, 28)
 

@@ -224,6 +224,7 @@ def test_tables_latex_and_markdown(tmp_path):
         assert cmd in tex
     assert r"PGD\_10 & \textbf{0.912} & 128 \\" in tex
     assert r"FGSM \& co & -- & 128 \\" in tex and r"Success 100\%" in tex
+    assert xp.latex_escape("Input×Grad ε=0.1") == r"Input$\times$Grad $\varepsilon$=0.1"
     md = xp.to_markdown(rows, best={"success": "max"})
     assert md.splitlines() == ["| attack | success | n |", "|:--|--:|--:|", "| PGD_10 | **0.912** | 128 |",
                                "| FGSM & co | – | 128 |"]

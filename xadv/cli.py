@@ -459,6 +459,7 @@ class _Demo:
         self.figures: List[str] = []
         self.skipped: Dict[str, str] = {}
         self.seconds: Dict[str, float] = {}
+        self.latex: List[str] = []
         n_pool = 512
         self.x, self.y = _digits(n_pool, correct_for=self.model)
         self.x, self.y = self.x.to(device), self.y.to(device)
@@ -521,6 +522,9 @@ class _Demo:
             fig.tight_layout()
             names_c = self.fig(fig, "deletion_insertion")
         self.metrics["explain"] = {"rows": rows}
+        self.latex.append(xp.to_latex(rows, best={"deletion_auc": "min", "insertion_auc": "max"},
+                                      caption="Explainers on the digits CNN: deletion / insertion AUC",
+                                      label="tab:explain"))
         self.report += [
             "## 1. Explanations\n",
             f"Every image explainer on {n_eval} correctly classified test digits (LIME on "
@@ -590,6 +594,9 @@ class _Demo:
         with xp.style("paper", columns=2):
             names_g = self.fig(xp.attack_grid(_first(keep, k), eb, ea, n=k), "attack_examples",
                                attributions={"before": eb, "after": ea})
+        self.latex.append(xp.to_latex([{"attack": kk, **{f"eps={b:g}": v for b, v in zip(budgets, vs)}}
+                                       for kk, vs in rates.items()],
+                                      caption="Attack success rate vs L-inf budget", label="tab:attack"))
         self.metrics["attack"] = {"n": n, "budgets": budgets, "success_rate": rates,
                                   "deletion_k": ks, "deletion_success_rate": dele, "rows": rows}
         self.report += [
@@ -720,6 +727,10 @@ class _Demo:
         ]
         if self.skipped:
             head.append("Left out: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()) + ".\n")
+        if self.latex:
+            (self.out / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n",
+                                                 encoding="utf-8")
+            head.append("LaTeX (booktabs) versions of the main tables: `tables.tex`.\n")
         (self.out / "report.md").write_text("\n".join(head + self.report) + "\n", encoding="utf-8")
         (self.out / "metrics.json").write_text(json.dumps(_jsonable(self.metrics), indent=1) + "\n",
                                                encoding="utf-8")

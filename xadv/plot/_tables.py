@@ -8,7 +8,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 Rows = Union[Sequence[Mapping[str, Any]], Mapping[str, Mapping[str, Any]]]
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  # symbols the figures and reports use, so tables compile with pdflatex
+                  "×": r"$\times$", "ε": r"$\varepsilon$", "β": r"$\beta$", "∞": r"$\infty$", "±": r"$\pm$",
+                  "≤": r"$\leq$", "≥": r"$\geq$"}
 
 
 def _rows(rows: Rows, index_name: str) -> List[Dict[str, Any]]:
@@ -80,7 +83,7 @@ def _best(rows, cols, best: Optional[Mapping[str, str]]) -> Dict[str, Optional[f
 
 
 def latex_escape(s: str) -> str:
-    """Escape LaTeX special characters in ``s``."""
+    """Escape LaTeX special characters in ``s`` (and write ×, ε, β, ∞, ±, ≤, ≥ as math)."""
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s))
 
 
