@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 _DESCRIPTION = """\
 xadv: explanations linked to adversarial attacks, from the shell.
@@ -213,11 +213,12 @@ def _jsonable(v):
     return v
 
 
-def _digits(n: int, split: str = "test", correct_for=None, offset: int = 0):
+def _digits(n: int, split: str = "test", correct_for=None, offset: int = 0, device: str = "cpu"):
     from .data import load_digits
 
     torch = _torch()
     x, y = load_digits(split)
+    x, y = x.to(device), y.to(device)
     if correct_for is not None:
         with torch.no_grad():
             ok = correct_for(x).argmax(1) == y
@@ -315,8 +316,7 @@ def cmd_attack(a) -> int:
     from .zoo import digits_cnn
 
     model = digits_cnn().to(a.device)
-    x, y = _digits(a.n, correct_for=model)
-    x, y = x.to(a.device), y.to(a.device)
+    x, y = _digits(a.n, correct_for=model, device=a.device)
     try:
         atk = _make_attack(a.attack, a)
         res = atk(model, x, y)
@@ -360,9 +360,9 @@ def cmd_fool(a) -> int:
     from .zoo import digits_cnn
 
     model = digits_cnn().to(a.device)
-    x, y = _digits(a.n, correct_for=model)
+    x, y = _digits(a.n, correct_for=model, device=a.device)
     try:
-        res = _make_fooling(a.attack, a)(model, x.to(a.device), y.to(a.device))
+        res = _make_fooling(a.attack, a)(model, x, y)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err))
     out = Path(a.out)
@@ -428,7 +428,9 @@ def cmd_detect(a) -> int:
     itr = torch.randperm(len(xtr), generator=g)[:a.n_train]
     ite = torch.randperm(len(xte), generator=g)[:a.n_test]
     try:
-        rep = D.evaluate(dets, model, (xtr[itr], ytr[itr]), (xte[ite], yte[ite]), train_attacks=train,
+        dev = a.device
+        rep = D.evaluate(dets, model, (xtr[itr].to(dev), ytr[itr].to(dev)), (xte[ite].to(dev), yte[ite].to(dev)),
+                         train_attacks=train,
                          test_attacks=test, progress=True)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err))
@@ -461,8 +463,7 @@ class _Demo:
         self.seconds: Dict[str, float] = {}
         self.latex: List[str] = []
         n_pool = 512
-        self.x, self.y = _digits(n_pool, correct_for=self.model)
-        self.x, self.y = self.x.to(device), self.y.to(device)
+        self.x, self.y = _digits(n_pool, correct_for=self.model, device=device)
 
     # sizes: (full, fast)
     def size(self, full: int, fast: int) -> int:
