@@ -158,12 +158,12 @@ class TorchLogistic(nn.Module):
             balanced: bool = True) -> "TorchLogistic":
         from sklearn.linear_model import LogisticRegression
 
-        f = feats.detach().cpu().double()
+        f = feats.detach().double()
         mean = f.mean(0)
         std = f.std(0).clamp_min(1e-8)
-        z = ((f - mean) / std).numpy()
+        z = ((f - mean) / std).numpy(force=True)  # scikit-learn works on host memory
         lr = LogisticRegression(C=C, class_weight="balanced" if balanced else None, max_iter=2000)
-        lr.fit(z, labels.detach().cpu().numpy().astype(int), sample_weight=sample_weight)
+        lr.fit(z, labels.numpy(force=True).astype(int), sample_weight=sample_weight)
         dt, dev = feats.dtype, feats.device
         return cls(mean.to(dev, dt), std.to(dev, dt), torch.as_tensor(lr.coef_[0]).to(dev, dt), float(lr.intercept_[0]))
 
@@ -262,8 +262,8 @@ class Detector:
         aref = xa_val if xa_val is not None else xa_fit
         if aref is not None:
             s_adv = self.score(model, aref)
-            lab = torch.cat([torch.zeros(len(s_clean)), torch.ones(len(s_adv))])
-            info["val_auroc"] = auroc(lab, torch.cat([s_clean.cpu(), s_adv.cpu()]))
+            lab = np.r_[np.zeros(len(s_clean)), np.ones(len(s_adv))]
+            info["val_auroc"] = auroc(lab, np.r_[s_clean.numpy(force=True), s_adv.numpy(force=True)])
         self.fit_info_ = info
         return self
 

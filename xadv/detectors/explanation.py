@@ -230,21 +230,21 @@ class XEnsemble(Detector):
                                  progress=self.progress)
             d.fit(model, ca, aa)
             self.detectors_.append(d)
-        feats = torch.cat([self.sub_scores(model, cb), self.sub_scores(model, ab)]).cpu().double()
+        feats = torch.cat([self.sub_scores(model, cb), self.sub_scores(model, ab)]).double()
         labels = np.r_[np.zeros(len(cb)), np.ones(len(ab))].astype(int)
         rs = None if self.seed is None else int(self.seed)
         self.forest_ = RandomForestClassifier(n_estimators=self.n_estimators, min_samples_leaf=2, random_state=rs,
                                               class_weight="balanced", n_jobs=1)
-        self.forest_.fit(feats.numpy(), labels)
+        self.forest_.fit(feats.numpy(force=True), labels)
         # surrogate: logistic regression on the same features, fitted to the forest's probabilities
-        p = self.forest_.predict_proba(feats.numpy())[:, 1]
+        p = self.forest_.predict_proba(feats.numpy(force=True))[:, 1]
         both = torch.cat([feats, feats])
-        lab = torch.cat([torch.ones(len(p)), torch.zeros(len(p))])
+        lab = torch.cat([torch.ones(len(p)), torch.zeros(len(p))]).to(feats.device)
         w = np.r_[p, 1.0 - p] + 1e-6
         self.surrogate_ = TorchLogistic.fit(both, lab, C=1.0, sample_weight=w, balanced=False).to(x_clean.dtype)
 
     def _score(self, model, x, create_graph):
-        f = self.sub_scores(model, x).cpu().double().numpy()
+        f = self.sub_scores(model, x).double().numpy(force=True)
         p = self.forest_.predict_proba(f)[:, 1]
         return torch.as_tensor(p, dtype=x.dtype, device=x.device)
 

@@ -16,9 +16,9 @@ from scipy.stats import rankdata
 
 def _as_arrays(labels, scores) -> Tuple[np.ndarray, np.ndarray]:
     if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
+        labels = labels.numpy(force=True)
     if isinstance(scores, torch.Tensor):
-        scores = scores.detach().cpu().double().numpy()
+        scores = scores.double().numpy(force=True)
     y = np.asarray(labels).reshape(-1)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if y.shape != s.shape:
@@ -124,7 +124,7 @@ def threshold_at_fpr(clean_scores, fpr: float) -> float:
     if not 0.0 <= float(fpr) < 1.0:
         raise ValueError(f"fpr must be in [0, 1), got {fpr}")
     if isinstance(clean_scores, torch.Tensor):
-        clean_scores = clean_scores.detach().cpu().double().numpy()
+        clean_scores = clean_scores.double().numpy(force=True)
     s = np.sort(np.asarray(clean_scores, dtype=np.float64).reshape(-1))
     if s.size == 0:
         raise ValueError("no clean scores to choose a threshold from")

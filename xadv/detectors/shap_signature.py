@@ -247,7 +247,7 @@ class ShapSignatureDetector(Detector):
         feats = torch.cat([sc, sa]).detach()
         mean, std = sc.mean(0), sc.std(0).clamp_min(1e-6)
         d = feats.shape[1]
-        self.net_ = seeded_module(lambda: nn.Sequential(_Standardize(mean.cpu(), std.cpu()), nn.Linear(d, self.hidden),
+        self.net_ = seeded_module(lambda: nn.Sequential(_Standardize(mean, std), nn.Linear(d, self.hidden),
                                                         nn.ReLU(), nn.Linear(self.hidden, 1)),
                                   self.seed, x_clean.device, x_clean.dtype)
         lab = torch.cat([torch.zeros(len(sc)), torch.ones(len(sa))])
