@@ -151,9 +151,9 @@ class KDBUDetector(Detector):
 
     KD: Gaussian kernel density of the penultimate representation (input of ``layer``,
     default the last ``nn.Linear``) among clean fitting inputs of the predicted class,
-    as a log-density. BU: variance of the softmax output under Monte-Carlo dropout. When
-    the model has no dropout of its own, dropout with rate ``dropout`` is applied to the
-    penultimate representation (the same draws for every call: ``seed``). The two
+    as a log-density. BU: variance of the softmax output under Monte-Carlo dropout with
+    rate ``dropout`` applied to the penultimate representation (the model's own dropout
+    layers are not switched on; the same draws for every call: ``seed``). The two
     features are standardised and fed to a logistic regression, as in the paper.
 
     Parameters

@@ -54,9 +54,9 @@ class SaliencyDetector(Detector):
 
     References
     ----------
-    Wang, Chen, Liu, Zeng, Zhang. Adversarial Examples Detection with Saliency Maps /
-    "Interpret neural networks by extracting critical subnetworks". 2020; see also
-    Fidel et al. 2020 and Ko & Lim 2021 for the same principle.
+    Zhang, Yang, Ye. Detecting Adversarial Perturbations with Saliency. ICSIP 2018.
+    Wang, Wu, Li, Lin, Wu, Li. Interpretability is a Kind of Safety: An Interpreter-based
+    Ensemble for Adversary Defense. KDD 2020 (one such detector per interpreter).
 
     Examples
     --------
@@ -161,8 +161,8 @@ class XEnsemble(Detector):
 
     References
     ----------
-    Wei, Liu. Cross-Layer Strategic Ensemble Defense Against Adversarial Examples
-    (XEnsemble). ICNC 2020; Fidel, Bitton, Shabtai 2020.
+    Wang, Wu, Li, Lin, Wu, Li. Interpretability is a Kind of Safety: An Interpreter-based
+    Ensemble for Adversary Defense (X-Ensemble). KDD 2020.
 
     Examples
     --------
