@@ -84,8 +84,13 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
         ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
-    if legend and any(n for n in _series(values)):
-        ax.legend(loc="best", frameon=True, framealpha=0.85, edgecolor="none")
+    names = [n for n in _series(values) if n]
+    if legend and names:
+        if len(names) >= 3 and not title:  # many or long labels: above the axes, never over the lines
+            ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2, borderaxespad=0.2,
+                      columnspacing=1.0, handlelength=1.8)
+        else:
+            ax.legend(loc="best", frameon=True, framealpha=0.85, edgecolor="none")
     ax.grid(True, linewidth=0.3, alpha=0.5)
     return fig
 
