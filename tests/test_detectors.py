@@ -276,3 +276,18 @@ def test_bad_input_messages(synth):
     with pytest.raises(TypeError, match="not an xadv Detector"):
         D.evaluate({"a": object()}, net, (xc, torch.zeros(len(xc), dtype=torch.long)),
                    (xc, torch.zeros(len(xc), dtype=torch.long)), train_attacks={}, test_attacks={})
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_xensemble_with_lime_member_uses_bpda(synth):
+    """LIME is not differentiable: it can still be a member; the surrogate holds its map constant."""
+    from xadv.explainers import LIME
+
+    net, xc, xa, _, _ = synth
+    grid = (torch.arange(8)[:, None] // 2) * 4 + torch.arange(8)[None] // 2  # 2x2 patches as superpixels
+    lime = LIME(segmentation=grid, n_samples=30, seed=0)
+    det = XEnsemble(("saliency", lime), epochs=3, n_estimators=10, seed=0).fit(net, xc[:40], xa[:40])
+    assert not det.detectors_[1].differentiable and "BPDA" in det.detectors_[1].surrogate_note
+    x = xa[:2].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(det.surrogate_score(net, x).sum(), x)
+    assert torch.isfinite(g).all()
