@@ -46,7 +46,9 @@ def setup():
     report = DetectionReport(rows=[{"detector": "d", "attack": "PGD", "budget": "eps=0.1", "adaptive": False,
                                     "auroc": roc_auc_score(lab, s)}],
                              roc={"d|PGD|eps=0.1|False": (fpr, tpr)})
-    return dict(model=model, x=x, y=y, ig=ig, cam=cam, sal=sal, res=res, ig_adv=ig_adv, fool=fool,
+    mlp = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    tab = xadv.explain(mlp, torch.randn(4, 10, generator=torch.Generator().manual_seed(3)), method="ig", steps=16)
+    return dict(tab=tab, model=model, x=x, y=y, ig=ig, cam=cam, sal=sal, res=res, ig_adv=ig_adv, fool=fool,
                 report=report, scores=(s, lab))
 
 
@@ -62,11 +64,12 @@ def _makers(d):
         "deletion_curve": lambda: xp.deletion_curve(f, {"IG": np.exp(-3 * f)[None].repeat(4, 0) + 0.01 * np.arange(4)[:, None]}),
         "roc_curve": lambda: xp.roc_curve(d["report"]),
         "fooling_curve": lambda: xp.fooling_curve([0.01, 0.02], {"IG": [0.8, 0.4]}, key="spearman"),
+        "bar": lambda: xp.bar(d["tab"], index=1, feature_names=[f"feature {i}" for i in range(10)], top=6),
     }
 
 
 KINDS = ["heatmap", "overlay", "explanation_grid", "attack_grid", "fooling_grid", "success_curve",
-         "deletion_curve", "roc_curve", "fooling_curve"]
+         "deletion_curve", "roc_curve", "fooling_curve", "bar"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -265,3 +268,19 @@ def test_grid_input_errors(setup):
         xp.Column(setup["x"], "histogram")
     with pytest.raises(ValueError, match="share"):
         xp.grid([xp.Column(setup["x"], "image")], share="rows")
+
+
+def test_bar_orders_by_magnitude_and_colours_by_sign(setup):
+    a = np.array([0.1, -0.5, 0.3, 0.0])
+    fig = xp.bar(a, feature_names=["a", "b", "c", "d"], top=3)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "c", "b"]  # largest |value| on top
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == [0.1, 0.3, -0.5]
+    red, blue = ax.patches[0].get_facecolor(), ax.patches[2].get_facecolor()
+    assert red[0] > red[2] and blue[2] > blue[0]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="heatmap"):
+        xp.bar(setup["ig"])
+    with pytest.raises(ValueError, match="names"):
+        xp.bar(a, feature_names=["a"])

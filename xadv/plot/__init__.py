@@ -1,6 +1,6 @@
 """Figures for notebooks and papers, from xadv's result types.
 
-Maps (:func:`heatmap`, :func:`overlay`, :func:`grid` and the ready-made
+Maps (:func:`heatmap`, :func:`overlay`, :func:`bar` for tabular rows, :func:`grid` and the ready-made
 :func:`explanation_grid`, :func:`attack_grid`, :func:`fooling_grid`), curves
 (:func:`success_curve`, :func:`deletion_curve`, :func:`roc_curve`,
 :func:`fooling_curve`), the ``paper`` style (:func:`style`), reproducible
@@ -21,14 +21,14 @@ sequential one. Every function returns the matplotlib Figure.
 from __future__ import annotations
 
 from ._curves import budget_curve, deletion_curve, fooling_curve, roc_curve, success_curve
-from ._maps import (DIVERGING, SEQUENTIAL, Column, attack_grid, color_limit, default_reduce,
+from ._maps import (DIVERGING, SEQUENTIAL, Column, attack_grid, bar, color_limit, default_reduce,
                     explanation_grid, fooling_grid, grid, heatmap, norm_for, overlay, to_image, to_map)
 from ._style import COLUMN_WIDTHS, export_attributions, figure, save, style
 from ._tables import latex_escape, save_table, to_latex, to_markdown
 
 __all__ = [
     "style", "figure", "save", "export_attributions", "COLUMN_WIDTHS",
-    "heatmap", "overlay", "grid", "Column", "explanation_grid", "attack_grid", "fooling_grid",
+    "heatmap", "overlay", "bar", "grid", "Column", "explanation_grid", "attack_grid", "fooling_grid",
     "to_image", "to_map", "color_limit", "norm_for", "default_reduce", "DIVERGING", "SEQUENTIAL",
     "success_curve", "fooling_curve", "budget_curve", "deletion_curve", "roc_curve",
     "to_latex", "to_markdown", "save_table", "latex_escape",

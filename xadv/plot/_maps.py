@@ -647,3 +647,64 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
         c.pred = c.conf = None
         cols.append(c)
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
+
+
+def bar(attributions: Union[Explanation, ArrayLike], *, index: int = 0, feature_names: Optional[Sequence[str]] = None,
+        top: Optional[int] = 10, title: Optional[str] = None, ax=None):
+    """Signed attributions of one tabular sample as horizontal bars, largest |value| on top.
+
+    Red bars raise the explained class score, blue bars lower it (the colours of
+    :data:`DIVERGING`); zero is the axis line.
+
+    Parameters
+    ----------
+    attributions : Explanation with (N, D) attributions, or array/tensor (D,) or (N, D)
+    index : int, default 0
+        Sample to draw.
+    feature_names : sequence of str (D,), optional
+        Default ``x0, x1, ...``.
+    top : int or None, default 10
+        Draw the ``top`` features by ``|attribution|`` (None: all).
+    title : str, optional
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import numpy as np, xadv.plot as xp
+    >>> fig = xp.bar(np.array([0.5, -0.2, 0.1]), feature_names=["age", "income", "debt"])
+    """
+    a = _np(attributions.attributions if isinstance(attributions, Explanation) else attributions).astype(np.float64)
+    if a.ndim == 2:
+        a = a[index]
+    if a.ndim != 1:
+        raise ValueError(f"bar draws tabular attributions (D,) or (N, D), got shape {a.shape}; use heatmap for images")
+    d = a.shape[0]
+    names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(d)]
+    if len(names) != d:
+        raise ValueError(f"feature_names has {len(names)} names for {d} features")
+    order = np.argsort(-np.abs(a), kind="stable")[: (top or d)]
+    vals = a[order][::-1]
+    labels = [names[i] for i in order][::-1]
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        w = min(float(mpl.rcParams["figure.figsize"][0]), 4.0)
+        fig, ax = plt.subplots(figsize=(w, 0.5 + 0.18 * len(vals)))
+    else:
+        fig = ax.figure
+    colors = [DIVERGING(0.85) if v > 0 else DIVERGING(0.15) for v in vals]
+    ax.barh(np.arange(len(vals)), vals, color=colors, height=0.7)
+    ax.set_yticks(np.arange(len(vals)))
+    ax.set_yticklabels(labels)
+    ax.axvline(0, color="0.3", linewidth=0.6)
+    lim = float(np.abs(vals).max()) if len(vals) else 1.0
+    ax.set_xlim(-1.08 * lim if (vals < 0).any() else 0, 1.08 * lim if (vals > 0).any() else 0.0)
+    ax.set_xlabel("attribution")
+    if title:
+        ax.set_title(title)
+    return fig
