@@ -295,3 +295,13 @@ def test_cw_binary_search_beats_fixed_c(digits):
     t = (y + 1) % 10
     tgt = A.CarliniWagnerL2(c=0.1, steps=25, binary_search_steps=4, lr=0.05, targeted=True)(model, x, t)
     assert tgt.success_rate >= 0.6 and torch.equal(tgt.pred_adv[tgt.success], t[tgt.success])
+
+
+def test_experiment_runs_and_renders(digits):
+    from xadv.experiments import attacks as exp
+
+    out = exp.run(n=6, n_slow=4, sections=["explainer"])
+    rows = out["rows"]
+    assert len(rows) == 12 and {r["section"] for r in rows} == {"explainer"}
+    assert all(0.0 <= r["success_rate"] <= 1.0 for r in rows)
+    assert "| attack | budget |" in out["markdown"] and "ExplainerPGD" in out["markdown"]

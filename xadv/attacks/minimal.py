@@ -37,7 +37,10 @@ class CarliniWagnerL2(Attack):
     steps : int, default 100
         Adam iterations per constant.
     binary_search_steps : int, default 9
-    lr : float, default 1e-2
+    lr : float, default 5e-2
+        Adam step size. The paper uses 1e-2 with up to 10,000 iterations; with the
+        100-iteration default a larger step lets saturated pixels (0 or 1, far out
+        in tanh space) move.
     abort_early : bool, default True
         Stop a constant's optimisation when the loss has not decreased by 0.01%
         over ``steps // 10`` iterations (as in the reference implementation).
@@ -63,7 +66,7 @@ class CarliniWagnerL2(Attack):
     """
 
     def __init__(self, c: float = 1e-2, kappa: float = 0.0, steps: int = 100, binary_search_steps: int = 9,
-                 lr: float = 1e-2, abort_early: bool = True, targeted: bool = False,
+                 lr: float = 5e-2, abort_early: bool = True, targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0)):
         self.c = check_nonneg(c, "c")
         if self.c == 0:

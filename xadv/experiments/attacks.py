@@ -128,7 +128,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
                 "gradcam": E.GradCAM(),
             }
             if "lime" in E.names():
-                expl["lime"] = E.get("lime", n_samples=150, seed=seed)
+                expl["lime"] = E.get("lime", n_samples=150, seed=seed, progress=False)
             for name, ex in expl.items():
                 xx, yy = (xs, ys) if name == "lime" else (x, y)
                 curve = A.DeletionAttack(ex, fill="zeros").success_vs_k(model, xx, yy, ks)
