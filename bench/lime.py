@@ -15,7 +15,7 @@ slic segmentation handed to both libraries:
     batch_size from (c).
 
 Repetitions are interleaved and medians reported (the machine is shared).
-Run: ``python bench/lime.py [--reps 5] [--batch-reps 3] [--threads 2]``.
+Run: ``python bench/lime.py [--reps 5] [--batch-reps 3] [--threads 1] [--models digits,cifar]``.
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def bench_model(name, model, x, reps, batch_reps):
     pix = z[:, segs[0].reshape(-1)].to(x.dtype).reshape(n_samples, 1, *x.shape[2:])
     xb = fill + pix * (x[:1] - fill)
 
-    xb_cl = xb.contiguous(memory_format=torch.channels_last)
+    # (for one channel ``.contiguous(memory_format=...)`` keeps the NCHW strides: copy instead)
+    xb_cl = torch.empty_like(xb, memory_format=torch.channels_last).copy_(xb)
 
     def forwards(inp=xb):
         with torch.no_grad():
@@ -148,14 +149,31 @@ def main() -> None:
     p.add_argument("--batch-reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--images", type=int, default=64)
+    p.add_argument("--models", default="digits,cifar", help="comma-separated: digits, cifar")
     a = p.parse_args()
+    models = a.models.split(",")
     torch.set_num_threads(a.threads)
     import xadv.data
     import xadv.zoo
 
-    x, _ = xadv.data.load_digits("test")
-    res = {"digits_cnn": bench_model("digits CNN (xadv.zoo.digits_cnn)", _digits_cnn(),
-                                     x[: a.images], a.reps, a.batch_reps)}
+    res = {}
+    if "digits" in models:
+        x, _ = xadv.data.load_digits("test")
+        res["digits_cnn"] = bench_model("digits CNN (xadv.zoo.digits_cnn)", _digits_cnn(),
+                                        x[: a.images], a.reps, a.batch_reps)
+    if "cifar" in models:
+        _bench_cifar(a, res)
+    print("\nTargets: xadv/fastest forward <= 1.15, lime(best)/xadv one image >= 1, "
+          "lime/xadv per image (64) >= 1.5")
+    for k, r in res.items():
+        print(f"{k}: xadv/forward {r['xadv_one'] / r['forward']:.2f}, lime(best)/xadv one image "
+              f"{r['lime_one_best'] / r['xadv_one']:.2f}, lime/xadv per image at 64 "
+              f"{r['lime_batch'] / r['xadv_batch']:.2f}")
+
+
+def _bench_cifar(a, res) -> None:
+    import xadv.zoo
+
     torch.manual_seed(0)
     cifar = xadv.zoo.cifar_cnn(pretrained=False)
     # smooth random images so that slic finds colour regions, as in natural images
@@ -164,11 +182,6 @@ def main() -> None:
                                          mode="bilinear", align_corners=False).clamp(0, 1)
     res["cifar_cnn"] = bench_model("CIFAR-sized CNN (xadv.zoo.cifar_cnn, random weights)", cifar, xc,
                                    a.reps, a.batch_reps)
-    print("\nTargets: xadv/fastest forward <= 1.15, lime(best)/xadv one image >= 1, lime/xadv per image (64) >= 1.5")
-    for k, r in res.items():
-        print(f"{k}: xadv/forward {r['xadv_one'] / r['forward']:.2f}, lime(best)/xadv one image "
-              f"{r['lime_one_best'] / r['xadv_one']:.2f}, lime/xadv per image at 64 "
-              f"{r['lime_batch'] / r['xadv_batch']:.2f}")
 
 
 if __name__ == "__main__":
