@@ -6,7 +6,9 @@ Usage::
     python bench/attacks.py --repeats 11 --threads 2
 
 * PGD (10 steps, Linf, no random start): xadv vs torchattacks.PGD vs captum.robust.PGD,
-  each also relative to one forward+backward of the batch.
+  each also relative to one forward+backward of the batch. xadv's call includes the
+  evaluation of the adversarial batch (one forward: predictions and confidences of the
+  AttackResult); "torchattacks PGD + eval" adds that forward to torchattacks.
 * ExplainerPGD with an Integrated Gradients direction (IG steps s): cost against
   ``steps x`` (one IG explanation of the batch).
 * SurrogateAttack: queries per success (and seconds) on the same batch.
@@ -57,6 +59,10 @@ def main(argv=None) -> int:
     ig = IntegratedGradients(steps=a.ig_steps)
     eig = A.ExplainerPGD(ig, eps=eps, step_size=alpha, steps=steps)
 
+    def _eval(m, xa):  # what xadv's result includes: predictions on the adversarial batch
+        with torch.no_grad():
+            return m(xa).softmax(1).max(1)
+
     def fwd_bwd():
         xi = x.detach().requires_grad_()
         loss = torch.nn.functional.cross_entropy(model(xi), y)
@@ -66,6 +72,7 @@ def main(argv=None) -> int:
         "forward+backward": fwd_bwd,
         "xadv PGD": lambda: ours(model, x, y),
         "torchattacks PGD": lambda: ta(x, y),
+        "torchattacks PGD + eval": lambda: _eval(model, ta(x, y)),
         "captum.robust PGD": lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps, target=y),
         "IG explanation": lambda: ig(model, x, y),
         "xadv ExplainerPGD[IG]": lambda: eig(model, x, y),
@@ -74,20 +81,27 @@ def main(argv=None) -> int:
     ref = ta(x, y)
     assert torch.allclose(ours(model, x, y).x_adv, ref, atol=1e-5)
     times = {k: [] for k in configs}
-    for _ in range(a.repeats):
-        for k, f in configs.items():
+    keys = list(configs)
+    for i in range(a.repeats):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:  # rotate the order every round
             t = time.perf_counter()
-            f()
+            configs[k]()
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    fb = med["forward+backward"]
-    print(f"batch {a.batch}, {a.threads} thread(s), {a.repeats} interleaved rounds, median seconds\n")
+
+    def ratio(k, ref):  # median of the per-round ratios (robust to a busy machine)
+        return statistics.median(u / v for u, v in zip(times[k], times[ref]))
+
+    print(f"batch {a.batch}, {a.threads} thread(s), {a.repeats} interleaved rounds (order rotated), "
+          f"median seconds and median per-round ratios\n")
     print("| configuration | median s | x forward+backward | ratio |")
     print("|---|---|---|---|")
-    for k in ("forward+backward", "xadv PGD", "torchattacks PGD", "captum.robust PGD"):
-        r = med[k] / med["torchattacks PGD"]
-        print(f"| {k} | {med[k]:.4f} | {med[k] / fb:.1f} | {r:.2f}x torchattacks |")
-    r = med["xadv ExplainerPGD[IG]"] / (steps * med["IG explanation"])
+    for k in ("forward+backward", "xadv PGD", "torchattacks PGD", "torchattacks PGD + eval", "captum.robust PGD"):
+        extra = f", {ratio(k, 'torchattacks PGD + eval'):.2f}x torchattacks + eval" if k == "xadv PGD" else ""
+        print(f"| {k} | {med[k]:.4f} | {ratio(k, 'forward+backward'):.1f} | "
+              f"{ratio(k, 'torchattacks PGD'):.2f}x torchattacks{extra} |")
+    r = statistics.median(u / (steps * v) for u, v in zip(times["xadv ExplainerPGD[IG]"], times["IG explanation"]))
+    fb = med["forward+backward"]
     print(f"| IG explanation ({a.ig_steps} steps) | {med['IG explanation']:.4f} | "
           f"{med['IG explanation'] / fb:.1f} | |")
     print(f"| xadv ExplainerPGD[IG], {steps} steps | {med['xadv ExplainerPGD[IG]']:.4f} | "

@@ -10,7 +10,7 @@ from .._validation import check_bounds, check_inputs, check_model, check_positiv
 from ..explainers import Explainer
 from ..explainers.base import forward
 from ..metrics.faithfulness import FILLS, _expand_mask, feature_maps, fill_values, remove_features
-from .base import Attack, AttackContext, QueryCounter, make_generator, view_batch
+from .base import Attack, AttackContext, QueryCounter, make_generator
 from .gradient import resolve_explainer
 
 FillLike = Union[str, float, torch.Tensor]

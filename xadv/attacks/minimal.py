@@ -1,7 +1,7 @@
 """Minimum-norm L2 attacks: Carlini-Wagner L2 and DeepFool."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
