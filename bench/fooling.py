@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         (g,) = torch.autograd.grad(twin(xi).gather(1, y[:, None]).sum(), xi)
         return g
 
-    fns = {"xadv TopKAttack step": xadv_step, "torch double backprop ||sal||^2": torch_step,
+    fns = {"xadv TopKAttack step": xadv_step, "torch double backprop of sum(saliency^2)": torch_step,
            "one forward+backward": fwd_bwd}
     for f in fns.values():  # warm up
         f()
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             f()
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    ref = med["torch double backprop ||sal||^2"]
+    ref = med["torch double backprop of sum(saliency^2)"]
     print(f"batch {a.batch} digits (1x28x28), softplus(beta=10) copy of xadv.zoo.digits_cnn, "
           f"{a.threads} thread(s), median of {a.repeats}\n")
     print("| step | ms | vs torch double backprop |")

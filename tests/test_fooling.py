@@ -156,3 +156,15 @@ def test_bad_arguments(digits):
         TargetedManipulation(torch.rand(5, 5), steps=1)(model, x[:2])
     with pytest.raises(ValueError, match="image inputs"):
         MassCenterAttack(steps=1)(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.rand(2, 4))
+
+
+@pytest.mark.parametrize("explainer", ["gradcam", xadv.explainers.SmoothGrad(n_samples=2, seed=1),
+                                       xadv.explainers.IntegratedGradients(steps=3)], ids=["gradcam", "sg", "ig"])
+def test_targeted_joint_and_mass_center_take_any_explainer(digits, explainer):
+    model, x, _ = digits
+    target = xadv.explain(model, x[1:3], method=explainer)
+    for atk in (MassCenterAttack(explainer, steps=2), TargetedManipulation(target, explainer=explainer, steps=2),
+                JointAttack(explainer, eps=0.1, steps=2)):
+        res = atk(model, x[:2])
+        assert set(res.similarity) == set(SIMILARITY_METRICS)
+        assert float(res.norms["linf"].max()) <= atk.eps + 1e-6
