@@ -168,3 +168,13 @@ def test_targeted_joint_and_mass_center_take_any_explainer(digits, explainer):
         res = atk(model, x[:2])
         assert set(res.similarity) == set(SIMILARITY_METRICS)
         assert float(res.norms["linf"].max()) <= atk.eps + 1e-6
+
+
+def test_experiment_runs_end_to_end_on_a_small_budget():
+    from xadv.experiments import fooling as exp
+
+    res = exp.run(n=4, n_heavy=4, steps=2, sections=("joint", "defense"))
+    assert {r["section"] for r in res["rows"]} == {"joint", "defense"}
+    assert "### ADV^2" in res["markdown"] and "| beta-smoothing beta=1 |" in res["markdown"]
+    with pytest.raises(ValueError, match="unknown section"):
+        exp.run(sections=("nope",))
