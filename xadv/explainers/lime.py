@@ -478,21 +478,24 @@ class LIME(Explainer):
             for g0 in range(0, n, group):
                 g1 = min(n, g0 + group)
                 gm = masks[g0:g1]  # (G, ns, S)
+                gz = gm.to(x.dtype)
                 ys = torch.empty(g1 - g0, ns, dtype=pred.dtype, device=x.device)
                 ys[:, 0] = pred[g0:g1]
                 # rows (image, sample) with sample >= 1; sample 0 is x itself
-                total = (g1 - g0) * (ns - 1)
+                m = ns - 1
+                total = (g1 - g0) * m
+                yflat = torch.empty(total, dtype=pred.dtype, device=x.device)
+                trows = t[g0:g1].repeat_interleave(m)
                 for r0 in range(0, total, rows):
                     r1 = min(total, r0 + rows)
-                    r = torch.arange(r0, r1, device=x.device)
-                    img = r // (ns - 1)
-                    smp = r % (ns - 1) + 1
-                    z = gm[img, smp]  # (B, S)
-                    pix = z.gather(1, seg_flat[g0 + img]).to(x.dtype)  # (B, H*W)
-                    gi = g0 + img
                     xb = torch.empty((r1 - r0, c, h, w), dtype=x.dtype, device=x.device,
                                      memory_format=fmt)
-                    torch.addcmul(fill[gi], diff[gi], pix.reshape(-1, 1, h, w), out=xb)
+                    # each run of rows from one image: its masks, broadcast against its image
+                    for i in range(r0 // m, (r1 - 1) // m + 1):
+                        a, b = max(r0, i * m), min(r1, (i + 1) * m)
+                        z = gz[i, a - i * m + 1: b - i * m + 1]  # (rows of image i, S)
+                        pix = z.index_select(1, seg_flat[g0 + i]).view(-1, 1, h, w)
+                        torch.addcmul(fill[g0 + i], diff[g0 + i], pix, out=xb[a - r0: b - r0])
                     with torch.no_grad():
                         try:
                             ob = forward(model, xb)
@@ -502,8 +505,10 @@ class LIME(Explainer):
                             # e.g. a ``.view`` in the model: plain layout from here on
                             fmt = torch.contiguous_format
                             ob = forward(model, xb.clone(memory_format=torch.contiguous_format))
-                        ys[img, smp] = select_score(ob, t[gi], self.score).detach().to(ys.dtype)
-                    bar.update((r1 - r0) / (ns - 1))
+                        sc = select_score(ob, trows[r0:r1], self.score)
+                        yflat[r0:r1] = sc.detach().to(yflat.dtype)
+                    bar.update((r1 - r0) / m)
+                ys[:, 1:] = yflat.view(g1 - g0, m)
                 dt = _solve_dtype(x.device)
                 zf = gm.to(dt)
                 k = zf.sum(2)  # segments kept (padding included)
