@@ -147,3 +147,12 @@ def test_params_recorded_and_repr():
     assert "method='integrated_gradients'" in repr(e)
     sg = xadv.explainers.SmoothGrad(ig, n_samples=2)
     assert "IntegratedGradients" in sg._params_for_result()["base"]
+
+
+def test_indexing_slices_per_sample_extras(cnn64, images64):
+    e = xadv.explain(cnn64, images64, method="ig", steps=4)
+    sub = e[1:3]
+    assert torch.equal(sub.extras["baseline"], e.extras["baseline"][1:3])
+    assert torch.equal(sub.delta, e.delta[1:3])
+    one = e[4]
+    assert one.attributions.shape[0] == 1 and one.extras["baseline"].shape[0] == 1

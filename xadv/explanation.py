@@ -178,16 +178,22 @@ class Explanation:
         return Explanation(**kw)
 
     def __getitem__(self, idx) -> "Explanation":
-        """Select samples: ``e[0:4]``, ``e[mask]``. Per-sample tensors are indexed."""
+        """Select samples: ``e[0:4]``, ``e[mask]``, ``e[2]`` (keeps the batch axis).
+
+        Per-sample tensors (first dimension N), including those in ``extras``, are
+        indexed; everything else is kept as it is.
+        """
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         n = len(self)
-        kw = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+
+        def pick(v):
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
-                v = v[idx]
-            kw[f.name] = v
+                return v[idx]
+            return v
+
+        kw = {f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        kw["extras"] = {k: pick(v) for k, v in self.extras.items()}
         return Explanation(**kw)
 
     # ------------------------------------------------------------- save/load
