@@ -6,12 +6,12 @@ runs ``_attack`` and fills every field of :class:`xadv.results.AttackResult`.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
@@ -35,17 +35,6 @@ def check_nonneg(value, name: str) -> float:
     if not v >= 0 or v != v or v == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
-
-
-def make_generator(seed: Optional[int], generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
-    """A fresh generator seeded with ``seed`` (same draws every call), the given one, or None."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 def view_batch(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -124,7 +113,7 @@ class QueryCounter:
             self._handle = None
 
 
-class Attack:
+class Attack(ParamsMixin):
     """Base class of every attack.
 
     Subclasses implement ``_attack(ctx) -> (x_adv, extras)`` where ``ctx`` is an
@@ -207,17 +196,6 @@ class Attack:
         raise NotImplementedError
 
     # -------------------------------------------------------------- params
-    def get_params(self) -> Dict[str, Any]:
-        """The constructor's parameters (scikit-learn style)."""
-        sig = inspect.signature(type(self).__init__)
-        out = {}
-        for p in list(sig.parameters)[1:]:
-            if sig.parameters[p].kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-                continue
-            if hasattr(self, p):
-                out[p] = getattr(self, p)
-        return out
-
     def __repr__(self) -> str:
         def fmt(v):
             if isinstance(v, float):

@@ -1,12 +1,12 @@
 """The explainer contract: parameters in ``__init__``, model and batch at call time."""
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from .._common import ParamsMixin
 from .._model import preserved
 from .._validation import TargetLike, check_inputs, check_model, resolve_target
 from ..explanation import Explanation
@@ -103,7 +103,7 @@ def gradient(model, x: torch.Tensor, target: TargetLike, *, score: ScoreLike = "
     return g, out, t, xi
 
 
-class Explainer:
+class Explainer(ParamsMixin):
     """Base class of every explainer.
 
     Subclasses set ``name`` and ``differentiable`` and implement
@@ -150,17 +150,6 @@ class Explainer:
         raise NotImplementedError
 
     # -------------------------------------------------------------- params
-    def get_params(self) -> Dict[str, Any]:
-        """The constructor's parameters as they were given (scikit-learn style)."""
-        sig = inspect.signature(type(self).__init__)
-        out = {}
-        for p in list(sig.parameters)[1:]:
-            if sig.parameters[p].kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-                continue
-            if hasattr(self, p):
-                out[p] = getattr(self, p)
-        return out
-
     def _params_for_result(self) -> Dict[str, Any]:
         out = {}
         for k, v in self.get_params().items():

@@ -12,7 +12,7 @@ from .._validation import check_bounds, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
                    select_score)
-from .smoothgrad import make_generator
+from .._common import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _BASELINES = ("zeros", "uniform", "blur", "mean")

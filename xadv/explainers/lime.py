@@ -21,7 +21,7 @@ from .._validation import check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, select_score
 from .integrated_gradients import gaussian_blur
-from .smoothgrad import make_generator
+from .._common import make_generator
 
 __all__ = ["LIME", "TabularLIME", "weighted_ridge", "exponential_kernel", "segment"]
 

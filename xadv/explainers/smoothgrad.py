@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .._validation import check_positive_int, resolve_target
+from .._common import make_generator
 from ..explanation import Explanation
 from .base import Explainer, balanced_slices, default_batch_rows, forward, input_leaf
 from .gradient import Saliency
@@ -15,18 +16,6 @@ _VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 #: rows (noisy copies x samples) per call of the base explainer when ``batch_size``
 #: is None; None picks them from the device and the input size (``base.default_batch_rows``)
 DEFAULT_BATCH_ROWS: Optional[int] = None
-
-
-def make_generator(seed: Optional[int], generator: Optional[torch.Generator], device) -> Optional[torch.Generator]:
-    """A fresh generator for ``seed`` (same draws on every call), the user's
-    ``generator`` (advances between calls), or None (torch's global RNG)."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 def _accumulate(store: dict, key: int, value: torch.Tensor, create_graph: bool) -> None:
