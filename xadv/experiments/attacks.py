@@ -1,7 +1,8 @@
 """Attacks derived from attributions on the embedded digits CNN: the results table.
 
-``python -m xadv.experiments.attacks [--n 256] [--out DIR]`` runs, on the first
-``n`` test digits the model classifies correctly:
+``python -m xadv.experiments.attacks [--n 256] [--full] [--threads 1] [--out DIR]``
+runs, on the first ``n`` test digits the model classifies correctly (about a minute on
+one thread of an idle CPU; ``--full`` is the larger version, about twice that):
 
 * gradient attacks (FGSM, R+FGSM, PGD Linf/L2/L0) across budgets, and the
   minimum-norm DeepFool and Carlini-Wagner L2;
@@ -55,23 +56,62 @@ def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -
     return out
 
 
-def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
-        sections: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+class _TimedRows(list):
+    """Rows that record the seconds spent since the previous row (``"seconds"``; JSON only)."""
+
+    def __init__(self, progress: bool = False):
+        super().__init__()
+        self.progress = progress
+        self.mark()
+
+    def mark(self):
+        self.t = time.perf_counter()
+
+    def append(self, row):
+        now = time.perf_counter()
+        row.setdefault("seconds", round(now - self.t, 2))
+        self.t = now
+        if self.progress:
+            print(f"  {row['section']:9s} {row['attack']} [{row['budget']}]: {row['seconds']} s", flush=True)
+        super().append(row)
+
+
+def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: bool = False,
+        sections: Optional[Sequence[str]] = None, full: bool = False,
+        n_explainer: Optional[int] = None) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
+
+    The default is sized to take about a minute on one CPU thread; ``full=True`` runs the
+    larger version (every digit for ExplainerPGD, twice the digits for the slow attacks,
+    Linf 0.3 for the gradient attacks, Linf 0.1 for the universal perturbations, 8x8 patches).
 
     Parameters
     ----------
     n : int, default 256
         Test digits (correctly classified) for the fast attacks.
-    n_slow : int, default 64
-        Digits for the per-sample-heavy attacks (CW, LIME deletion, JSMA uses n_slow // 4,
-        SurrogateAttack).
+    seed : int, default 0
+    n_slow : int, optional
+        Digits for the per-sample-heavy attacks (CW, LIME deletion, SurrogateAttack and the
+        substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
+    progress : bool, default False
+        Print the seconds of every section and row.
     sections : optional subset of {"gradient", "explainer", "deletion", "blackbox", "universal"}
+    full : bool, default False
+        The larger version described above.
+    n_explainer : int, optional
+        Digits for the ExplainerPGD section (SmoothGrad and IG directions cost 9-10x a PGD
+        step); default ``min(n, 128)`` (``full``: ``n``).
     """
     torch.manual_seed(seed)
+    n_slow = (64 if full else 32) if n_slow is None else n_slow
+    n_explainer = (n if full else min(n, 128)) if n_explainer is None else min(n, n_explainer)
+    linf_eps = (0.05, 0.1, 0.2, 0.3) if full else (0.05, 0.1, 0.2)
+    universal_eps = (0.1, 0.2, 0.3) if full else (0.2, 0.3)
+    patch_sizes = (6, 8, 10) if full else (6, 10)
     model, x, y, xt, yt = _load(n, seed)
     xs, ys = x[:n_slow], y[:n_slow]
-    rows: List[Dict[str, Any]] = []
+    xe, ye = x[:n_explainer], y[:n_explainer]
+    rows: List[Dict[str, Any]] = _TimedRows(progress)
     secs: Dict[str, float] = {}
     want = set(sections or ("gradient", "explainer", "deletion", "blackbox", "universal"))
 
@@ -79,6 +119,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
         class _T:
             def __enter__(self_):
                 self_.t = time.perf_counter()
+                rows.mark()
 
             def __exit__(self_, *a):
                 secs[name] = round(time.perf_counter() - self_.t, 1)
@@ -88,7 +129,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
 
     if "gradient" in want:
         with timed("gradient"):
-            for eps in (0.05, 0.1, 0.2, 0.3):
+            for eps in linf_eps:
                 b = f"Linf {eps}"
                 rows.append(_row("gradient", "FGSM", b, A.FGSM(eps=eps)(model, x, y)))
                 rows.append(_row("gradient", "R+FGSM", b, A.RFGSM(eps=eps, seed=seed)(model, x, y)))
@@ -116,7 +157,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
             for eps in (0.1, 0.2):
                 for name, ex in dirs.items():
                     atk = A.ProjectedGradient(ex, eps=eps, steps=10)
-                    rows.append(_row("explainer", name, f"Linf {eps}", atk(model, x, y)))
+                    rows.append(_row("explainer", name, f"Linf {eps}", atk(model, xe, ye)))
 
     if "deletion" in want:
         with timed("deletion"):
@@ -138,7 +179,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
                                  "linf": float("nan"), "queries": float(curve["queries"])})
             rows.append(_row("deletion", "Deletion[saliency], 4 rounds", "k=100",
                              A.DeletionAttack("saliency", k=100, steps=4)(model, x, y)))
-            xj, yj = xs[: max(4, n_slow // 4)], ys[: max(4, n_slow // 4)]
+            xj, yj = x[: max(16, n_slow // 4)], y[: max(16, n_slow // 4)]
             rows.append(_row("deletion", "JSMA (targeted y+1)", "gamma=0.1",
                              A.JSMA(gamma=0.1)(model, xj, (yj + 1) % 10)))
 
@@ -162,7 +203,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
             xh, yh = load_digits("test")
             with torch.no_grad():
                 ph = model(xh).argmax(1)
-            for eps in (0.1, 0.2, 0.3):
+            for eps in universal_eps:
                 rates = []
                 for t in (0, 3, 8):
                     rates.append(A.ClassVisualizationPerturbation(target=t, eps=eps, steps=100, seed=seed)(
@@ -180,7 +221,7 @@ def run(n: int = 256, seed: int = 0, n_slow: int = 64, progress: bool = False,
                 rows.append({"section": "universal", "attack": "random sign noise (control)", "budget": f"Linf {eps}",
                              "n": len(xh), "success_rate": fr, "l2": float("nan"), "linf": eps,
                              "l0": float("nan"), "queries": 0.0})
-            for size in (6, 8, 10):
+            for size in patch_sizes:
                 patch = A.AdversarialPatch(size=size, target=3, steps=200, seed=seed)
                 patch.fit(model, xt)
                 keep = ph != 3
@@ -231,18 +272,28 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xadv.experiments.attacks", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=256, help="test digits for the fast attacks")
-    p.add_argument("--n-slow", type=int, default=64, help="digits for CW, LIME deletion, JSMA/4, surrogate")
+    p.add_argument("--n-slow", type=int, default=None,
+                   help="digits for CW, LIME deletion, surrogate, transfer (default 32; --full: 64)")
+    p.add_argument("--n-explainer", type=int, default=None,
+                   help="digits for ExplainerPGD (default min(n, 128); --full: n)")
+    p.add_argument("--full", action="store_true",
+                   help="the larger version: ExplainerPGD on all n, n-slow 64, Linf 0.3 gradient budget, "
+                        "Linf 0.1 universal budget, 8x8 patches (~2x the time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sections", nargs="*", default=None,
                    help="subset of: gradient explainer deletion blackbox universal")
     p.add_argument("--out", help="directory for attacks.md and attacks.json")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the batches are small, extra threads mostly wait on a shared machine)")
+    p.add_argument("--progress", action="store_true", help="print the seconds of every section and row")
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(max(1, a.threads))
     t = time.perf_counter()
-    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections)
+    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
+              n_explainer=a.n_explainer)
     total = time.perf_counter() - t
-    text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
+    text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "
+                              f"{torch.get_num_threads()} thread(s)); per section: {res['seconds']}_\n")
     print(text)
     if a.out:
         out = Path(a.out)
