@@ -94,6 +94,29 @@ def test_targeted_manipulation_moves_the_map_to_the_target(digits):
     assert res.attack.startswith("TargetedManipulation(")
 
 
+def test_targeted_manipulation_gain_grows_with_the_budget(digits):
+    # Dombrowski et al.'s setting: target = map of another image of a different class. On a ReLU network
+    # the map only changes where units flip, so a larger L-inf ball moves it further (docs/fooling.md)
+    from xadv.experiments.fooling import _other_class, _relu_flips
+
+    model, x, y = digits
+    x, y = x[:8], y[:8]
+    other = _other_class(y)
+    assert bool((y[other] != y).all())
+    target = xadv.explain(model, x[other], method="saliency")
+    factors, flips = [], []
+    for eps in (EPS, 0.3):
+        res = TargetedManipulation(target, eps=eps, steps=40)(model, x)
+        ex = res.extras
+        assert res.kept.all() and float(res.norms["linf"].max()) <= eps + 1e-6
+        assert float(ex["output_mse"].mean()) < 1e-3
+        factors.append(float(ex["target_mse_before"].mean() / ex["target_mse_after"].mean()))
+        flips.append(_relu_flips(model, x, res.x_adv))
+    assert factors[0] > 1.3 and factors[1] > 1.5 * factors[0]
+    assert 0 < flips[0] < flips[1] < 0.5
+    assert _relu_flips(model, x, x) == 0.0
+
+
 def test_joint_attack_reaches_the_target_and_keeps_the_map(digits):
     model, x, _ = digits
     tgt = (digits[2][:8] + 1) % 10

@@ -229,9 +229,21 @@ class TargetedManipulation(FoolingAttack):
     explainer, eps, steps, step_size, bounds, k, reduce, seed, progress
         As in :class:`TopKAttack`; ``optimizer`` defaults to "adam" here, ``steps`` to 200.
     beta : float or (float, float), default (10.0, 100.0)
+    pool_beta : float or None, default 10.0
+        Initial inverse temperature of the softmax pooling that replaces max pooling
+        in the smooth copy (sharpened with ``beta``). Higher than the other attacks'
+        3.0: matching a target map needs the copy's pooling switches close to the
+        real ones (on the digits CNN at eps = 8/255 the factor goes 1.44 -> 1.63).
 
     Notes
     -----
+    The map of a ReLU network is piecewise constant in the input: it only changes
+    where ReLU states or max-pooling switches flip, so how far it can be moved
+    depends on how many of them the budget reaches. On a small network with
+    28 x 28 inputs an L-inf ball of 8/255 reaches few (about 1% of the ReLU units
+    of ``xadv.zoo.digits_cnn`` flip) and the MSE to a target map drops by a factor
+    of about 1.6 only; see ``docs/fooling.md`` for the factor as a function of eps.
+
     ``result.extras`` holds ``target_mse_before``/``target_mse_after`` (MSE of the
     unit-sum maps to the target map, per sample) and ``output_mse`` (between
     softmax outputs).
@@ -256,7 +268,7 @@ class TargetedManipulation(FoolingAttack):
     def __init__(self, target_map, gamma: float = 1.0, explainer: Union[str, Explainer] = "saliency", *,
                  eps: float = 8 / 255, steps: int = 200, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (10.0, 100.0), k: Union[int, float] = 0.1, reduce: str = "abs",
-                 optimizer: str = "adam", pool_beta: Optional[float] = 3.0, seed: Optional[int] = None,
+                 optimizer: str = "adam", pool_beta: Optional[float] = 10.0, seed: Optional[int] = None,
                  progress: bool = False):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress)
