@@ -117,6 +117,21 @@ def test_targeted_manipulation_gain_grows_with_the_budget(digits):
     assert _relu_flips(model, x, x) == 0.0
 
 
+def test_targeted_manipulation_through_gradcam_pp_stays_finite(digits):
+    # Grad-CAM++'s alpha = g^2 / (2 g^2 + sum(A) g^3) overflowed in the double backward for tiny gradients,
+    # which turned every step into NaN; with the cancelled form the attack moves the map
+    from xadv.experiments.fooling import _other_class
+
+    model, x, y = digits
+    x, y = x[:8], y[:8]
+    target = xadv.explain(model, x[_other_class(y)], method="gradcam_pp")
+    res = TargetedManipulation(target, explainer="gradcam_pp", eps=EPS, steps=40, seed=0)(model, x)
+    ex = res.extras
+    assert bool(torch.isfinite(res.x_adv).all()) and res.kept.all()
+    assert float(ex["target_mse_before"].mean()) > 1.3 * float(ex["target_mse_after"].mean())
+    assert float(ex["output_mse"].mean()) < 1e-3
+
+
 def test_joint_attack_reaches_the_target_and_keeps_the_map(digits):
     model, x, _ = digits
     tgt = (digits[2][:8] + 1) % 10

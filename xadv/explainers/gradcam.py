@@ -143,9 +143,10 @@ class GradCAMPlusPlus(GradCAM):
     name = "gradcam_pp"
 
     def channel_weights(self, acts, grads):
-        g2 = grads * grads
-        g3 = g2 * grads
-        denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
-        safe = torch.where(denom != 0, denom, torch.ones_like(denom))
-        alpha = torch.where(denom != 0, g2 / safe, torch.zeros_like(g2))
-        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+        # alpha * relu(g) = relu(g) / (2 + sum(A) g) wherever g > 0 (g^2 cancels) and 0 elsewhere; written
+        # without g^2 / g^3 so the double backward does not overflow for tiny gradients (create_graph=True)
+        pos = F.relu(grads)
+        denom = 2 + acts.sum(dim=(2, 3), keepdim=True) * pos
+        ok = denom.abs() > 1e-6
+        safe = torch.where(ok, denom, torch.ones_like(denom))
+        return torch.where(ok, pos / safe, torch.zeros_like(pos)).sum(dim=(2, 3))
