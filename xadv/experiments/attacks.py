@@ -20,15 +20,14 @@ target (targeted); norms are means over successful samples.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from .. import attacks as A
 from .. import explainers as E
+from . import write_outputs
 
 
 def _load(n: int, seed: int = 0):
@@ -295,11 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "
                               f"{torch.get_num_threads()} thread(s)); per section: {res['seconds']}_\n")
     print(text)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "attacks.md").write_text(text)
-        (out / "attacks.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
+    write_outputs(a.out, "attacks", text, res)
     return 0
 
 

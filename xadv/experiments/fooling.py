@@ -14,14 +14,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from . import write_outputs
 
 SECTIONS = ("input", "targeted", "joint", "defense", "model", "tabular")
 EPS = 8 / 255
@@ -343,11 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     total = time.perf_counter() - t
     text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
     print(text)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fooling.md").write_text(text)
-        (out / "fooling.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
+    write_outputs(a.out, "fooling", text, res)
     return 0
 
 
