@@ -10,6 +10,7 @@ The user's model is never changed: a deep copy is trained and returned.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -275,34 +276,15 @@ class ModelManipulation:
         for p in manip.parameters():
             p.requires_grad_(True)
         self.explainer = bind_explainer(self.explainer, model)
-        g = torch.Generator(device="cpu")
-        g.manual_seed(0 if self.seed is None else int(self.seed))
-        opt = torch.optim.Adam(manip.parameters(), lr=self.lr)
-        history = []
-        n = x_train.shape[0]
-        it = range(self.epochs)
-        if self.progress:
-            it = tqdm(it, desc="ModelManipulation")
-        for _ in it:
-            perm = torch.randperm(n, generator=g).to(x_train.device)
-            ce_sum = fl_sum = 0.0
-            for i in range(0, n, self.batch_size):
-                idx = perm[i:i + self.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
-                ref = self._reference(original, xb, yb)
-                opt.zero_grad()
-                if self.beta is not None:
-                    with smoothed(manip, self.beta):
-                        ce = F.cross_entropy(manip(xb), yb)
-                        fl = self._fool_loss(manip, xb, yb, ref).mean()
-                else:
-                    ce = F.cross_entropy(manip(xb), yb)
-                    fl = self._fool_loss(manip, xb, yb, ref).mean()
-                (ce + self.lam * fl).backward()
-                opt.step()
-                ce_sum += float(ce.detach()) * len(idx)
-                fl_sum += float(fl.detach()) * len(idx)
-            history.append({"ce": ce_sum / n, "fooling_loss": fl_sum / n})
+        def losses(xb, yb):
+            ref = self._reference(original, xb, yb)
+            with (smoothed(manip, self.beta) if self.beta is not None else contextlib.nullcontext()):
+                ce = F.cross_entropy(manip(xb), yb)
+                fl = self._fool_loss(manip, xb, yb, ref).mean()
+            return ce + self.lam * fl, {"ce": ce, "fooling_loss": fl}
+
+        history = _fine_tune(manip, x_train, y_train, losses, epochs=self.epochs, batch_size=self.batch_size,
+                             lr=self.lr, seed=self.seed, progress=self.progress, desc="ModelManipulation")
         manip.eval()
         for p in manip.parameters():
             p.requires_grad_(False)
@@ -320,6 +302,34 @@ class ModelManipulation:
     def __repr__(self) -> str:
         return (f"ModelManipulation(explainer={self.explainer!r}, kind={self.kind!r}, lam={self.lam}, "
                 f"epochs={self.epochs}, lr={self.lr}, beta={self.beta})")
+
+
+
+def _fine_tune(model, x, y, losses, *, epochs, batch_size, lr, seed, progress, desc) -> List[Dict[str, float]]:
+    """Adam over shuffled mini-batches (seeded permutation per epoch).
+
+    ``losses(xb, yb)`` returns ``(total, parts)``; the history holds the sample-weighted
+    mean of every part per epoch.
+    """
+    g = torch.Generator(device="cpu")
+    g.manual_seed(0 if seed is None else int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    n = x.shape[0]
+    it = tqdm(range(epochs), desc=desc) if progress else range(epochs)
+    for _ in it:
+        perm = torch.randperm(n, generator=g).to(x.device)
+        sums: Dict[str, float] = {}
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            total, parts = losses(x[idx], y[idx])
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        history.append({k: v / n for k, v in sums.items()})
+    return history
 
 
 @dataclass
@@ -449,33 +459,18 @@ class FeatureHiding:
         manip = copy.deepcopy(model).train()
         for p in manip.parameters():
             p.requires_grad_(True)
-        g = torch.Generator(device="cpu")
-        g.manual_seed(0 if self.seed is None else int(self.seed))
-        opt = torch.optim.Adam(manip.parameters(), lr=self.lr)
-        history = []
-        n = x_train.shape[0]
-        it = range(self.epochs)
-        if self.progress:
-            it = tqdm(it, desc="FeatureHiding")
-        for _ in it:
-            perm = torch.randperm(n, generator=g).to(x_train.device)
-            ce_sum = pen_sum = 0.0
-            for i in range(0, n, self.batch_size):
-                idx = perm[i:i + self.batch_size]
-                xb = x_train[idx].detach().requires_grad_(True)
-                yb = y_train[idx]
-                out = manip(xb)
-                ce = F.cross_entropy(out, yb)
-                lp = F.log_softmax(out, 1)
-                s = lp.gather(1, out.detach().argmax(1, keepdim=True)).sum()
-                (gx,) = torch.autograd.grad(s, xb, create_graph=True)
-                pen = gx[:, self.feature].pow(2).mean()
-                opt.zero_grad()
-                (ce + self.lam * pen).backward()
-                opt.step()
-                ce_sum += float(ce.detach()) * len(idx)
-                pen_sum += float(pen.detach()) * len(idx)
-            history.append({"ce": ce_sum / n, "penalty": pen_sum / n})
+        def losses(xb, yb):
+            xb = xb.detach().requires_grad_(True)
+            out = manip(xb)
+            ce = F.cross_entropy(out, yb)
+            lp = F.log_softmax(out, 1)
+            s = lp.gather(1, out.detach().argmax(1, keepdim=True)).sum()
+            (gx,) = torch.autograd.grad(s, xb, create_graph=True)
+            pen = gx[:, self.feature].pow(2).mean()
+            return ce + self.lam * pen, {"ce": ce, "penalty": pen}
+
+        history = _fine_tune(manip, x_train, y_train, losses, epochs=self.epochs, batch_size=self.batch_size,
+                             lr=self.lr, seed=self.seed, progress=self.progress, desc="FeatureHiding")
         manip.eval()
         for p in manip.parameters():
             p.requires_grad_(False)
