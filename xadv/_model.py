@@ -55,4 +55,9 @@ def preserved(model) -> Iterator[None]:
         if buffers:
             with torch.no_grad():
                 for b, saved in buffers:
-                    b.copy_(saved)
+                    if not torch.equal(b, saved):
+                        # through ``.data``: a graph built inside (``create_graph=True``) saved
+                        # these buffers (BatchNorm's running statistics), and a version bump
+                        # would make its double backward fail; the train-mode gradient does
+                        # not use the running statistics, so putting the values back is safe
+                        b.data.copy_(saved)

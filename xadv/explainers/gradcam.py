@@ -82,19 +82,28 @@ class GradCAM(Explainer):
         layer = self.layer if self.layer is not None else last_conv_layer(model)
         return find_module(model, layer)
 
+    def _layer_label(self, model, module) -> str:
+        names = [n for n, m in model.named_modules() if m is module]
+        return repr(names[0]) if names else type(module).__name__
+
     def channel_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """Weights (N, K) of the channels: the spatial mean of the gradient."""
         return grads.mean(dim=(2, 3))
 
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
-        store = {}
+        store = {"calls": 0}
 
         def hook(_m, _inp, output):
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ValueError(f"the Grad-CAM layer must output (N, K, h, w), got {shape}")
+            store["calls"] += 1
             store["a"] = output
+            # the rest of the model gets a copy: in-place ops after the layer (an
+            # ``nn.ReLU(inplace=True)``, a residual ``out += identity``) would otherwise
+            # overwrite the stored activations and move their place in the graph
+            return output.clone()
 
         xi = input_leaf(x, create_graph)
         handle = module.register_forward_hook(hook)
@@ -103,6 +112,13 @@ class GradCAM(Explainer):
                 out = forward(model, xi)
                 if "a" not in store:
                     raise ValueError("the Grad-CAM layer was not called in the model's forward pass")
+                if store["calls"] > 1:
+                    raise ValueError(
+                        f"the Grad-CAM layer {self._layer_label(model, module)} is called {store['calls']} times "
+                        f"in one forward pass (one module object reused, like the ReLU of torchvision's "
+                        f"BasicBlock), so it has no single activation map; pick a layer that runs once, "
+                        f"e.g. the conv or BatchNorm before it or the enclosing block"
+                    )
                 acts = store["a"]
                 t = resolve_target(target, out)
                 s = select_score(out, t, self.score)

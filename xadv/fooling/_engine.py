@@ -3,7 +3,9 @@
 An attack is this loop plus a per-sample loss on the explanation:
 
 1. the explanation of the current inputs is computed on a softplus copy of the
-   model (``xadv.nn.smooth_relu``) with ``create_graph=True``;
+   model (``xadv.nn.smooth_relu``: ``nn.ReLU`` and ``nn.ReLU6`` modules smoothed;
+   relus applied functionally cannot be and are reported with a
+   ``SmoothingWarning``) with ``create_graph=True``;
 2. one signed-gradient (or Adam) step is taken, projected on the L-inf ball
    around ``x`` and on ``bounds``;
 3. the candidate is checked on the ORIGINAL model: the explanation and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -26,7 +29,7 @@ from .._validation import check_bounds, check_inputs, check_model, check_positiv
 from ..explainers import Explainer, get as get_explainer
 from ..explanation import Explanation
 from ..metrics.similarity import similarities
-from ..nn import smooth_relu
+from ..nn import SmoothingWarning, count_functional_relus, has_smoothable, is_smoothed_relu, smooth_relu
 from ..results import FoolingResult
 
 BetaLike = Union[float, Tuple[float, float], None]
@@ -136,21 +139,41 @@ def smooth_pools(module: torch.nn.Module, beta: float) -> int:
 
 
 def set_beta(twin: torch.nn.Module, beta: float, pool_beta: Optional[float] = None) -> None:
+    """Set the beta of the smoothed relus of ``twin`` (the model's own Softplus modules keep theirs)."""
     for m in twin.modules():
-        if isinstance(m, torch.nn.Softplus):
+        if is_smoothed_relu(m):
             m.beta = beta
         elif isinstance(m, SoftMaxPool2d) and pool_beta is not None:
             m.beta = pool_beta
 
 
-def make_twin(model, explainer: Explainer, beta0: Optional[float], pool_beta: Optional[float] = None):
-    """The model the attack differentiates through: a softplus copy with frozen
-    parameters (max pooling softened too when ``pool_beta`` is given), or the model
-    itself when it has no nn.ReLU (already smooth), when ``beta`` is None, or when
-    the explainer smooths on its own (``self_smoothing``)."""
+def warn_functional_relus(model, x: torch.Tensor, who: str) -> None:
+    """Warn (:class:`xadv.nn.SmoothingWarning`) when ``model`` applies relus that no
+    module makes: they stay in the smooth copy as they are."""
+    n = count_functional_relus(model, x)
+    if n:
+        warnings.warn(
+            f"{who}: the model applies relu {n} time(s) per forward pass without a module (F.relu, "
+            f"torch.relu or x.relu() in forward); only nn.ReLU / nn.ReLU6 modules can be swapped for a "
+            f"softplus, so the second derivative through those calls is zero and the attack's gradient "
+            f"ignores them (with gradient explainers on a model whose relus are all functional the map "
+            f"cannot move at all). Use nn.ReLU modules in the model's forward to attack it properly.",
+            SmoothingWarning, stacklevel=4)
+
+
+def make_twin(model, explainer: Explainer, beta0: Optional[float], pool_beta: Optional[float] = None,
+              x: Optional[torch.Tensor] = None, who: str = "fooling attack"):
+    """The model the attack differentiates through: a smooth copy (:func:`xadv.nn.smooth_relu`)
+    with frozen parameters (max pooling softened too when ``pool_beta`` is given), or
+    the model itself when it has no nn.ReLU / nn.ReLU6 module (already smooth), when
+    ``beta`` is None, or when the explainer smooths on its own (``self_smoothing``).
+    With ``x`` given, functional relus in the model's forward are counted on it and
+    reported with a :class:`xadv.nn.SmoothingWarning`."""
     if beta0 is None or getattr(explainer, "self_smoothing", False) or not isinstance(model, torch.nn.Module):
         return model, False
-    if not any(type(m) is torch.nn.ReLU for m in model.modules()):
+    if x is not None:
+        warn_functional_relus(model, x, who)
+    if not has_smoothable(model):
         return model, False
     twin = smooth_relu(model, beta0)
     if pool_beta is not None:
@@ -295,7 +318,8 @@ class FoolingAttack:
             pred0 = e0.output.argmax(1)
             ctx = self.setup(model, x, yt, e0)
             ctx["pred0"] = pred0
-            twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None, self.pool_beta)
+            twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None, self.pool_beta, x,
+                                       type(self).__name__)
             n = x.shape[0]
             base_step = self.step_size if self.step_size is not None else (
                 2.5 * self.eps / self.steps if self.optimizer == "sign" else self.eps / 10)
