@@ -18,6 +18,8 @@ Bugs these tests caught (regressions):
   ResNet raised); the same for any model left in train mode.
 * ``nn.ReLU6`` was not smoothed (MobileNetV2 fooling ran on the piecewise-linear
   model), and fooling a model with functional ``F.relu`` silently did nothing.
+* Mahalanobis and ML-LOO detectors with their default layers (every nn.ReLU)
+  raised on any ResNet (the block ReLU runs twice).
 """
 from __future__ import annotations
 
@@ -428,6 +430,26 @@ def test_topk_fooling_and_saliency_detector_on_resnet(x64):
     s = det.score(model, torch.cat([xs[:3], adv.x_adv[:3]]))
     assert s.shape == (6,) and torch.isfinite(s).all()
     assert_unchanged(model, snap)
+
+
+def test_activation_detectors_read_every_call_of_a_reused_relu():
+    """Mahalanobis and ML-LOO read every nn.ReLU by default: on a ResNet the block ReLU
+    runs twice, which used to raise; now each call is one feature layer (1 + 3 x 2 = 7)."""
+    from xadv.detectors import LOODetector, MahalanobisDetector
+
+    model = build("resnet")
+    snap = snapshot(model)
+    xs = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    adv = A.PGD(eps=8 / 255, steps=2, seed=0)(model, xs, model(xs).argmax(1)).x_adv
+    maha = MahalanobisDetector().fit(model, xs[:12], adv[12:])
+    assert len(maha.means_) == 7 and maha.layer_scores(model, xs[:2]).shape == (2, 7)
+    assert torch.isfinite(maha.score(model, adv[:3])).all()
+    loo = LOODetector(patch=8).fit(model, xs[:12], adv[12:])
+    assert loo.features(model, xs[:2]).shape == (2, 8 * len(loo.stats))
+    assert torch.isfinite(loo.score(model, adv[:3])).all()
+    assert_unchanged(model, snap)
+    with pytest.raises(ValueError, match="exactly once"):  # an explicit reused layer is still refused
+        MahalanobisDetector(layers=["layer1.0.relu"]).fit(model, xs[:12], adv[12:])
 
 
 @pytest.mark.reference

@@ -13,12 +13,18 @@ from .base import Detector, TorchLogistic, _register, make_generator
 from .shap_signature import last_linear
 
 
-def _capture(model, modules: List[nn.Module], x: torch.Tensor, pool: bool = True):
-    """Outputs of ``modules`` (spatially averaged when ``pool``) and the model output."""
+def _capture(model, modules: List[nn.Module], x: torch.Tensor, pool: bool = True, every_call: bool = False):
+    """Outputs of ``modules`` (spatially averaged when ``pool``) and the model output.
+
+    ``every_call``: one feature per call in forward order (a module called twice, like
+    the ReLU of torchvision's BasicBlock, gives two); otherwise each module must run
+    exactly once.
+    """
     store: List[torch.Tensor] = []
 
     def hook(_m, _i, out):
-        store.append(out.mean(dim=tuple(range(2, out.dim()))) if (pool and out.dim() > 2) else out.flatten(1))
+        # copied now: an in-place op later in forward (ReLU(inplace=True), ``+=``) must not change it
+        store.append(out.mean(dim=tuple(range(2, out.dim()))) if (pool and out.dim() > 2) else out.flatten(1).clone())
 
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
@@ -26,7 +32,7 @@ def _capture(model, modules: List[nn.Module], x: torch.Tensor, pool: bool = True
     finally:
         for h in handles:
             h.remove()
-    if len(store) != len(modules):
+    if not every_call and len(store) != len(modules):
         raise ValueError("each feature layer must be called exactly once per forward pass; pass layers= explicitly")
     return store, out
 
@@ -46,7 +52,9 @@ class MahalanobisDetector(Detector):
     Parameters
     ----------
     layers : sequence of str or nn.Module, optional
-        Default every ``nn.ReLU`` module.
+        Default every call of every ``nn.ReLU`` module (a ReLU module called twice in
+        ``forward``, as in torchvision's ResNet blocks, gives two feature layers); given
+        layers must each run once per forward pass.
     noise : float, default 0.0
     shrinkage : float, default 1e-3
         Added to the covariance diagonal (times its mean variance) before inversion.
@@ -92,6 +100,9 @@ class MahalanobisDetector(Detector):
         return [find_module(model, l) for l in self.layers]
 
     def _layer_scores(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        if len(feats) != len(self.means_):
+            raise ValueError(f"the model gave {len(feats)} feature layers but the detector was fitted on "
+                             f"{len(self.means_)}; score with the model it was fitted on")
         cols = []
         for f, mu, prec in zip(feats, self.means_, self.precisions_):
             mu, prec = mu.to(f.device, f.dtype), prec.to(f.device, f.dtype)
@@ -103,27 +114,28 @@ class MahalanobisDetector(Detector):
     def layer_scores(self, model, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
         """Mahalanobis confidence per layer (N, n_layers), after input preprocessing."""
         mods = self._modules(model)
+        every = self.layers is None
         if self.noise > 0:
             cols = []
             for j in range(len(mods)):
                 with torch.enable_grad():
                     xi = x.detach().requires_grad_(True)
-                    feats, _ = _capture(model, mods, xi)
+                    feats, _ = _capture(model, mods, xi, every_call=every)
                     s = self._layer_scores(feats)[:, j]
                     (g,) = torch.autograd.grad(s.sum(), xi)
                 xp = x + self.noise * g.sign()  # straight-through: sign is a constant
                 with torch.set_grad_enabled(create_graph):
-                    feats, _ = _capture(model, mods, xp)
+                    feats, _ = _capture(model, mods, xp, every_call=every)
                     cols.append(self._layer_scores(feats)[:, j])
             return torch.stack(cols, 1)
         with torch.set_grad_enabled(create_graph):
-            feats, _ = _capture(model, mods, x)
+            feats, _ = _capture(model, mods, x, every_call=every)
             return self._layer_scores(feats)
 
     def _fit(self, model, x_clean, x_adv):
         mods = self._modules(model)
         with torch.no_grad():
-            feats, out = _capture(model, mods, x_clean)
+            feats, out = _capture(model, mods, x_clean, every_call=self.layers is None)
         pred = out.argmax(1)
         k = out.shape[1]
         self.means_, self.precisions_ = [], []

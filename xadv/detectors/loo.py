@@ -66,7 +66,9 @@ class LOODetector(Detector):
     Parameters
     ----------
     layers : sequence of str or nn.Module, optional
-        Hidden layers whose outputs are read; default every ``nn.ReLU`` module.
+        Hidden layers whose outputs are read (each must run once per forward pass);
+        default every call of every ``nn.ReLU`` module (a ReLU module called twice in
+        ``forward``, as in torchvision's ResNet blocks, gives two layers).
     patch : int, default 7
     baseline : float, default 0.0
         Value of occluded features.
@@ -132,7 +134,8 @@ class LOODetector(Detector):
 
         def hook(_m, _i, out):
             if isinstance(out, torch.Tensor):
-                store.append(out.mean(dim=tuple(range(2, out.dim()))) if out.dim() > 2 else out)
+                # copied now: an in-place op later in forward (ReLU(inplace=True)) must not change it
+                store.append(out.mean(dim=tuple(range(2, out.dim()))) if out.dim() > 2 else out.clone())
 
         handles = [m.register_forward_hook(hook) for m in mods]
         try:
@@ -140,8 +143,10 @@ class LOODetector(Detector):
         finally:
             for h in handles:
                 h.remove()
-        if len(store) != len(mods):
+        if self.layers is not None and len(store) != len(mods):
             raise ValueError("a LOO layer was not called exactly once per forward pass; pass layers= explicitly")
+        if not store and mods:
+            raise ValueError("no LOO layer was called in the forward pass; pass layers= explicitly")
         prob = F.softmax(out, 1).reshape(n, s + 1, -1)
         pred = prob[:, 0].detach().argmax(1)
         p = prob.gather(2, pred[:, None, None].expand(n, s + 1, 1))  # (N, S+1, 1)
