@@ -363,6 +363,12 @@ def test_smooth_relu_on_torchvision_style_models(x64):
     z = torch.linspace(-3, 9, 121, dtype=torch.float64)
     assert_close(SoftplusReLU6(beta=1e4)(z), F.relu6(z), atol=1e-4, rtol=0)
 
+    # beta-smoothing (defense) of a ReLU6-only model: same maps as on the smooth copy
+    from xadv.defenses import BetaSmoothed
+    assert_close(BetaSmoothed(Saliency(), beta=5.0)(mobile, x64, 1).attributions,
+                 Saliency()(smooth_relu(mobile, 5.0), x64, 1).attributions)
+    assert all(type(a) is type(b) for a, b in zip(mobile.modules(), build("mobilenet").modules()))
+
     # in place, restored to the very same (inplace) modules
     relus = [(m, m.inplace) for m in resnet.modules() if isinstance(m, nn.ReLU)]
     with smoothed(resnet, 5.0):

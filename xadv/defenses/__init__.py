@@ -22,7 +22,7 @@ import torch
 from .._validation import resolve_target
 from ..explainers import Explainer, SmoothGrad, get as get_explainer
 from ..explanation import Explanation
-from ..nn import smoothed
+from ..nn import has_smoothable, smoothed
 
 __all__ = ["BetaSmoothed", "Aggregate", "SmoothGrad", "evaluate"]
 
@@ -38,7 +38,8 @@ def _as_explainer(e) -> Explainer:
 class BetaSmoothed(Explainer):
     """Explain on a softplus version of the model (beta-smoothing, Dombrowski et al., 2019).
 
-    Every ``nn.ReLU`` is replaced by ``Softplus(beta)`` while the wrapped explainer
+    Every ``nn.ReLU`` is replaced by ``Softplus(beta)`` (``nn.ReLU6`` by
+    ``xadv.nn.SoftplusReLU6(beta)``, see :func:`xadv.nn.smooth_relu`) while the wrapped explainer
     runs (swapped in place with shared parameters and restored afterwards, also on
     error), so the explanation is that of a smooth network with bounded curvature:
     smaller ``beta`` gives smoother, more robust maps; ``beta -> inf`` recovers the
@@ -84,9 +85,9 @@ class BetaSmoothed(Explainer):
     def _explain(self, model, x, target, create_graph):
         if not isinstance(model, torch.nn.Module):
             raise TypeError("BetaSmoothed needs a torch.nn.Module (its nn.ReLU modules are smoothed)")
-        if not any(type(m) is torch.nn.ReLU for m in model.modules()):
-            raise ValueError("the model has no nn.ReLU module to smooth (functional relu cannot be swapped); "
-                             "a model that is already smooth needs no beta-smoothing")
+        if not has_smoothable(model):
+            raise ValueError("the model has no nn.ReLU module (nor nn.ReLU6) to smooth (functional relu cannot "
+                             "be swapped); a model that is already smooth needs no beta-smoothing")
         with smoothed(model, self.beta):
             e = self.base(model, x, target, create_graph=create_graph)
         params = self._params_for_result()
