@@ -235,6 +235,14 @@ def test_every_explainer_runs_and_leaves_the_model_unchanged(arch, x64):
         assert torch.isfinite(r.attributions).all(), key
         assert r.attributions.abs().sum() > 0, key
         assert_unchanged(model, snap)
+    # float32, as most users run it: the same maps to float32 precision
+    m32 = build(name).float()
+    for key in ("saliency", "integrated_gradients", "gradcam"):
+        e = explainers(layer)[key]
+        a32 = e(m32, x64.float(), target=1).attributions
+        a64 = e(model, x64, target=1).attributions
+        assert a32.dtype == torch.float32
+        assert (a32.double() - a64).abs().max() <= 1e-4 * a64.abs().max(), key
     # the same explainers by registry name and through xadv.explain
     assert_close(xadv.explain(model, x64, method="ig", target=1, steps=8).attributions,
                  IntegratedGradients(steps=8)(model, x64, 1).attributions)
