@@ -143,7 +143,7 @@ def test_grid_shares_one_scale_per_column_group_and_labels(setup):
     both = np.concatenate([np.abs(setup["ig"].numpy("sum")).ravel(), np.abs(setup["ig_adv"].numpy("sum")).ravel()])
     assert limits.pop() == pytest.approx(np.percentile(both, 99.5))
     titles = [ax.get_title() for ax in fig.axes]
-    assert any(re.fullmatch(r"perturbation \(×\d+(\.\d+)?\)", t) for t in titles)
+    assert any(re.fullmatch(r"perturbation\s\(×\d+(\.\d+)?\)", t) for t in titles)  # may wrap to two lines
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
     p, c = int(setup["res"].pred_clean[0]), float(setup["res"].conf_clean[0])
     assert f"{p} ({100 * c:.0f}%)" in labels
@@ -284,3 +284,33 @@ def test_bar_orders_by_magnitude_and_colours_by_sign(setup):
         xp.bar(setup["ig"])
     with pytest.raises(ValueError, match="names"):
         xp.bar(a, feature_names=["a"])
+
+
+def test_fooling_grid_of_a_targeted_manipulation_shows_the_target_on_the_maps_scale():
+    import torch
+    from xadv.fooling import TargetedManipulation
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 64, 3))
+    x = torch.rand(2, 1, 8, 8)
+    res = TargetedManipulation(torch.rand(8, 8), eps=0.1, steps=3)(net, x)
+    fig = xp.fooling_grid(res, n=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[-1] == "target map" and "map after" in titles
+    map_axes = [ax for ax in fig.axes if ax.images and ax.get_title() in ("", "map before", "map after", "target map")
+                and ax.images[-1].get_array().ndim == 2 and ax.images[-1].get_cmap().name != "gray"]
+    # before, after and target: unit-sum maps on one colour scale
+    assert len({round(ax.images[-1].norm.vmax, 12) for ax in map_axes}) == 1
+    for ax in map_axes:
+        assert float(np.asarray(ax.images[-1].get_array()).sum()) == pytest.approx(1.0, rel=1e-5)
+    plt.close(fig)
+
+
+def test_long_column_titles_wrap_to_the_panel_width():
+    from xadv.plot._maps import _wrap_title
+
+    assert _wrap_title("input", 1.2) == "input"
+    wrapped = _wrap_title("map after the attack", 1.0)
+    assert "\n" in wrapped and wrapped.replace("\n", " ") == "map after the attack"
+    assert _wrap_title("a rather long column title for a narrow panel", 0.8).count("\n") == 2   # at most 3 lines

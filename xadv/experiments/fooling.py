@@ -90,27 +90,76 @@ def _relu_flips(model, a: torch.Tensor, b: torch.Tensor) -> float:
 
 # (eps, gamma, steps): the L-inf budget of the issue, then larger budgets for the reduction-vs-eps curve;
 # the last row drops the output term and the budget (the most the map can move on this network)
-TARGETED = ((EPS, 1.0, 200), (16 / 255, 1.0, 200), (0.1, 1.0, 200), (0.3, 1.0, 200), (1.0, 1.0, 300),
-            (1.0, 0.0, 300))
+TARGETED = ((EPS, 1.0, 400), (16 / 255, 1.0, 400), (0.1, 1.0, 400), (0.3, 1.0, 400), (1.0, 1.0, 400),
+            (1.0, 0.0, 400))
+# (explainer, eps) for targets inside the budget
+REACHABLE = (("saliency", EPS), ("saliency", 16 / 255), ("input_x_gradient", EPS), ("gradcam", EPS))
 
 
 def _targeted_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
-    from ..explainers import Saliency
-    from ..fooling import TargetedManipulation
+    from ..explainers import get as get_explainer
+    from ..fooling import TargetedManipulation, reachable_target
 
-    # Dombrowski et al.: the target is the explanation of another image, of a different class
-    target = Saliency()(model, x[_other_class(y)])
+    def row(r, target, explainer, eps, gamma, steps, t0):
+        b, a = r.extras["target_mse_before"], r.extras["target_mse_after"]
+        return {"section": "targeted", "target": target, "explainer": explainer, "eps": eps, "gamma": gamma,
+                "steps": steps, "n": len(x), "mse_before": _mean(b), "mse_after": _mean(a),
+                "ratio": _mean(b) / _mean(a), "ratio_median": float((b / a).median()),
+                "output_mse": _mean(r.extras["output_mse"]), "kept": _mean(r.kept),
+                "relu_flips": _relu_flips(model, x, r.x_adv), "linf": _mean(r.norms["linf"]),
+                "seconds": time.perf_counter() - t0}
+
     rows = []
+    # Dombrowski et al.: the target is the explanation of another image, of a different class
+    target = get_explainer("saliency")(model, x[_other_class(y)])
     for eps, gamma, steps in TARGETED:
         t = time.perf_counter()
         r = TargetedManipulation(target, gamma=gamma, eps=eps, steps=steps, seed=seed)(model, x)
-        b, a = r.extras["target_mse_before"], r.extras["target_mse_after"]
-        rows.append({"section": "targeted", "eps": eps, "gamma": gamma, "steps": steps, "n": len(x),
-                     "mse_before": _mean(b), "mse_after": _mean(a), "ratio": _mean(b) / _mean(a),
-                     "ratio_median": float((b / a).median()), "output_mse": _mean(r.extras["output_mse"]),
-                     "kept": _mean(r.kept), "relu_flips": _relu_flips(model, x, r.x_adv),
-                     "linf": _mean(r.norms["linf"]), "seconds": time.perf_counter() - t})
+        rows.append(row(r, "another digit's map", "saliency", eps, gamma, steps, t))
+    # a map the network produces inside the same budget: what the attack reaches when the target is reachable
+    for name, eps in REACHABLE:
+        t = time.perf_counter()
+        ex = get_explainer(name)
+        tgt = reachable_target(model, ex, x, eps, seed=seed + 1)
+        atk = TargetedManipulation(tgt, explainer=ex, eps=eps, seed=seed)
+        rows.append(row(atk(model, x), "map inside the ball", name, eps, atk.gamma, atk.steps, t))
     return rows
+
+
+def targeted_figures(out, n: int = 4, seed: int = 0) -> List[str]:
+    """Save ``targeted_inside.png`` and ``targeted_other.png`` in ``out``: the first ``n``
+    test digits manipulated at 8/255 towards a map inside the ball and towards another
+    digit's map (:func:`xadv.plot.fooling_grid`: input, manipulated input, perturbation,
+    map before, map after, target map). Returns the paths."""
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .. import plot as xp
+    from ..data import load_digits
+    from ..explainers import Saliency
+    from ..fooling import TargetedManipulation, reachable_target
+    from ..zoo import digits_cnn
+
+    model = digits_cnn(pretrained=True)
+    xs, ys = load_digits("test")
+    x = xs[:n]
+    sal = Saliency()
+    other = [n + int((ys[n:] != ys[i]).nonzero()[0]) for i in range(n)]   # next digit of another class
+    targets = {"inside": reachable_target(model, sal, x, EPS, seed=seed + 1), "other": sal(model, xs[other])}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, tgt in targets.items():
+        r = TargetedManipulation(tgt, eps=EPS, seed=seed)(model, x)
+        fig = xp.fooling_grid(r, n=n)
+        path = out / f"targeted_{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
 
 
 def _joint_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
@@ -298,12 +347,13 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
     table("Input-space fooling, L-inf eps = 8/255, prediction kept (Ghorbani et al.); similarity clean vs attacked",
           ["explainer", "attack", "n", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM", "COM shift (px)"],
           ["explainer", "attack", "n", "kept", "topk", "spearman", "kendall", "ssim", "com"], "input")
-    table("Targeted manipulation towards the saliency map of another image of a different class (Dombrowski et "
-          "al.; beta 10 -> 100, Adam; MSE of unit-sum maps on the ReLU model)",
-          ["L-inf eps", "gamma", "steps", "n", "target MSE before", "after", "before / after",
+    table("Targeted manipulation (Dombrowski et al.; Adam, beta 10 -> 1000; MSE of unit-sum maps on the ReLU "
+          "model) towards another digit's map (of a different class) and towards a map the model produces inside "
+          "the ball (the explanation of x + eps * random signs)",
+          ["target", "explainer", "L-inf eps", "gamma", "steps", "n", "target MSE before", "after", "before / after",
            "median per-sample factor", "output MSE (softmax)", "kept", "ReLU units flipped"],
-          ["eps", "gamma", "steps", "n", "mse_before", "mse_after", "ratio", "ratio_median", "output_mse", "kept",
-           "relu_flips"], "targeted")
+          ["target", "explainer", "eps", "gamma", "steps", "n", "mse_before", "mse_after", "ratio", "ratio_median",
+           "output_mse", "kept", "relu_flips"], "targeted")
     table("ADV^2: target class (label + 1) at eps = 0.2, map of the adversarial vs the benign map",
           ["attack", "n", "target reached", "top-10% ∩", "Spearman"],
           ["attack", "n", "reached", "topk", "spearman"], "joint")
@@ -333,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sections", nargs="*", default=None, help=f"subset of: {' '.join(SECTIONS)}")
-    p.add_argument("--out", help="directory for fooling.md and fooling.json")
+    p.add_argument("--out", help="directory for fooling.md, fooling.json and the targeted-manipulation figures")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the per-step work is small, extra threads mostly wait)")
     a = p.parse_args(argv)
@@ -344,6 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
     print(text)
     write_outputs(a.out, "fooling", text, res)
+    if a.out and (a.sections is None or "targeted" in a.sections):
+        targeted_figures(a.out, seed=a.seed)
     return 0
 
 

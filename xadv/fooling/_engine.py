@@ -33,6 +33,7 @@ from ..nn import SmoothingWarning, count_functional_relus, has_smoothable, is_sm
 from ..results import FoolingResult
 
 BetaLike = Union[float, Tuple[float, float], None]
+PoolBetaLike = Union[float, Tuple[float, float], None]
 
 
 def resolve_explainer(explainer: Union[str, Explainer]) -> Explainer:
@@ -87,6 +88,29 @@ def beta_schedule(beta: BetaLike, steps: int) -> Optional[list]:
     if steps == 1:
         return [b1]
     return [b0 * (b1 / b0) ** (t / (steps - 1)) for t in range(steps)]
+
+
+def pool_schedule(pool_beta, betas: list) -> Optional[list]:
+    """Per-step inverse temperature of the softmax pooling of the smooth copy.
+
+    ``None``: max pooling is kept. A number: the start value, sharpened in proportion
+    to the softplus ``beta`` (``pool_beta * betas[t] / betas[0]``). A pair
+    ``(start, end)``: geometric from ``start`` to ``end`` over the steps.
+    """
+    if pool_beta is None:
+        return None
+    if isinstance(pool_beta, (tuple, list)):
+        if len(pool_beta) != 2:
+            raise ValueError(f"pool_beta must be a number, a pair (start, end) or None, got {pool_beta!r}")
+        p0, p1 = float(pool_beta[0]), float(pool_beta[1])
+        if not (p0 > 0 and p1 > 0):
+            raise ValueError(f"pool_beta must be positive or None, got {pool_beta!r}")
+        n = len(betas)
+        return [p0 * (p1 / p0) ** (t / (n - 1)) for t in range(n)] if n > 1 else [p1]
+    p = float(pool_beta)
+    if not p > 0:
+        raise ValueError(f"pool_beta must be positive or None, got {pool_beta!r}")
+    return [p * b / betas[0] for b in betas]
 
 
 class SoftMaxPool2d(torch.nn.Module):
@@ -214,7 +238,7 @@ class FoolingAttack:
     def __init__(self, explainer: Union[str, Explainer] = "saliency", *, eps: float = 8 / 255,
                  steps: int = 100, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (3.0, 30.0), k: Union[int, float] = 0.1, reduce: str = "abs",
-                 optimizer: str = "sign", pool_beta: Optional[float] = 3.0, seed: Optional[int] = None,
+                 optimizer: str = "sign", pool_beta: PoolBetaLike = 3.0, seed: Optional[int] = None,
                  progress: bool = False):
         self.explainer = resolve_explainer(explainer)
         check_explainer_differentiable(self.explainer)
@@ -233,9 +257,8 @@ class FoolingAttack:
         if optimizer not in ("sign", "adam"):
             raise ValueError(f"optimizer must be 'sign' or 'adam', got {optimizer!r}")
         self.optimizer = optimizer
-        if pool_beta is not None and not float(pool_beta) > 0:
-            raise ValueError(f"pool_beta must be positive or None, got {pool_beta!r}")
-        self.pool_beta = None if pool_beta is None else float(pool_beta)
+        pool_schedule(pool_beta, [1.0, 1.0])
+        self.pool_beta = pool_beta if isinstance(pool_beta, (tuple, list)) or pool_beta is None else float(pool_beta)
         self.seed = seed
         self.progress = bool(progress)
 
@@ -318,8 +341,9 @@ class FoolingAttack:
             pred0 = e0.output.argmax(1)
             ctx = self.setup(model, x, yt, e0)
             ctx["pred0"] = pred0
-            twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None, self.pool_beta, x,
-                                       type(self).__name__)
+            pools = pool_schedule(self.pool_beta, betas) if betas else None
+            twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None,
+                                       pools[0] if pools else None, x, type(self).__name__)
             n = x.shape[0]
             base_step = self.step_size if self.step_size is not None else (
                 2.5 * self.eps / self.steps if self.optimizer == "sign" else self.eps / 10)
@@ -340,7 +364,7 @@ class FoolingAttack:
             for t in it:
                 if smoothed and betas is not None:
                     # pooling sharpens with the softplus so the copy converges to the model
-                    set_beta(twin, betas[t], None if self.pool_beta is None else self.pool_beta * betas[t] / betas[0])
+                    set_beta(twin, betas[t], None if pools is None else pools[t])
                 cand = self.candidate(model, twin, x_cur, step, t, ctx, state).detach()
                 cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
                 ec = self.explainer(model, cand, self.target_for(ctx))

@@ -474,7 +474,14 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
         raise ValueError(f"panel_size must be positive, got {panel_size}")
     show_cb = colorbar and share in ("column", "all") and map_cols
     has_labels = any(c.pred is not None for c in columns)
-    title_h = 0.42
+    titles = []
+    for j, c in enumerate(columns):
+        t = c.title
+        if c.kind == "perturbation":
+            t = f"{t or 'perturbation'} (×{factors[j][1]})"
+        titles.append(_wrap_title(t, panel_size))
+    lines = max((t.count("\n") + 1 for t in titles if t), default=1)
+    title_h = 0.42 + 0.2 * (lines - 1)
     label_h = 0.17 if has_labels else 0.02
     cb_h = 0.42 if show_cb else 0.0
     width = ncols * panel_size + (0.3 if row_labels else 0.0)
@@ -516,10 +523,7 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                 mappables[j] = im
             _clean_axes(ax)
             if i == 0:
-                t = c.title
-                if c.kind == "perturbation":
-                    t = f"{t or 'perturbation'} (×{factors[j][1]})"
-                ax.set_title(t, pad=3)
+                ax.set_title(titles[j], pad=3)
             lab = _label(c.pred, c.conf, i, class_names)
             if lab is not None:
                 ax.set_xlabel(lab, labelpad=2, fontsize="small")
@@ -539,6 +543,19 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
             cb.set_ticks([-lim, 0, lim] if signed[j] else [0, lim])
             cb.ax.xaxis.set_major_formatter(_short_formatter())
     return fig
+
+
+def _wrap_title(title: str, panel_size: float) -> str:
+    """Break a column title on spaces so each line fits the panel width (at most 3 lines)."""
+    if not title or "\n" in title:
+        return title
+    import textwrap
+
+    import matplotlib as mpl
+    from matplotlib.font_manager import FontProperties
+    pts = FontProperties(size=mpl.rcParams["axes.titlesize"]).get_size_in_points()
+    width = max(6, int(panel_size * 72 / (0.55 * pts)))   # average glyph ~0.55 em
+    return "\n".join(textwrap.wrap(title, width, break_long_words=False, max_lines=3, placeholder="…"))
 
 
 def _short_formatter():
@@ -626,7 +643,9 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
                  class_names=None, **kw):
     """Input | manipulated input | perturbation | map before | map after for a fooling attack.
 
-    The two maps share one colour scale. Each panel title shows the prediction
+    For a :class:`~xadv.fooling.TargetedManipulation` result a last column shows the
+    target map, and the three maps are drawn as unit-sum absolute maps (the scale the
+    attack compares them on). The maps share one colour scale. Each panel title shows the prediction
     (kept by a successful fooling attack).
 
     Returns
@@ -646,6 +665,17 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
         c = Column(e, kind, t, group="maps", images=e.inputs)
         c.pred = c.conf = None
         cols.append(c)
+    target = result.extras.get("target_map") if isinstance(result.extras, dict) else None
+    if target is not None:
+        # TargetedManipulation: the map it imitates, on the same (unit-sum) scale as the two maps
+        def unit(m):
+            m = m.detach().abs().reshape(m.shape[0], -1)
+            return m / m.sum(1, keepdim=True).clamp_min(1e-12)
+        shape = eb.saliency_map("abs").shape
+        scale = [unit(e.saliency_map("abs")).reshape(shape) for e in (eb, ea)]
+        cols[-2].data, cols[-1].data = scale
+        cols[-2].kind = cols[-1].kind = "map"
+        cols.append(Column(unit(target.to(scale[0].device)).reshape(shape), "map", "target map", group="maps"))
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
 
 

@@ -92,7 +92,7 @@ class style:
     >>> import xadv.plot as xp
     >>> with xp.style("paper", columns=2):
     ...     fig = xp.figure(aspect=0.3)
-    >>> round(fig.get_figwidth(), 1)
+    >>> round(float(fig.get_figwidth()), 1)
     7.0
     """
 
