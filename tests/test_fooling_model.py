@@ -142,3 +142,23 @@ def test_feature_hiding_transfers_to_lime_and_shap(compas):
     assert res.rank_after["gradient"] > res.rank_before["gradient"]
     assert res.rank_after["lime"] > res.rank_before["lime"]
     assert res.rank_after["shap"] > res.rank_before["shap"]
+
+
+def test_model_manipulation_says_when_functional_relus_cannot_be_smoothed():
+    from xadv.nn import SmoothingWarning
+
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, z):
+            return self.fc(torch.nn.functional.relu(self.conv(z)).flatten(1))
+
+    torch.manual_seed(0)
+    net = Functional()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with pytest.warns(SmoothingWarning, match="ModelManipulation: the model applies relu 1 time"):
+        ModelManipulation("saliency", kind="center_mass", beta=5.0, epochs=1, batch_size=4)(net, x, y, x, y)
+    assert net.training  # the user's mode is kept

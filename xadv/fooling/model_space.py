@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._model import preserved
 from .._validation import check_inputs, check_positive_int
 from ..explainers import Explainer
 from ..explanation import Explanation
 from ..metrics.similarity import _resolve_k, center_of_mass, pearson, topk_intersection
 from ..nn import smoothed
 from ..results import _Saveable
-from ._engine import bind_explainer, check_explainer_differentiable, resolve_explainer
+from ._engine import bind_explainer, check_explainer_differentiable, resolve_explainer, warn_functional_relus
 
 __all__ = ["ModelManipulation", "ManipulationResult", "FeatureHiding", "HidingResult", "region_mask"]
 
@@ -269,6 +270,9 @@ class ModelManipulation:
         for name, t, xx in (("y_train", y_train, x_train), ("y_test", y_test, x_test)):
             if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.shape != (xx.shape[0],):
                 raise ValueError(f"{name} must be a LongTensor of shape ({xx.shape[0]},)")
+        if self.beta is not None:
+            with preserved(model):
+                warn_functional_relus(model, x_train[:2], type(self).__name__)
         original = copy.deepcopy(model).eval()
         for p in original.parameters():
             p.requires_grad_(False)
