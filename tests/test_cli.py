@@ -122,6 +122,18 @@ def test_attack_command(tmp_path):
     assert m["success_rate"] > 0.5 and (tmp_path / "attack.png").exists()
 
 
+def test_fool_command_targeted_towards_a_map_inside_the_ball(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["fool", "--attack", "targeted", "--target", "inside", "--eps", "0.0314", "--n", "4", "--steps", "30",
+                 "--formats", "png", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["attack"].startswith("TargetedManipulation(") and m["kept_rate"] == 1.0
+    # small MSEs keep their significant digits in metrics.json and in the printed table
+    assert 0 < m["target_mse_after"] < m["target_mse_before"] < 1e-4 and m["target_mse_factor"] > 1.5
+    assert "e-0" in capsys.readouterr().out
+    assert (out / "fooling.png").exists() and (out / "fooling_result.pt").exists()
+
+
 def test_python_dash_m_entry_point(monkeypatch, capsys):
     import runpy
 

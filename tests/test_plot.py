@@ -232,6 +232,8 @@ def test_tables_latex_and_markdown(tmp_path):
     assert md.splitlines() == ["| attack | success | n |", "|:--|--:|--:|", "| PGD_10 | **0.912** | 128 |",
                                "| FGSM & co | – | 128 |"]
     assert xp.to_markdown({"a": {"x": 1.0}}, index_name="row").splitlines()[2] == "| a | 1.000 |"
+    # values that would print as 0.000 keep their significant digits; zero stays 0.000
+    assert xp.to_markdown([{"mse": 3.32e-06, "z": 0.0, "s": 0.0004}]).splitlines()[2] == "| 3.32e-06 | 0.000 | 4.00e-04 |"
     assert xp.save_table(rows, tmp_path / "t.tex").read_text().startswith(r"\begin{tabular}")
     with pytest.raises(ValueError, match=".tex or .md"):
         xp.save_table(rows, tmp_path / "t.csv")

@@ -34,6 +34,7 @@ examples:
   xadv attack --attack pgd --eps 0.1 --steps 10 --n 128 --out attack-out
   xadv attack --attack explainer-pgd --explainer ig --eps 0.2 --out attack-out
   xadv fool --attack topk --explainer saliency --eps 0.05 --out fool-out
+  xadv fool --attack targeted --target inside --eps 0.0314 --out targeted-out
   xadv detect --detector saliency --n-train 300 --out detect-out
   xadv attack --table --out tables        the full attacks table (python -m xadv.experiments.attacks)
 
@@ -200,7 +201,7 @@ def _jsonable(v):
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().tolist()
     if isinstance(v, float):
-        return None if math.isnan(v) else round(v, 6)
+        return None if math.isnan(v) else float(f"{v:.6g}")     # 6 significant digits, small values kept
     if isinstance(v, dict):
         return {str(k): _jsonable(w) for k, w in v.items()}
     if isinstance(v, (list, tuple)):
@@ -337,14 +338,25 @@ def cmd_attack(a) -> int:
     return 0
 
 
-def _make_fooling(name: str, a):
+def _make_fooling(name: str, a, model=None, x=None, y=None):
     from . import fooling as Fo
 
-    cls = {"topk": Fo.TopKAttack, "mass-center": Fo.MassCenterAttack, "random-sign": Fo.RandomSignAttack}.get(
-        name.lower().replace("_", "-"))
+    name = name.lower().replace("_", "-")
+    ex = _explainer(a.explainer, fast=True, seed=a.seed)
+    if name == "targeted":
+        # Dombrowski et al.: a map inside the budget (reachable) or another digit's map (of another class)
+        if a.target == "inside":
+            target = Fo.reachable_target(model, ex, x, a.eps, seed=a.seed + 1)
+        else:
+            other = [next((j % len(y) for j in range(i + 1, i + len(y)) if y[j % len(y)] != y[i]), i)
+                     for i in range(len(y))]
+            target = ex(model, x[other])
+        kw = {} if a.steps is None else {"steps": a.steps}
+        return Fo.TargetedManipulation(target, explainer=ex, eps=a.eps, seed=a.seed, **kw)
+    cls = {"topk": Fo.TopKAttack, "mass-center": Fo.MassCenterAttack, "random-sign": Fo.RandomSignAttack}.get(name)
     if cls is None:
         raise CLIError(f"unknown fooling attack {name!r}")
-    return cls(_explainer(a.explainer, fast=True, seed=a.seed), eps=a.eps, steps=a.steps, seed=a.seed)
+    return cls(ex, eps=a.eps, steps=60 if a.steps is None else a.steps, seed=a.seed)
 
 
 def cmd_fool(a) -> int:
@@ -362,7 +374,7 @@ def cmd_fool(a) -> int:
     model = digits_cnn().to(a.device)
     x, y = _digits(a.n, correct_for=model, device=a.device)
     try:
-        res = _make_fooling(a.attack, a)(model, x, y)
+        res = _make_fooling(a.attack, a, model, x, y)(model, x, y)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err))
     out = Path(a.out)
@@ -373,6 +385,10 @@ def cmd_fool(a) -> int:
     res.save(out / "fooling_result.pt")
     summ = res.summary()
     summ["n"] = int(summ["n"])
+    if "target_mse_before" in res.extras:
+        b, af = res.extras["target_mse_before"].mean(), res.extras["target_mse_after"].mean()
+        summ.update(target_mse_before=float(b), target_mse_after=float(af), target_mse_factor=float(b / af),
+                    output_mse=float(res.extras["output_mse"].mean()))
     (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": res.attack, **summ}), indent=1))
     print(xp.to_markdown([summ]))
     print(f"wrote {', '.join(figs)}")
@@ -857,11 +873,15 @@ def build_parser() -> argparse.ArgumentParser:
     fo = sub.add_parser("fool", help="change explanations while keeping the prediction", formatter_class=fmt,
                         description="Interpretation-fooling attack on test digits; writes fooling.png/.pdf "
                                     "(maps before/after on one scale), metrics.json and the result.",
-                        epilog="example:\n  xadv fool --attack topk --explainer saliency --eps 0.05 --out out")
-    fo.add_argument("--attack", default="topk", choices=["topk", "mass-center", "random-sign"])
+                        epilog="examples:\n  xadv fool --attack topk --explainer saliency --eps 0.05 --out out\n"
+                               "  xadv fool --attack targeted --target inside --eps 0.0314 --out out")
+    fo.add_argument("--attack", default="topk", choices=["topk", "mass-center", "random-sign", "targeted"])
+    fo.add_argument("--target", default="inside", choices=["inside", "other"],
+                    help="targeted only: a map the model produces inside the eps ball (default), or the map of "
+                         "another digit of a different class")
     fo.add_argument("--explainer", default="saliency", help="differentiable explainer to fool (default saliency)")
     fo.add_argument("--eps", type=float, default=0.05, help="L-inf budget (default 0.05)")
-    fo.add_argument("--steps", type=int, default=60)
+    fo.add_argument("--steps", type=int, default=None, help="attack steps (default 60; 400 for targeted)")
     fo.add_argument("--n", type=int, default=16)
     fo.add_argument("--table", action="store_true", help="run xadv.experiments.fooling instead")
     fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])

@@ -69,6 +69,8 @@ def _fmt(v, digits: int) -> str:
         return f"{int(x)}" if math.isfinite(x) else str(x)
     if math.isnan(x):
         return "–"
+    if x != 0 and math.isfinite(x) and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:.{max(digits - 1, 1)}e}"       # would print as 0.000: keep its significant digits
     return f"{x:.{digits}f}"
 
 
