@@ -1,24 +1,140 @@
 """White-box adaptive attack on a detector: PGD through the classifier, the explainer and the detector."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Callable, List, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from ..attacks.gradient import schedule_factor
 from ..explainers.base import forward
 from ..nn import smooth_relu
 from ..results import AttackResult
 from .base import Detector, make_generator
 
 _MODES = ("selective", "weighted")
+_SURROGATES = ("detector", "soft_forest")
+_SCHEDULES = ("constant", "linear", "cosine", "step")
 
 
 def _has_relu(model) -> bool:
     return isinstance(model, nn.Module) and any(type(m) is nn.ReLU for m in model.modules())
+
+
+class SoftForest(nn.Module):
+    """A differentiable copy of a fitted scikit-learn random forest (binary classifier).
+
+    Every split ``x[f] <= t`` of every tree becomes the soft decision
+    ``sigmoid((x[f] - t) / (temperature * scale[f]))`` (probability of going right); a
+    leaf is reached with the product of the soft decisions on its path and the forest's
+    probability of class 1 is the mean over trees of the reach-weighted leaf values.
+    As ``temperature -> 0`` this is exactly ``forest.predict_proba(x)[:, 1]`` (tested);
+    ``scale[f]`` is the standard deviation of the forest's thresholds on feature ``f``,
+    so one temperature fits features of any range. ``forward`` returns the log-odds
+    ``log p - log(1 - p)`` (gradients do not saturate where the forest is certain).
+
+    Parameters
+    ----------
+    forest : sklearn.ensemble.RandomForestClassifier
+        Fitted, two classes; class 1 is the positive ("adversarial") class.
+    temperature : float, default 0.1
+    dtype : torch.dtype, default torch.float32
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> from xadv.detectors.adaptive import SoftForest
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3)); y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    >>> rf = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y)
+    >>> sf = SoftForest(rf, temperature=1e-6, dtype=torch.float64)
+    >>> bool(np.allclose(sf.proba(torch.as_tensor(X)).numpy(), rf.predict_proba(X)[:, 1], atol=1e-6))
+    True
+    """
+
+    def __init__(self, forest, temperature: float = 0.1, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not hasattr(forest, "estimators_"):
+            raise TypeError("forest must be a fitted scikit-learn RandomForestClassifier (no estimators_ found)")
+        if len(getattr(forest, "classes_", ())) != 2:
+            raise ValueError("SoftForest supports binary forests only (two classes)")
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        self.temperature = float(temperature)
+        feats, thrs, paths, signs, vals = [], [], [], [], []
+        offset = 0
+        for est in forest.estimators_:
+            t = est.tree_
+            left, right = t.children_left, t.children_right
+            internal = np.flatnonzero(left != -1)
+            gid = {int(n): offset + i for i, n in enumerate(internal)}
+            offset += len(internal)
+            feats.extend(int(t.feature[n]) for n in internal)
+            thrs.extend(float(t.threshold[n]) for n in internal)
+            stack = [(0, [], [])]
+            while stack:
+                node, p, sg = stack.pop()
+                if left[node] == -1:
+                    v = t.value[node, 0]
+                    paths.append(p)
+                    signs.append(sg)
+                    vals.append(float(v[1] / max(v.sum(), 1e-12)))
+                    continue
+                stack.append((int(left[node]), p + [gid[node]], sg + [-1.0]))
+                stack.append((int(right[node]), p + [gid[node]], sg + [1.0]))
+        depth = max(1, max(len(p) for p in paths))
+        idx = torch.zeros(len(paths), depth, dtype=torch.long)
+        sgn = torch.zeros(len(paths), depth, dtype=torch.float64)
+        for i, (p, sg) in enumerate(zip(paths, signs)):
+            idx[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+            sgn[i, :len(sg)] = torch.tensor(sg, dtype=torch.float64)
+        feat = torch.tensor(feats, dtype=torch.long)
+        thr = torch.tensor(thrs, dtype=torch.float64)
+        n_feat = int(forest.n_features_in_)
+        scale = torch.ones(n_feat, dtype=torch.float64)
+        for f in range(n_feat):
+            sel = thr[feat == f]
+            if len(sel) > 1 and float(sel.std()) > 0:
+                scale[f] = sel.std()
+        self.n_trees = len(forest.estimators_)
+        self.register_buffer("feature", feat)
+        self.register_buffer("threshold", thr.to(dtype))
+        self.register_buffer("scale", scale[feat].to(dtype) if len(feat) else scale[:0].to(dtype))
+        self.register_buffer("path", idx)
+        self.register_buffer("sign", sgn.to(dtype))
+        self.register_buffer("mask", (sgn != 0).to(dtype))
+        self.register_buffer("leaf_value", torch.tensor(vals, dtype=dtype))
+
+    def _logreach(self, feats: torch.Tensor) -> torch.Tensor:
+        dt = feats.dtype
+        z = (feats[:, self.feature] - self.threshold.to(dt)) / (self.temperature * self.scale.to(dt))
+        zp = z[:, self.path] * self.sign.to(dt)                      # (N, leaves, depth)
+        return (F.logsigmoid(zp) * self.mask.to(dt)).sum(-1)         # (N, leaves)
+
+    def proba(self, feats: torch.Tensor) -> torch.Tensor:
+        """Soft forest probability of class 1, shape (N,), for features (N, F)."""
+        if len(self.feature) == 0:  # every tree is a single leaf
+            return self.leaf_value.to(feats.dtype).mean().expand(len(feats))
+        return (self._logreach(feats).exp() * self.leaf_value.to(feats.dtype)).sum(1) / self.n_trees
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Log-odds ``log p - log(1 - p)`` of :meth:`proba`, computed in the log domain
+        (finite gradients also where the forest is certain), shape (N,)."""
+        v = self.leaf_value.to(feats.dtype)
+        if len(self.feature) == 0:
+            lr = torch.zeros(len(feats), len(v), dtype=feats.dtype, device=feats.device)
+        else:
+            lr = self._logreach(feats)
+        tiny = 1e-6 / self.n_trees  # keeps log(0) finite for pure leaves
+        lp = torch.logsumexp(lr + torch.log(v + tiny), 1)
+        ln = torch.logsumexp(lr + torch.log(1 - v + tiny), 1)
+        return lp - ln
 
 
 class AdaptiveAttack:
@@ -28,17 +144,24 @@ class AdaptiveAttack:
     detector's gradient goes through its explainer (``create_graph=True``) and its own
     network. ReLU networks have zero second derivative, so explanation-based scores are
     differentiated on a copy of the model whose ReLUs are ``Softplus(smooth_beta)``
-    (:func:`xadv.nn.smooth_relu`); the classifier loss, the success test and the final
-    scores use the original model. Non-differentiable detector parts (random forests,
-    shap, LIME) are replaced by the detector's :meth:`~Detector.surrogate_score`
-    (stated in ``extras["surrogate"]``).
+    (:func:`xadv.nn.smooth_relu`); the classifier loss, the success test and the
+    selection of the returned iterate use the original model and the EXACT detector
+    score. Non-differentiable detector parts are replaced by a surrogate (stated in
+    ``extras["surrogate"]``): the detector's :meth:`~Detector.surrogate_score`
+    (``surrogate="detector"``), a :class:`SoftForest` copy of :class:`XEnsemble`'s random
+    forest (``surrogate="soft_forest"``), or any callable ``f(grad_model, x) -> (N,)``.
 
     ``mode="selective"`` (default; Bryniarski et al.'s selective gradient): a sample that
     is still classified correctly steps on the classifier loss, a misclassified one
     steps on the detector score, so no weight has to be tuned. ``mode="weighted"``
     minimises ``max(margin, -kappa) + lam * (score - threshold) / scale`` (Carlini &
-    Wagner's combined loss). The returned input is, per sample, the misclassified
-    iterate with the lowest detector score (the last iterate when none fooled the model).
+    Wagner's combined loss). Every iterate is scored by the exact detector; the
+    returned input is, per sample, the misclassified iterate with the lowest exact score
+    over all steps and restarts (the last iterate of the first restart when none fooled
+    the model). Restart ``r`` is the run with seed ``seed + r``, so ``restarts=k`` returns
+    per sample the best of the ``k`` single runs with seeds ``seed, ..., seed + k - 1``;
+    with a fixed ``step_size`` and ``schedule="constant"`` more steps or restarts never
+    return a higher exact score (the shorter run is a prefix of the longer one).
 
     Parameters
     ----------
@@ -49,6 +172,10 @@ class AdaptiveAttack:
     steps : int, default 40
     step_size : float, optional
         Default ``2.5 * eps / steps``.
+    schedule : {"constant", "linear", "cosine", "step"} or callable, default "constant"
+        Multiplier of ``step_size`` at step ``t`` of ``steps`` (as in :class:`xadv.attacks.PGD`).
+    restarts : int, default 1
+        Independent random starts (seeds ``seed + r``); the best per sample is kept.
     mode : {"selective", "weighted"}, default "selective"
     lam : float, default 1.0
         Weight of the detector term (``weighted`` only).
@@ -57,11 +184,19 @@ class AdaptiveAttack:
     smooth_beta : float or None, default 10.0
         Softplus beta of the smoothed copy used for the detector's gradient; None uses
         the model itself.
+    surrogate : {"detector", "soft_forest"} or callable, default "detector"
+        What is differentiated for the detector score. ``"soft_forest"`` needs a detector
+        with a random forest on sub-scores (:class:`XEnsemble`).
+    temperature : float, default 0.1
+        Temperature of the ``"soft_forest"`` surrogate (relative to the spread of each
+        feature's split thresholds).
     random_start : bool, default True
     bounds : (float, float), default (0, 1)
     seed : int, default 0
     batch_size : int, default 64
         Inputs attacked at a time (the graph through the explainer is kept per batch).
+    progress : bool, default False
+        tqdm bar over restarts x batches.
 
     References
     ----------
@@ -79,15 +214,18 @@ class AdaptiveAttack:
     >>> from xadv.detectors import LOODetector, AdaptiveAttack
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     >>> det = LOODetector(patch=2).fit(net, torch.rand(40, 1, 4, 4), torch.rand(40, 1, 4, 4) * 0.2)
-    >>> res = AdaptiveAttack(det, eps=0.3, steps=5)(net, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))
-    >>> res.x_adv.shape
-    torch.Size([4, 1, 4, 4])
+    >>> att = AdaptiveAttack(det, eps=0.3, steps=5, restarts=2)
+    >>> res = att(net, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]))
+    >>> res.x_adv.shape, res.extras["restart"].shape
+    (torch.Size([4, 1, 4, 4]), torch.Size([4]))
     """
 
     def __init__(self, detector: Detector, eps: float = 0.1, *, norm: str = "linf", steps: int = 40,
-                 step_size: Optional[float] = None, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
-                 smooth_beta: Optional[float] = 10.0, random_start: bool = True, bounds=(0.0, 1.0),
-                 seed: Optional[int] = 0, batch_size: int = 64):
+                 step_size: Optional[float] = None, schedule: Union[str, Callable[[int, int], float]] = "constant",
+                 restarts: int = 1, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
+                 smooth_beta: Optional[float] = 10.0, surrogate: Union[str, Callable] = "detector",
+                 temperature: float = 0.1, random_start: bool = True, bounds=(0.0, 1.0),
+                 seed: Optional[int] = 0, batch_size: int = 64, progress: bool = False):
         if not isinstance(detector, Detector):
             raise TypeError(f"detector must be an xadv Detector, got {type(detector).__name__}")
         if not getattr(detector, "fitted_", False):
@@ -98,33 +236,79 @@ class AdaptiveAttack:
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not (callable(schedule) or schedule in _SCHEDULES):
+            raise ValueError(f"schedule must be one of {_SCHEDULES} or a callable (t, steps) -> factor, got {schedule!r}")
+        if not (callable(surrogate) or surrogate in _SURROGATES):
+            raise ValueError(f"surrogate must be one of {_SURROGATES} or a callable (model, x) -> (N,) scores, "
+                             f"got {surrogate!r}")
+        if surrogate == "soft_forest" and not (hasattr(detector, "forest_") and hasattr(detector, "sub_scores")):
+            raise ValueError(f"surrogate='soft_forest' needs a detector with a random forest on sub-scores "
+                             f"(XEnsemble), got {type(detector).__name__}; use surrogate='detector'")
+        if step_size is not None and not float(step_size) > 0:
+            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
         self.detector = detector
         self.eps = float(eps)
         self.norm = norm
         self.steps = check_positive_int(steps, "steps")
         self.step_size = 2.5 * self.eps / self.steps if step_size is None else float(step_size)
+        self.schedule = schedule
+        self.restarts = check_positive_int(restarts, "restarts")
         self.mode = mode
         self.lam = float(lam)
         self.kappa = float(kappa)
         self.smooth_beta = None if smooth_beta is None else float(smooth_beta)
+        self.surrogate_kind = surrogate
+        self.temperature = float(temperature)
         self.random_start = bool(random_start)
         self.bounds = check_bounds(bounds)
         self.seed = seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.progress = bool(progress)
+        self._soft_forest: Optional[SoftForest] = None
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.restarts > 1:
+            extra += f", restarts={self.restarts}"
+        if self.schedule != "constant":
+            extra += f", schedule={self.schedule!r}"
+        if self.mode == "weighted":
+            extra += f", lam={self.lam:g}"
+        if self.surrogate_kind != "detector":
+            name = self.surrogate_kind if isinstance(self.surrogate_kind, str) else "custom"
+            extra += f", surrogate={name!r}"
         return (f"AdaptiveAttack({type(self.detector).__name__}, eps={self.eps}, norm={self.norm!r}, "
-                f"steps={self.steps}, mode={self.mode!r}, smooth_beta={self.smooth_beta})")
+                f"steps={self.steps}, mode={self.mode!r}, smooth_beta={self.smooth_beta}{extra})")
 
     @property
     def surrogate(self) -> str:
         """What the attack differentiates instead of the exact detector (empty when nothing)."""
         notes = []
-        if not self.detector.differentiable or self.detector.surrogate_note:
+        if callable(self.surrogate_kind):
+            notes.append(f"detector score replaced by {getattr(self.surrogate_kind, '__name__', 'a custom surrogate')}")
+        elif self.surrogate_kind == "soft_forest":
+            notes.append(f"random forest replaced by its soft-split copy (temperature {self.temperature:g})")
+        elif not self.detector.differentiable or self.detector.surrogate_note:
             notes.append(self.detector.surrogate_note)
         if self.smooth_beta is not None and self.detector.second_order:
             notes.append(f"explainer gradients on a Softplus(beta={self.smooth_beta:g}) copy of the model")
         return "; ".join(n for n in notes if n)
+
+    def surrogate_score(self, grad_model, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable score (N,) the attack descends (see ``surrogate``)."""
+        if callable(self.surrogate_kind):
+            return self.surrogate_kind(grad_model, x)
+        if self.surrogate_kind == "soft_forest":
+            det = self.detector
+            if self._soft_forest is None:
+                self._soft_forest = SoftForest(det.forest_, self.temperature, dtype=x.dtype)
+            self._soft_forest.to(x.device)
+            with preserved(grad_model):
+                f = det.sub_scores(grad_model, x, create_graph=True).to(x.dtype)
+            return self._soft_forest(f)
+        return self.detector.surrogate_score(grad_model, x)
 
     # ------------------------------------------------------------------ steps
     def _project(self, delta):
@@ -135,14 +319,16 @@ class AdaptiveAttack:
         f = torch.clamp(self.eps / nrm, max=1.0)
         return delta * f.reshape((-1,) + (1,) * (delta.dim() - 1))
 
-    def _step(self, g):
+    def _step(self, g, t):
+        size = self.step_size * schedule_factor(self.schedule, t, self.steps)
         if self.norm == "linf":
-            return self.step_size * g.sign()
+            return size * g.sign()
         flat = g.reshape(len(g), -1)
         nrm = flat.norm(dim=1).clamp_min(1e-12)
-        return self.step_size * g / nrm.reshape((-1,) + (1,) * (g.dim() - 1))
+        return size * g / nrm.reshape((-1,) + (1,) * (g.dim() - 1))
 
     def _attack_batch(self, model, grad_model, x, y, gen):
+        """One restart on one batch: (best input, its exact score, fooled at some step, step index)."""
         lo, hi = self.bounds
         det = self.detector
         thr, scale = det.threshold_, getattr(det, "score_scale_", 1.0)
@@ -158,24 +344,26 @@ class AdaptiveAttack:
         delta = (x + delta).clamp(lo, hi) - x
         best = (x + delta).detach().clone()
         best_score = torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
+        best_step = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for _ in range(self.steps + 1):
+        for t in range(self.steps + 1):
             xa = (x + delta).detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = forward(model, xa)
                 other = logits.clone()
                 other.scatter_(1, y[:, None], -torch.inf)
                 margin = logits.gather(1, y[:, None])[:, 0] - other.max(1).values
-                s = det.surrogate_score(grad_model, xa)
             fooled = (margin < 0).detach()
             sd = det.score(model, xa.detach())  # the exact score picks the best iterate
             better = fooled & (sd < best_score)
             best[better] = xa.detach()[better]
             best_score[better] = sd[better]
+            best_step[better] = t
             found |= fooled
-            if _ == self.steps:
+            if t == self.steps:
                 break
             with torch.enable_grad():
+                s = self.surrogate_score(grad_model, xa)
                 if self.mode == "selective":
                     g_cls, = torch.autograd.grad(margin.sum(), xa, retain_graph=True)
                     g_det, = torch.autograd.grad(s.sum(), xa)
@@ -184,18 +372,21 @@ class AdaptiveAttack:
                 else:
                     loss = margin.clamp_min(-self.kappa) + self.lam * (s - thr) / scale
                     g, = torch.autograd.grad(loss.sum(), xa)
-            delta = self._project(delta - self._step(g.detach()))
+            delta = self._project(delta - self._step(g.detach(), t))
             delta = (x + delta).clamp(lo, hi) - x
         last = (x + delta).detach()
         best[~found] = last[~found]
-        return best
+        best_step[~found] = self.steps
+        return best, best_score, found, best_step
 
     def __call__(self, model, x: torch.Tensor, y) -> AttackResult:
         """Attack ``model`` + detector on inputs ``x`` (N, ...) with true labels ``y`` (N,).
 
         Returns an :class:`~xadv.results.AttackResult`; ``extras["score_adv"]`` holds the
-        detector's (exact) scores of ``x_adv`` and ``extras["detected"]`` whether they exceed
-        the threshold; ``extras["surrogate"]`` what was differentiated instead.
+        detector's (exact) scores of ``x_adv``, ``extras["detected"]`` whether they exceed
+        the threshold, ``extras["surrogate"]`` what was differentiated instead,
+        ``extras["restart"]`` and ``extras["step"]`` (LongTensor (N,)) the restart and
+        the step of the returned iterate.
         """
         check_model(model)
         check_inputs(x, model)
@@ -211,21 +402,45 @@ class AdaptiveAttack:
                 grad_model = smooth_relu(model, self.smooth_beta)
                 for p in grad_model.parameters():
                     p.requires_grad_(False)
-            gen = make_generator(self.seed)
-            parts = [self._attack_batch(model, grad_model, x[i:i + self.batch_size], y[i:i + self.batch_size], gen)
-                     for i in range(0, len(x), self.batch_size)]
-            x_adv = torch.cat(parts)
+            starts = range(0, len(x), self.batch_size)
+            bar = None
+            if self.progress:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=self.restarts * len(starts), desc=repr(self), leave=False)
+            x_adv = score = found = restart = step = None
+            for r in range(self.restarts):
+                gen = make_generator((0 if self.seed is None else int(self.seed)) + r)
+                parts = []
+                for i in starts:
+                    parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
+                                                    y[i:i + self.batch_size], gen))
+                    if bar is not None:
+                        bar.update(1)
+                xr, sr, fr, tr = (torch.cat(c) for c in zip(*parts))
+                if x_adv is None:
+                    x_adv, score, found, step = xr, sr, fr, tr
+                    restart = torch.zeros(len(x), dtype=torch.long, device=x.device)
+                    continue
+                better = fr & (~found | (sr < score))  # strict: ties keep the earlier restart
+                x_adv[better], score[better], step[better] = xr[better], sr[better], tr[better]
+                restart[better] = r
+                found |= fr
+            if bar is not None:
+                bar.close()
             with torch.no_grad():
                 out_adv = forward(model, x_adv)
         score = self.detector.score(model, x_adv)
         p_clean, p_adv = F.softmax(out, 1), F.softmax(out_adv, 1)
         delta = (x_adv - x).reshape(len(x), -1)
+        n_q = self.restarts * (self.steps + 1)
         return AttackResult(
             x_adv=x_adv, x=x.detach().clone(), y=y, success=out_adv.argmax(1) != y,
             pred_clean=out.argmax(1), pred_adv=out_adv.argmax(1),
             conf_clean=p_clean.max(1).values, conf_adv=p_adv.max(1).values,
             norms={"l0": (delta != 0).sum(1).to(x.dtype), "l2": delta.norm(dim=1), "linf": delta.abs().max(1).values},
-            queries=torch.full((len(x),), self.steps + 1, dtype=torch.long),
-            steps=torch.full((len(x),), self.steps, dtype=torch.long), targeted=False, attack=repr(self),
-            extras={"score_adv": score, "detected": score > self.detector.threshold_, "surrogate": self.surrogate},
+            queries=torch.full((len(x),), n_q, dtype=torch.long),
+            steps=torch.full((len(x),), self.restarts * self.steps, dtype=torch.long), targeted=False,
+            attack=repr(self),
+            extras={"score_adv": score, "detected": score > self.detector.threshold_, "surrogate": self.surrogate,
+                    "restart": restart, "step": step},
         )

@@ -73,6 +73,69 @@ def _metrics(s_clean: torch.Tensor, s_adv: torch.Tensor, thr: float) -> Dict[str
             "_roc": (fpr, tpr)}
 
 
+def config_label(kw: Mapping[str, Any]) -> str:
+    """Short text naming an adaptive configuration (its keyword arguments except eps, seed,
+    batch_size and progress), e.g. ``"steps=100, restarts=5, mode='weighted', lam=3"``."""
+    skip = ("eps", "seed", "batch_size", "progress")
+    parts = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in kw.items() if k not in skip]
+    return ", ".join(parts) or "defaults"
+
+
+def _adaptive_configs(adaptive) -> Dict[str, List[Dict[str, Any]]]:
+    if not isinstance(adaptive, Mapping):
+        raise TypeError("adaptive must be a mapping budget label -> AdaptiveAttack keyword arguments "
+                        "(a dict, or a list of dicts for the worst case over configurations)")
+    out = {}
+    for label, v in adaptive.items():
+        kws = [v] if isinstance(v, Mapping) else list(v) if isinstance(v, (list, tuple)) else None
+        if not kws or not all(isinstance(k, Mapping) for k in kws):
+            raise TypeError(f"adaptive[{label!r}] must be a dict of AdaptiveAttack keyword arguments or a non-empty "
+                            f"list of them, got {v!r}")
+        out[str(label)] = [dict(k) for k in kws]
+    return out
+
+
+def _applicable(detector: Detector, kw: Mapping[str, Any]) -> bool:
+    """A configuration applies unless it names a surrogate the detector does not have."""
+    if kw.get("surrogate") == "soft_forest":
+        return hasattr(detector, "forest_") and hasattr(detector, "sub_scores")
+    return True
+
+
+#: name of the extra candidate built from all configurations of a budget (best per input)
+PER_INPUT_BEST = "per-input best of all configurations"
+
+#: a configuration is a worst-case candidate only if it fools the classifier on at least this
+#: fraction of the inputs the most successful configuration fools (AUROC is computed on
+#: successful examples only: a run that fools 4 of 40 inputs gets a low AUROC from those 4
+#: without being a stronger attack)
+MIN_RELATIVE_SUCCESS = 0.5
+
+
+def _adaptive_summary(label, kwargs, score, ok, s_clean, thr, seconds, note) -> Dict[str, Any]:
+    s_adv = score[ok]
+    auc = _metrics(s_clean, s_adv, thr)["auroc"] if len(s_adv) and len(s_clean) else float("nan")
+    n = max(len(score), 1)
+    return {"config": label, "kwargs": kwargs, "auroc": auc, "success_rate": float(ok.sum()) / n,
+            "evasion_rate": float((s_adv <= thr).sum()) / n, "seconds": seconds, "_score": score, "_ok": ok,
+            "_note": note}
+
+
+def _pick_worst(tried: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The strongest run for the detector: among runs whose success rate is at least
+    ``MIN_RELATIVE_SUCCESS`` times the best one, the lowest AUROC (NaN = weakest), then
+    the highest evasion rate; the first such run on ties."""
+    top = max(t["success_rate"] for t in tried)
+    ok = [t for t in tried if t["success_rate"] >= MIN_RELATIVE_SUCCESS * top - 1e-12]
+
+    def key(t):
+        auc = t["auroc"]
+        return (2.0 if auc != auc else auc, -t["evasion_rate"])
+
+    return min(ok, key=key)
+
+
 def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor, torch.Tensor],
              test: Tuple[torch.Tensor, torch.Tensor], *, train_attacks: Mapping, test_attacks: Mapping,
              adaptive: Optional[Mapping[str, Dict[str, Any]]] = None, n_adaptive: Optional[int] = None,
@@ -92,7 +155,8 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
     4. For every detector and every entry of ``adaptive`` an :class:`AdaptiveAttack` with
        those parameters is run against that detector on (the first ``n_adaptive``)
        correctly classified test inputs; its rows have ``adaptive=True`` and a ``note``
-       naming any surrogate.
+       naming any surrogate. An entry that lists several configurations gives one row,
+       the worst case for the detector (lowest AUROC) over them.
 
     Parameters
     ----------
@@ -104,8 +168,19 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
         ``xadv.attacks``. Keys: ``(name, budget)`` tuples or ``"name@budget"`` strings.
         Put the train attacks among the test attacks too to get their (not held-out)
         test rows.
-    adaptive : mapping budget label -> AdaptiveAttack keyword arguments, optional
-        E.g. ``{"eps=0.1": {"eps": 0.1, "steps": 40}}``.
+    adaptive : mapping budget label -> AdaptiveAttack keyword arguments (or a list of them), optional
+        E.g. ``{"eps=0.1": {"eps": 0.1, "steps": 40}}``. A list of dicts is the worst
+        case over adaptive configurations: every configuration that applies to the
+        detector is run (``surrogate="soft_forest"`` only on forest detectors) and the
+        row reports the strongest run, named in the row's ``note`` and ``config``: the
+        lowest AUROC (ties: highest evasion) among the configurations and the per-input
+        best of all of them (``PER_INPUT_BEST``: each input's misclassified output with the
+        lowest exact score, as an attacker who runs every configuration would keep),
+        counting only runs that fool the classifier on at least ``MIN_RELATIVE_SUCCESS``
+        (half) as many inputs as the most successful one (AUROC is computed on
+        successful examples, so a run that rarely succeeds can score a low AUROC without
+        being stronger). Every run is in ``meta["adaptive_configs"]["detector|label"]``
+        (config, AUROC, success and evasion rates, seconds).
     n_adaptive : int, optional
         Test inputs attacked adaptively (all by default).
     fit : bool, default True
@@ -240,21 +315,48 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
 
     # ---- adaptive attacks
     if adaptive:
-        meta["adaptive"] = {k: dict(v) for k, v in adaptive.items()}
+        configs = _adaptive_configs(adaptive)
+        meta["adaptive"] = {k: (dict(v[0]) if len(v) == 1 else [dict(c) for c in v]) for k, v in configs.items()}
         meta["surrogates"] = {}
+        meta["adaptive_configs"] = {}
         xs, ys = (xc, yc) if n_adaptive is None else (xc[:n_adaptive], yc[:n_adaptive])
         for n, d in detectors.items():
-            for label, kw in adaptive.items():
-                t0 = time.perf_counter()
-                att = AdaptiveAttack(d, **kw)
-                res = att(model, xs, ys)
-                s_adv = res.extras["score_adv"][res.success.to(xs.device)]
-                note = att.surrogate
-                meta["surrogates"][n] = note or "none (exact gradients)"
-                add_row(n, d, "adaptive PGD", label, True, True, s_adv, len(xs), note)
-                meta["timing_s"][f"adaptive {n} {label}"] = time.perf_counter() - t0
-                log(f"adaptive {n} {label}: {meta['timing_s'][f'adaptive {n} {label}']:.1f} s, "
-                    f"AUROC {rows[-1]['auroc']:.3f}")
+            for label, kws in configs.items():
+                tried = []
+                for kw in kws:
+                    if not _applicable(d, kw):
+                        continue
+                    t0 = time.perf_counter()
+                    att = AdaptiveAttack(d, **kw)
+                    res = att(model, xs, ys)
+                    ok = res.success.to(xs.device)
+                    tried.append(_adaptive_summary(config_label(kw), dict(kw), res.extras["score_adv"], ok,
+                                                   s_clean[n], d.threshold_, time.perf_counter() - t0, att.surrogate))
+                    t = tried[-1]
+                    log(f"adaptive {n} {label} [{t['config']}]: {t['seconds']:.1f} s, AUROC {t['auroc']:.3f}, "
+                        f"evasion {t['evasion_rate']:.3f}")
+                if not tried:
+                    raise ValueError(f"no adaptive configuration of {label!r} applies to detector {n!r} "
+                                     f"(surrogate='soft_forest' needs a forest detector such as XEnsemble)")
+                if len(tried) > 1:  # per input, the best of all configurations (an attacker runs them all)
+                    sc = torch.stack([t["_score"] for t in tried])
+                    okk = torch.stack([t["_ok"] for t in tried])
+                    best = torch.where(okk, sc, torch.full_like(sc, float("inf"))).min(0).values
+                    notes = sorted({t["_note"] for t in tried if t["_note"]})
+                    tried.append(_adaptive_summary(PER_INPUT_BEST, None, best, okk.any(0), s_clean[n], d.threshold_,
+                                                   sum(t["seconds"] for t in tried), " | ".join(notes)))
+                w = _pick_worst(tried)
+                note = w["_note"]
+                if len(kws) > 1:
+                    note = (f"worst of {len(tried)} configurations: {w['config']}" + ("; " + note if note else ""))
+                meta["surrogates"][n] = w["_note"] or "none (exact gradients)"
+                meta["adaptive_configs"][f"{n}|{label}"] = [
+                    {k: v for k, v in t.items() if not k.startswith("_")} for t in tried]
+                w["_s_adv"] = w["_score"][w["_ok"]]
+                add_row(n, d, "adaptive PGD", label, True, True, w["_s_adv"], len(xs), note)
+                rows[-1]["config"] = w["config"]
+                meta["timing_s"][f"adaptive {n} {label}"] = sum(t["seconds"] for t in tried
+                                                                if t["config"] != PER_INPUT_BEST)
     return DetectionReport(rows=rows, roc=roc, meta=meta)
 
 
