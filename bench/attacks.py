@@ -4,11 +4,16 @@ Usage::
 
     python bench/attacks.py                    # digits CNN, batch 128, 1 thread, 7 rounds
     python bench/attacks.py --repeats 11 --threads 2
+    python bench/attacks.py --pgd-only --repeats 41 --clock cpu   # PGD rows only, process CPU time
 
 * PGD (10 steps, Linf, no random start): xadv vs torchattacks.PGD vs captum.robust.PGD,
   each also relative to one forward+backward of the batch. xadv's call includes the
   evaluation of the adversarial batch (one forward: predictions and confidences of the
   AttackResult); "torchattacks PGD + eval" adds that forward to torchattacks.
+  xadv runs with its default ``memory_format="contiguous"`` (NCHW, as torchattacks;
+  bit-identical to torchattacks) and with ``memory_format="channels_last"`` (channels-last
+  iterates); "torchattacks PGD, channels-last input" feeds torchattacks a channels-last
+  copy of the batch, the like-for-like comparison of the latter.
 * ExplainerPGD with an Integrated Gradients direction (IG steps s): cost against
   ``steps x`` (one IG explanation of the batch).
 * SurrogateAttack: queries per success (and seconds) on the same batch.
@@ -45,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ig-steps", type=int, default=16)
+    p.add_argument("--pgd-only", action="store_true", help="only the PGD rows (more rounds in the same time)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: perf_counter; cpu: process CPU time (less sensitive to other jobs "
+                        "on a shared machine; meaningful with 1 thread)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     model, x, y = load(a.batch)
@@ -56,6 +65,8 @@ def main(argv=None) -> int:
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     cap = CaptumPGD(model, torch.nn.CrossEntropyLoss(reduction="none"), lower_bound=0.0, upper_bound=1.0)
     ours = A.PGD(eps=eps, step_size=alpha, steps=steps, random_start=False)
+    ours_cl = A.PGD(eps=eps, step_size=alpha, steps=steps, random_start=False, memory_format="channels_last")
+    x_cl = x.clone(memory_format=torch.channels_last)
     ig = IntegratedGradients(steps=a.ig_steps)
     eig = A.ExplainerPGD(ig, eps=eps, step_size=alpha, steps=steps)
 
@@ -71,41 +82,62 @@ def main(argv=None) -> int:
     configs = {
         "forward+backward": fwd_bwd,
         "xadv PGD": lambda: ours(model, x, y),
+        "xadv PGD, channels-last": lambda: ours_cl(model, x, y),
         "torchattacks PGD": lambda: ta(x, y),
         "torchattacks PGD + eval": lambda: _eval(model, ta(x, y)),
+        "torchattacks PGD, channels-last input": lambda: ta(x_cl, y),
         "captum.robust PGD": lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps, target=y),
         "IG explanation": lambda: ig(model, x, y),
         "xadv ExplainerPGD[IG]": lambda: eig(model, x, y),
     }
-    # the three PGD implementations agree (no random start)
+    # the PGD implementations agree (no random start): in NCHW bit for bit; channels-last
+    # convolutions round differently, which can flip the sign of a near-zero gradient entry
     ref = ta(x, y)
-    assert torch.allclose(ours(model, x, y).x_adv, ref, atol=1e-5)
+    assert torch.equal(ours(model, x, y).x_adv, ref)
+    same = (ours_cl(model, x, y).x_adv - ref).flatten(1).abs().max(1).values <= 1e-6
+    agree = f"{int(same.sum())}/{len(same)} samples of the channels-last x_adv equal torchattacks' (1e-6)"
+    if a.pgd_only:
+        for k in ("captum.robust PGD", "IG explanation", "xadv ExplainerPGD[IG]"):
+            del configs[k]
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
     times = {k: [] for k in configs}
     keys = list(configs)
     for i in range(a.repeats):
         for k in keys[i % len(keys):] + keys[:i % len(keys)]:  # rotate the order every round
-            t = time.perf_counter()
+            t = clock()
             configs[k]()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(clock() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     def ratio(k, ref):  # median of the per-round ratios (robust to a busy machine)
         return statistics.median(u / v for u, v in zip(times[k], times[ref]))
 
     print(f"batch {a.batch}, {a.threads} thread(s), {a.repeats} interleaved rounds (order rotated), "
-          f"median seconds and median per-round ratios\n")
+          f"{a.clock} clock, median seconds and median per-round ratios\n")
     print("| configuration | median s | x forward+backward | ratio |")
     print("|---|---|---|---|")
-    for k in ("forward+backward", "xadv PGD", "torchattacks PGD", "torchattacks PGD + eval", "captum.robust PGD"):
-        extra = f", {ratio(k, 'torchattacks PGD + eval'):.2f}x torchattacks + eval" if k == "xadv PGD" else ""
+    extras = {"xadv PGD": ("torchattacks PGD + eval", "torchattacks + eval"),
+              "xadv PGD, channels-last": ("torchattacks PGD, channels-last input", "torchattacks channels-last")}
+    for k in ("forward+backward", "xadv PGD", "xadv PGD, channels-last", "torchattacks PGD",
+              "torchattacks PGD + eval", "torchattacks PGD, channels-last input", "captum.robust PGD"):
+        if k not in times:
+            continue
+        extra = f", {ratio(k, extras[k][0]):.2f}x {extras[k][1]}" if k in extras else ""
         print(f"| {k} | {med[k]:.4f} | {ratio(k, 'forward+backward'):.1f} | "
               f"{ratio(k, 'torchattacks PGD'):.2f}x torchattacks{extra} |")
+    spread = [u / v for u, v in zip(times["xadv PGD"], times["torchattacks PGD"])]
+    q1, _, q3 = statistics.quantiles(spread, n=4)
+    print(f"\nxadv PGD / torchattacks PGD per round: quartiles {q1:.3f}-{q3:.3f}x, "
+          f"min {min(spread):.3f}x, max {max(spread):.3f}x; {agree}")
+    if a.pgd_only:
+        return 0
     r = statistics.median(u / (steps * v) for u, v in zip(times["xadv ExplainerPGD[IG]"], times["IG explanation"]))
     fb = med["forward+backward"]
     print(f"| IG explanation ({a.ig_steps} steps) | {med['IG explanation']:.4f} | "
           f"{med['IG explanation'] / fb:.1f} | |")
     print(f"| xadv ExplainerPGD[IG], {steps} steps | {med['xadv ExplainerPGD[IG]']:.4f} | "
           f"{med['xadv ExplainerPGD[IG]'] / fb:.1f} | {r:.2f}x ({steps} x IG) |")
+
 
     n_sur = min(64, a.batch)
     t = time.perf_counter()

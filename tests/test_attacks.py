@@ -305,3 +305,59 @@ def test_experiment_runs_and_renders(digits):
     assert len(rows) == 12 and {r["section"] for r in rows} == {"explainer"}
     assert all(0.0 <= r["success_rate"] <= 1.0 for r in rows)
     assert "| attack | budget |" in out["markdown"] and "ExplainerPGD" in out["markdown"]
+
+
+# --------------------------------------------------------------------------- layouts
+class _ViewNet(torch.nn.Module):
+    """Rejects channels-last activations (``.view`` of a conv output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("norm,early_stop", [("linf", False), ("l2", False), ("linf", True)])
+def test_channels_last_iterates_equal_contiguous(cnn, imgs, norm, early_stop):
+    """memory_format only changes the layout: float64 results equal, x_adv in the layout of x."""
+    y = _labels(cnn, imgs)
+    kw = dict(norm=norm, eps=0.3 if norm == "linf" else 1.0, steps=4, early_stop=early_stop, seed=0)
+    ref = A.PGD(**kw)(cnn, imgs, y)
+    res = A.PGD(memory_format="channels_last", **kw)(cnn, imgs, y)
+    assert res.x_adv.stride() == imgs.stride()
+    for f in ("x_adv", "conf_clean", "conf_adv"):
+        torch.testing.assert_close(getattr(res, f), getattr(ref, f), rtol=0, atol=1e-12)
+    for f in ("pred_clean", "pred_adv", "success", "queries", "steps"):
+        assert torch.equal(getattr(res, f), getattr(ref, f)), f
+    assert "memory_format='channels_last'" in res.attack
+    with pytest.raises(ValueError, match="memory_format"):
+        A.PGD(memory_format="nhwc")
+
+
+def test_channels_last_falls_back_for_a_view_model():
+    torch.manual_seed(0)
+    net = _ViewNet().double().eval()
+    x = torch.rand(4, 3, 6, 6, dtype=torch.float64)
+    y = _labels(net, x)
+    with pytest.raises(RuntimeError):  # the model indeed rejects channels-last inputs
+        net(x.clone(memory_format=torch.channels_last))
+    ref = A.PGD(eps=0.1, steps=3, random_start=False)(net, x, y)
+    res = A.PGD(eps=0.1, steps=3, random_start=False, memory_format="channels_last")(net, x, y)
+    torch.testing.assert_close(res.x_adv, ref.x_adv, rtol=0, atol=1e-12)
+    assert torch.equal(res.queries, ref.queries) and res.x_adv.is_contiguous()
+
+
+def test_pgd_result_evaluates_x_adv(digits):
+    """The result's adversarial predictions/confidences are the model's on x_adv (the engine
+    evaluates x_adv itself, channels-last on a CPU), and the clean ones the model's on x."""
+    model, x, y = digits
+    res = A.PGD(eps=0.1, steps=3, random_start=False)(model, x[:16], y[:16])
+    with torch.no_grad():
+        pa, pc = model(res.x_adv).softmax(1), model(x[:16]).softmax(1)
+    assert torch.equal(res.pred_adv, pa.argmax(1)) and torch.equal(res.pred_clean, pc.argmax(1))
+    torch.testing.assert_close(res.conf_adv, pa.max(1).values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(res.conf_clean, pc.max(1).values, rtol=0, atol=1e-5)
+    assert torch.equal(res.success, res.pred_adv != y[:16])

@@ -186,8 +186,12 @@ class Attack(ParamsMixin):
                 x_adv = x_adv.detach()
                 counter.take()
                 out_clean = ctx.logits
-                with torch.no_grad():
-                    out_adv = forward(model, x_adv)
+                out_adv = ctx.adv_logits  # evaluated by the attack, or here
+                if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
+                    with torch.no_grad():
+                        out_adv = forward(model, x_adv)
+                if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
+                    x_adv = torch.empty_like(x0).copy_(x_adv)
             finally:
                 counter.close()
         return build_result(self, x0, x_adv, labels, out_clean, out_adv, ctx.queries, ctx.steps, extras)
@@ -227,6 +231,9 @@ class AttackContext:
         self.n = x.shape[0]
         self.queries = torch.zeros(self.n, dtype=torch.long, device=x.device)
         self.steps = torch.zeros(self.n, dtype=torch.long, device=x.device)
+        #: the model's output on the returned x_adv, when the attack evaluated it itself
+        #: (not counted as queries); otherwise the base class evaluates x_adv
+        self.adv_logits: Optional[torch.Tensor] = None
 
     @property
     def logits(self) -> torch.Tensor:
