@@ -12,7 +12,9 @@ from typing import Callable, Dict, List
 from .base import Explainer, select_score
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .gradient import InputXGradient, Saliency
+from .gradient_shap import ExpectedGradients, GradientSHAP
 from .integrated_gradients import IntegratedGradients
+from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
@@ -66,6 +68,9 @@ register("smoothgrad", _smoothgrad_factory, aliases=("sg",))
 register("integrated_gradients", IntegratedGradients, aliases=("ig",))
 register("gradcam", GradCAM, aliases=("grad_cam",))
 register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
+register("occlusion", Occlusion)
+register("gradient_shap", GradientSHAP, aliases=("gradientshap", "gshap"))
+register("expected_gradients", ExpectedGradients, aliases=("eg",))
 
 from .lime import LIME, TabularLIME  # noqa: E402
 
@@ -74,7 +79,7 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
-    "GradCAMPlusPlus", "get", "names", "register", "select_score",
+    "GradCAMPlusPlus", "Occlusion", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME"]

@@ -1,0 +1,245 @@
+"""GradientSHAP and Expected Gradients: Integrated Gradients averaged over baselines drawn
+from a background set and random points on the path."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .._common import make_generator
+from .._validation import TargetLike, check_positive_int, resolve_target
+from ..explanation import Explanation
+from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
+                   select_score)
+
+#: rows (draws x samples) per forward/backward pass when ``batch_size`` is None;
+#: None picks them from the device and the input size (``base.default_batch_rows``)
+DEFAULT_BATCH_ROWS: Optional[int] = None
+
+BackgroundLike = Union[None, float, torch.Tensor]
+
+
+def _check_background(background: BackgroundLike) -> BackgroundLike:
+    if background is None:
+        return None
+    if isinstance(background, torch.Tensor):
+        if not background.is_floating_point():
+            raise TypeError("the background must be a floating point tensor (M, ...) of reference inputs")
+        if background.dim() == 0 or background.shape[0] == 0:
+            raise ValueError(f"the background must hold at least one reference input, got shape "
+                             f"{tuple(background.shape)}")
+        return background
+    if isinstance(background, bool) or not isinstance(background, (int, float)):
+        raise TypeError(f"background must be None, a number or a tensor (M, ...) of reference inputs, "
+                        f"got {type(background).__name__}")
+    return background
+
+
+class GradientSHAP(Explainer):
+    """GradientSHAP (Lundberg & Lee, 2017), as captum's ``GradientShap`` and shap's
+    ``GradientExplainer``: Integrated Gradients in expectation over a background set.
+
+    ``attr = E[(x~ - b) * grad f(b + a (x~ - b))]`` with ``b`` drawn uniformly from the
+    background rows, ``a ~ U(0, 1)`` and ``x~ = x + N(0, noise^2)``, estimated with
+    ``n_samples`` draws per input. Completeness holds in expectation: for ``noise=0``,
+    ``attr.sum() -> f(x) - E_b f(b)``; ``delta`` on the result is
+    ``attr.sum() - (f(x) - mean of f(b) over the drawn baselines)``.
+    With ``noise=0`` it is Expected Gradients (:class:`ExpectedGradients`).
+
+    Parameters
+    ----------
+    background : Tensor (M, ...) or (...), float or None, default None
+        Reference inputs the baselines are drawn from (Erion et al. recommend training
+        samples, e.g. 100-1000 of them), shape ``x.shape[1:]`` per row; one input
+        without the leading M is a single baseline; a number is a constant baseline.
+        ``None``: the zero baseline (then the method is Integrated Gradients from zeros
+        with random path points). Can also be given per call:
+        ``explainer(model, x, target, background=b)``.
+    n_samples : int, default 50
+        Draws (baseline, path point, noise) per input (captum's ``n_samples``, shap's
+        ``nsamples``).
+    noise : float, default 0.0
+        Standard deviation of the Gaussian noise added to the input, in input units
+        (captum's ``stdevs``, shap's ``local_smoothing``). As in both, the attribution
+        multiplies by ``x~ - b``, the noisy input minus the baseline.
+    batch_size : int, optional
+        Rows (draws x samples) per forward/backward pass: memory is bounded by it and
+        results do not depend on it. Default: rows holding about 2^17 input elements on
+        CPU, 2^22 on accelerators.
+    score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
+    seed : int, optional
+        Same seed, same draws on every call (fixed draws, as fooling attacks need).
+    generator : torch.Generator, optional
+        Used instead of ``seed``; advances between calls.
+
+    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...); background (M, ...).
+
+    Notes
+    -----
+    Draw order (what a seed fixes, whatever ``batch_size``): ``idx = randint(M, (n_samples,
+    N))``, then ``alpha = rand(n_samples, N)``, then for ``noise > 0`` one
+    ``randn(x.shape)`` per draw ``j = 0 .. n_samples - 1``. Draw ``j`` of sample ``n``
+    uses background row ``idx[j, n]`` and path point ``alpha[j, n]``.
+    ``extras["baseline_index"]`` and ``extras["alpha"]`` hold them.
+
+    References
+    ----------
+    Lundberg, Lee. A Unified Approach to Interpreting Model Predictions. NeurIPS 2017.
+    Erion, Janizek, Sturmfels, Lundberg, Lee. Improving performance of deep learning
+    models with axiomatic attribution priors and expected gradients. Nature Machine
+    Intelligence 2021.
+
+    Examples
+    --------
+    >>> import torch, xadv
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> background = torch.randn(20, 3)
+    >>> gs = xadv.explainers.GradientSHAP(background, n_samples=500, seed=0)
+    >>> e = gs(net, torch.rand(4, 3), target=1)
+    >>> e.attributions.shape
+    torch.Size([4, 3])
+    >>> bool(e.delta.abs().max() < 0.05)   # completeness, up to Monte-Carlo error
+    True
+    """
+
+    name = "gradient_shap"
+    differentiable = True
+
+    def __init__(self, background: BackgroundLike = None, n_samples: int = 50, noise: float = 0.0,
+                 batch_size: Optional[int] = None, score="logit", seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None):
+        self.background = _check_background(background)
+        self.n_samples = check_positive_int(n_samples, "n_samples")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not float(noise) >= 0:
+            raise ValueError(f"noise must be a number >= 0 (standard deviation in input units), got {noise!r}")
+        self.noise = float(noise)
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        self.score = check_score(score)
+        self.seed = seed
+        self.generator = generator
+
+    def __call__(self, model, x: torch.Tensor, target: TargetLike = None, *, create_graph: bool = False,
+                 background: BackgroundLike = None) -> Explanation:
+        """Explain ``model`` on ``x`` (see :meth:`Explainer.__call__`); ``background``
+        replaces the constructor's background for this call."""
+        if background is None:
+            return super().__call__(model, x, target, create_graph=create_graph)
+        params = dict(self.get_params(), background=background)
+        return type(self)(**params)(model, x, target, create_graph=create_graph)
+
+    def make_background(self, x: torch.Tensor) -> torch.Tensor:
+        """The background rows for inputs ``x``: (M, ...) on ``x``'s device and dtype."""
+        b = self.background
+        feat = tuple(x.shape[1:])
+        if b is None or not isinstance(b, torch.Tensor):
+            return torch.full((1,) + feat, 0.0 if b is None else float(b), dtype=x.dtype, device=x.device)
+        if tuple(b.shape) == feat:
+            b = b[None]
+        elif tuple(b.shape[1:]) != feat:
+            raise ValueError(f"the background of shape {tuple(b.shape)} does not match the inputs {tuple(x.shape)}: "
+                             f"give (M, {', '.join(map(str, feat))}) reference inputs or a single one")
+        return b.detach().to(device=x.device, dtype=x.dtype)
+
+    def _explain(self, model, x, target, create_graph):
+        xi = input_leaf(x, create_graph) if create_graph else x.detach()
+        bg = self.make_background(x)
+        n, tail, S = x.shape[0], tuple(x.shape[1:]), self.n_samples
+        ones = (1,) * len(tail)
+        with torch.set_grad_enabled(create_graph):
+            out = forward(model, xi)
+        t = resolve_target(target, out)
+        gen = make_generator(self.seed, self.generator, x.device)
+        idx = torch.randint(bg.shape[0], (S, n), generator=gen, device=x.device)
+        alphas = torch.rand((S, n), generator=gen, device=x.device, dtype=x.dtype)
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
+
+        # k draws of a slice of m samples per pass; the noise of draw j is the j-th
+        # randn(x.shape) of the generator whatever the passes
+        slices = balanced_slices(n, rows)
+        m0 = slices[0][1] - slices[0][0]
+        k_max = max(1, rows // m0)
+        k_max = -(-S // -(-S // k_max))
+        parts = {}
+        for j0 in range(0, S, k_max):
+            k = min(k_max, S - j0)
+            if self.noise > 0:
+                eps = torch.stack([torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                                   for _ in range(k)])
+            for i0, i1 in slices:
+                m = i1 - i0
+                xs = xi[None, i0:i1]
+                if self.noise > 0:
+                    xs = xs + self.noise * eps[:, i0:i1]
+                b = bg[idx[j0:j0 + k, i0:i1]]                                   # (k, m, ...)
+                diff = xs - b
+                a = alphas[j0:j0 + k, i0:i1].reshape((k, m) + ones)
+                with torch.enable_grad():
+                    path = (b + a * diff).reshape((k * m,) + tail)
+                    leaf = path if create_graph else path.detach().requires_grad_(True)
+                    o = forward(model, leaf)
+                    s = select_score(o, t[i0:i1].repeat(k), self.score)
+                    (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+                    part = (diff * g.reshape((k, m) + tail)).sum(0)
+                if not create_graph:
+                    part = part.detach()
+                parts[i0] = parts[i0] + part if i0 in parts else part
+        summed = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
+        attr = summed / S
+
+        with torch.no_grad():
+            # completeness error against the drawn baselines: f(b) once per used background row
+            used, inverse = torch.unique(idx, return_inverse=True)
+            outs = torch.cat([forward(model, bg[used[u0:u1]]) for u0, u1 in balanced_slices(used.numel(), rows)])
+            s_b = select_score(outs[inverse.reshape(-1)], t.repeat(S), self.score).reshape(S, n).mean(0)
+            gap = select_score(out.detach(), t, self.score) - s_b
+            delta = attr.detach().reshape(n, -1).sum(1) - gap
+        if not create_graph:
+            out = out.detach()
+            attr = attr.detach()
+        return Explanation(attr, xi, t, out, self.name, self._params_for_result(), delta=delta,
+                           extras={"baseline_index": idx.t().contiguous(), "alpha": alphas.t().contiguous()})
+
+
+class ExpectedGradients(GradientSHAP):
+    """Expected Gradients (Erion et al., 2021): GradientSHAP without input noise.
+
+    ``attr = E_{b ~ background, a ~ U(0, 1)}[(x - b) * grad f(b + a (x - b))]``, an
+    unbiased Monte-Carlo estimate of Integrated Gradients averaged over the background
+    distribution; ``attr.sum() -> f(x) - E_b f(b)``. Same parameters, draws and result as
+    :class:`GradientSHAP` with ``noise=0``.
+
+    Parameters
+    ----------
+    background : Tensor (M, ...) or (...), float or None, default None
+        Reference inputs (training samples in the paper); ``None`` is the zero baseline.
+    n_samples : int, default 50
+        Draws (baseline, path point) per input.
+    batch_size : int, optional
+    score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
+    seed : int, optional
+    generator : torch.Generator, optional
+
+    References
+    ----------
+    Erion, Janizek, Sturmfels, Lundberg, Lee. Improving performance of deep learning
+    models with axiomatic attribution priors and expected gradients. Nature Machine
+    Intelligence 2021.
+
+    Examples
+    --------
+    >>> import torch, xadv
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> background = torch.rand(10, 4)
+    >>> x = torch.rand(2, 4)
+    >>> e = xadv.explainers.ExpectedGradients(background, n_samples=8, seed=0)(net, x, target=0)
+    >>> used = background[e.extras["baseline_index"]].mean(1)      # (N, ...) mean drawn baseline
+    >>> torch.allclose(e.attributions, (x - used) * net[1].weight[0], atol=1e-6)   # linear model
+    True
+    """
+
+    name = "expected_gradients"
+
+    def __init__(self, background: BackgroundLike = None, n_samples: int = 50, batch_size: Optional[int] = None,
+                 score="logit", seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
+        super().__init__(background, n_samples=n_samples, noise=0.0, batch_size=batch_size, score=score,
+                         seed=seed, generator=generator)

@@ -1,0 +1,248 @@
+"""Occlusion: the drop of the class score when a sliding window is replaced by a baseline."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .._validation import check_positive_int, resolve_target
+from ..explanation import Explanation
+from .base import Explainer, check_score, default_batch_rows, forward, input_leaf, select_score
+from .integrated_gradients import _blocks
+
+#: rows (window positions x samples) per forward pass when ``batch_size`` is None;
+#: None picks them from the device and the input size (``base.default_batch_rows``)
+DEFAULT_BATCH_ROWS: Optional[int] = None
+
+SizeLike = Union[int, Sequence[int], None]
+
+
+def _check_size(value: SizeLike, name: str) -> Union[int, Tuple[int, ...], None]:
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        if len(value) == 0:
+            raise ValueError(f"{name} must be a positive int or a non-empty tuple of positive ints, got {value!r}")
+        return tuple(check_positive_int(v, f"every entry of {name}") for v in value)
+    return check_positive_int(value, name)
+
+
+def _per_dim(value: Union[int, Tuple[int, ...]], feat: Tuple[int, ...], name: str,
+             default_channel: int) -> Tuple[int, ...]:
+    """Expand ``value`` to one entry per feature dimension of ``feat`` = ``x.shape[1:]``.
+
+    (N, D) inputs: an int is the window over the features. Inputs with 3+ dims are
+    channels-first: an int or a tuple with one entry per spatial dimension leaves the
+    channel entry at ``default_channel``; a tuple with one entry per feature dimension
+    (channels included, as captum's ``sliding_window_shapes``) is taken as it is.
+    """
+    nd = len(feat)
+    if isinstance(value, int):
+        return (value,) if nd == 1 else (default_channel,) + (value,) * (nd - 1)
+    if len(value) == nd:
+        return value
+    if nd >= 2 and len(value) == nd - 1:
+        return (default_channel,) + value
+    spatial = f" or {nd - 1} (spatial dimensions; the channel entry spans all channels)" if nd >= 2 else ""
+    raise ValueError(f"{name} {value!r} has {len(value)} entries; inputs of shape (N, "
+                     f"{', '.join(map(str, feat))}) need {nd} (one per dimension after the batch){spatial}")
+
+
+class Occlusion(Explainer):
+    """Occlusion (Zeiler & Fergus, 2014): slide a window over the input, replace it by a
+    baseline and record how much the class score drops.
+
+    ``attr[i] = mean over the windows w covering feature i of (f(x) - f(x with w occluded))``,
+    the convention of captum's ``Occlusion``. Windows start at ``0, stride, 2 stride, ...``
+    in every dimension until the end is covered; the last one is cut at the border when
+    the stride does not divide ``size - window``.
+
+    Parameters
+    ----------
+    window : int or tuple of int, optional
+        Window size. Inputs with 3 or more dimensions are channels-first (N, C, ...): an
+        int or a tuple with one entry per spatial dimension sizes the spatial window and
+        the window spans all channels (as ``(C, h, w)`` in captum); a tuple with one entry
+        per dimension after the batch, channels included, is used as it is (``(1, 3, 3)``
+        occludes one channel at a time). For (N, D) tabular inputs an int is the number
+        of adjacent features occluded together. Default: 4 per spatial dimension for
+        images, 1 for tabular features (feature ablation).
+    stride : int or tuple of int, optional
+        Shift between window positions, same format as ``window``; at most the window
+        where the window is smaller than the input (else features are skipped). The
+        channel entry defaults to the channel window. Default: half the window
+        (at least 1), so windows overlap.
+    baseline : float, Tensor or "mean", default 0.0
+        Fill value of the occluded window: a number; a tensor broadcastable to ``x``
+        ((N, ...) per sample, (1, C, 1, 1) per channel, ...); or ``"mean"``, each
+        sample's mean value.
+    batch_size : int, optional
+        Rows (window positions x samples) per forward pass: memory is bounded by it and
+        results do not depend on it. Default: rows holding about 2^17 input elements on
+        CPU, 2^22 on accelerators.
+    score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
+        The scalar whose drop is recorded.
+
+    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...). One forward pass per window
+    position and sample (``extras["windows"]`` positions per sample), no backward pass.
+
+    Notes
+    -----
+    Differentiable: every occluded input is ``x + mask * (baseline - x)``, so with
+    ``create_graph=True`` the attributions are differentiable w.r.t. ``x`` and the
+    model's parameters through all forward passes (the graph holds one forward pass per
+    window and sample).
+
+    References
+    ----------
+    Zeiler, Fergus. Visualizing and Understanding Convolutional Networks. ECCV 2014.
+
+    Examples
+    --------
+    >>> import torch, xadv
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> x = torch.rand(2, 4)
+    >>> e = xadv.explainers.Occlusion(window=1)(net, x, target=0)
+    >>> torch.allclose(e.attributions, x * net[1].weight[0])   # linear: x_i * w_i
+    True
+    >>> xadv.explainers.Occlusion(window=2, stride=2)(net, x, target=0).extras["windows"]
+    2
+    """
+
+    name = "occlusion"
+    differentiable = True
+
+    def __init__(self, window: SizeLike = None, stride: SizeLike = None,
+                 baseline: Union[float, torch.Tensor, str] = 0.0, batch_size: Optional[int] = None,
+                 score="logit"):
+        self.window = _check_size(window, "window")
+        self.stride = _check_size(stride, "stride")
+        if isinstance(baseline, str):
+            if baseline != "mean":
+                raise ValueError(f"baseline must be a number, a tensor or 'mean', got {baseline!r}")
+        elif isinstance(baseline, torch.Tensor):
+            if not baseline.is_floating_point():
+                raise TypeError("a baseline tensor must be floating point")
+        elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+            raise TypeError(f"baseline must be a number, a tensor or 'mean', got {type(baseline).__name__}")
+        self.baseline = baseline
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        self.score = check_score(score)
+
+    # ------------------------------------------------------------ geometry
+    def geometry(self, shape: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+        """``(window, stride, positions)`` per dimension for inputs of shape ``(N, ...)``.
+
+        Examples
+        --------
+        >>> Occlusion(window=4, stride=3).geometry((8, 1, 28, 28))
+        ((1, 4, 4), (1, 3, 3), (1, 9, 9))
+        """
+        feat = tuple(shape[1:])
+        nd = len(feat)
+        if nd == 0:
+            raise ValueError("Occlusion needs inputs with at least one dimension after the batch")
+        if self.window is None:
+            window = (1,) if nd == 1 else (feat[0],) + (4,) * (nd - 1)
+        else:
+            window = _per_dim(self.window, feat, "window", feat[0])
+        if self.stride is None:
+            stride = tuple(max(1, w // 2) for w in window)
+            if nd >= 2 and (self.window is None or not isinstance(self.window, tuple) or len(self.window) < nd):
+                stride = (window[0],) + stride[1:]
+        else:
+            stride = _per_dim(self.stride, feat, "stride", window[0])
+        window = tuple(min(w, s) if self.window is None else w for w, s in zip(window, feat))
+        for d, (w, s, size) in enumerate(zip(window, stride, feat)):
+            if w > size:
+                raise ValueError(f"window {window} does not fit inputs of shape {tuple(shape)}: "
+                                 f"{w} > {size} in dimension {d + 1}")
+            if w < size and s > w:
+                raise ValueError(f"stride {stride} is larger than the window {window} in dimension {d + 1}: "
+                                 f"features between windows would never be occluded")
+        positions = tuple(math.ceil((size - w) / s) + 1 for w, s, size in zip(window, stride, feat))
+        return window, stride, positions
+
+    def make_baseline(self, x: torch.Tensor) -> torch.Tensor:
+        """The fill values for the batch ``x``, shape (N, ...)."""
+        b = self.baseline
+        if isinstance(b, str):  # "mean"
+            m = x.reshape(x.shape[0], -1).mean(1)
+            return m.reshape((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
+        if isinstance(b, torch.Tensor):
+            try:
+                return torch.broadcast_to(b.to(device=x.device, dtype=x.dtype), x.shape)
+            except RuntimeError:
+                raise ValueError(
+                    f"baseline of shape {tuple(b.shape)} does not broadcast to the inputs {tuple(x.shape)}"
+                ) from None
+        return torch.full_like(x, float(b))
+
+    @staticmethod
+    def _masks(covers: List[torch.Tensor], positions: Tuple[int, ...], p0: int, p1: int,
+               dtype: torch.dtype) -> torch.Tensor:
+        """Masks of the windows ``p0 .. p1 - 1`` (row-major over ``positions``): (k, ...)."""
+        device = covers[0].device
+        p = torch.arange(p0, p1, device=device)
+        nd = len(covers)
+        mask = None
+        for d in reversed(range(nd)):
+            idx = p % positions[d]
+            p = p // positions[d]
+            shape = [p1 - p0] + [1] * nd
+            shape[d + 1] = covers[d].shape[1]
+            part = covers[d][idx].to(dtype).reshape(shape)
+            mask = part if mask is None else mask * part
+        return mask
+
+    def _explain(self, model, x, target, create_graph):
+        xi = input_leaf(x, create_graph) if create_graph else x.detach()
+        n = x.shape[0]
+        feat = tuple(x.shape[1:])
+        window, stride, positions = self.geometry(x.shape)
+        # covers[d][q, i]: window position q of dimension d covers index i
+        covers = []
+        for w, s, c, size in zip(window, stride, positions, feat):
+            start = torch.arange(c, device=x.device)[:, None] * s
+            i = torch.arange(size, device=x.device)[None, :]
+            covers.append((i >= start) & (i < start + w))
+        # windows covering each feature: the outer product of the per-dimension counts
+        count = None
+        for d, cov in enumerate(covers):
+            shape = [1] * len(feat)
+            shape[d] = feat[d]
+            part = cov.sum(0).to(x.dtype).reshape(shape)
+            count = part if count is None else count * part
+        total = math.prod(positions)
+
+        base = self.make_baseline(xi)
+        with torch.set_grad_enabled(create_graph):
+            out = forward(model, xi)
+        t = resolve_target(target, out)
+        s0 = select_score(out, t, self.score)
+        if not create_graph:
+            s0 = s0.detach()
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
+        parts = {}
+        for p0, p1, i0, i1 in _blocks(n, total, rows):
+            k, m = p1 - p0, i1 - i0
+            mask = self._masks(covers, positions, p0, p1, x.dtype)           # (k, ...)
+            xs = xi[None, i0:i1]
+            with torch.set_grad_enabled(create_graph):
+                occluded = xs + mask[:, None] * (base[None, i0:i1] - xs)     # (k, m, ...)
+                o = forward(model, occluded.reshape((k * m,) + feat))
+                s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
+                drop = s0[None, i0:i1] - s
+                part = torch.tensordot(drop.t(), mask, dims=1)                 # (m, ...)
+            if i0 in parts:
+                parts[i0] = parts[i0] + part if create_graph else parts[i0].add_(part)
+            else:
+                parts[i0] = part
+        summed = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
+        attr = summed / count
+        if not create_graph:
+            out = out.detach()
+            attr = attr.detach()
+        return Explanation(attr, xi, t, out, self.name, self._params_for_result(),
+                           extras={"window": window, "stride": stride, "windows": total})
