@@ -1,4 +1,4 @@
-"""Defenses of explanations against fooling: smoothing and aggregation.
+"""Defenses of explanations against fooling: smoothing, aggregation and training.
 
 * :class:`BetaSmoothed` — compute any gradient explainer on a softplus copy of the
   model (Dombrowski et al., 2019): the curvature, hence the largest possible
@@ -8,6 +8,9 @@
 * :class:`~xadv.explainers.SmoothGrad` — averaging over noise (re-exported).
 * :func:`evaluate` — fooling success with and without each defense at an equal
   attack budget.
+* :class:`AdversarialTraining` (PGD-AT, TRADES) and :class:`ExplanationRegularization`
+  (curvature or gradient-norm penalty) — fine-tune a copy of the model so that its
+  predictions and its explanations move less (:class:`TrainingResult`).
 
 All of them are explainers, so every fooling attack, metric and plot takes them
 in place of the undefended one (the attack then differentiates through the
@@ -24,7 +27,8 @@ from ..explainers import Explainer, SmoothGrad, get as get_explainer
 from ..explanation import Explanation
 from ..nn import has_smoothable, smoothed
 
-__all__ = ["BetaSmoothed", "Aggregate", "SmoothGrad", "evaluate"]
+__all__ = ["BetaSmoothed", "Aggregate", "SmoothGrad", "evaluate", "AdversarialTraining", "ExplanationRegularization",
+           "TrainingResult"]
 
 
 def _as_explainer(e) -> Explainer:
@@ -217,3 +221,6 @@ def evaluate(attack, model, x: torch.Tensor, defenses: Dict[str, Union[Explainer
             row[m] = float(res.similarity[m].float().nanmean())
         rows.append(row)
     return rows
+
+
+from .training import AdversarialTraining, ExplanationRegularization, TrainingResult  # noqa: E402

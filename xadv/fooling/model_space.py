@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .._model import preserved
 from .._validation import check_inputs, check_positive_int
@@ -27,6 +26,7 @@ from ..explanation import Explanation
 from ..metrics.similarity import _resolve_k, center_of_mass, pearson, topk_intersection
 from ..nn import smoothed
 from ..results import _Saveable
+from .._training import fine_tune as _fine_tune
 from ._engine import bind_explainer, check_explainer_differentiable, resolve_explainer, warn_functional_relus
 
 __all__ = ["ModelManipulation", "ManipulationResult", "FeatureHiding", "HidingResult", "region_mask"]
@@ -307,33 +307,6 @@ class ModelManipulation:
         return (f"ModelManipulation(explainer={self.explainer!r}, kind={self.kind!r}, lam={self.lam}, "
                 f"epochs={self.epochs}, lr={self.lr}, beta={self.beta})")
 
-
-
-def _fine_tune(model, x, y, losses, *, epochs, batch_size, lr, seed, progress, desc) -> List[Dict[str, float]]:
-    """Adam over shuffled mini-batches (seeded permutation per epoch).
-
-    ``losses(xb, yb)`` returns ``(total, parts)``; the history holds the sample-weighted
-    mean of every part per epoch.
-    """
-    g = torch.Generator(device="cpu")
-    g.manual_seed(0 if seed is None else int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    n = x.shape[0]
-    it = tqdm(range(epochs), desc=desc) if progress else range(epochs)
-    for _ in it:
-        perm = torch.randperm(n, generator=g).to(x.device)
-        sums: Dict[str, float] = {}
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            total, parts = losses(x[idx], y[idx])
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        history.append({k: v / n for k, v in sums.items()})
-    return history
 
 
 @dataclass
