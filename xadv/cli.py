@@ -504,7 +504,6 @@ class _Demo:
         from . import plot as xp
         from .metrics import deletion_curve, insertion_curve, curve_auc
 
-        torch = _torch()
         methods = [m for m in _IMAGE_METHODS if m in E.names()]
         missing = [m for m in _IMAGE_METHODS if m not in E.names()]
         n_show, n_eval = 4, self.size(64, 8)

@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .._validation import resolve_target
 from ..explainers import Explainer, SmoothGrad, get as get_explainer
 from ..explanation import Explanation
 from ..nn import has_smoothable, smoothed

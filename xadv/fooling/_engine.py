@@ -19,13 +19,13 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from .._model import preserved
-from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from .._validation import check_bounds, check_inputs, check_model, check_positive_int
 from ..explainers import Explainer, get as get_explainer
 from ..explanation import Explanation
 from ..metrics.similarity import similarities

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from .._model import preserved
 from .._validation import check_inputs, check_positive_int
 from ..explainers import Explainer
-from ..explanation import Explanation
 from ..metrics.similarity import _resolve_k, center_of_mass, pearson, topk_intersection
 from ..nn import smoothed
 from ..results import _Saveable
