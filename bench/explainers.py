@@ -6,6 +6,7 @@ Usage::
     python bench/explainers.py --repeats 9 --threads 1
     python bench/explainers.py --sweep         # xadv IG / SmoothGrad time for several batch_size
     python bench/explainers.py --memory        # peak RSS for 50 and 200 steps (fresh processes)
+    python bench/explainers.py --more          # Occlusion and GradientSHAP against captum
 
 Every configuration is timed once per round and the rounds are interleaved, so a
 busy machine slows all of them alike; the table reports medians and ratios
@@ -25,7 +26,7 @@ import time
 import torch
 
 import xadv
-from xadv.explainers import GradCAM, IntegratedGradients, SmoothGrad
+from xadv.explainers import GradCAM, GradientSHAP, IntegratedGradients, Occlusion, SmoothGrad
 
 
 def load(batch: int):
@@ -82,6 +83,45 @@ def configs(model, x, y, steps: int, n_samples: int):
         "captum GradCAM+interp": captum_cam,
         "xadv GradCAM": lambda: cam(model, x, y),
     }
+
+
+def more_configs(model, x, y, n_samples: int, window: int = 4, stride: int = 2):
+    """Occlusion (window x window, stride) and GradientSHAP (``n_samples`` draws from 100
+    training digits) in xadv and captum, same model, batch and parameters."""
+    from captum.attr import GradientShap
+    from captum.attr import Occlusion as COcc
+
+    from xadv.data import load_digits
+    background = load_digits(split="train")[0][:100]
+    occ = Occlusion(window=window, stride=stride)
+    gs = GradientSHAP(background, n_samples=n_samples, seed=0)
+    w, s = (1, window, window), (1, stride, stride)
+
+    def captum_occ(ppe):
+        return lambda: COcc(model).attribute(x, sliding_window_shapes=w, strides=s, target=y,
+                                             perturbations_per_eval=ppe)
+
+    return {
+        "captum Occlusion default": captum_occ(1),
+        **{f"captum Occlusion ppe={k}": captum_occ(k) for k in (4, 16)},
+        "xadv Occlusion default": lambda: occ(model, x, y),
+        "captum GradientShap": lambda: GradientShap(model).attribute(x, background, n_samples=n_samples, target=y),
+        "xadv GradientSHAP default": lambda: gs(model, x, y),
+    }
+
+
+def more_report(med: dict) -> str:
+    best = min(v for k, v in med.items() if k.startswith("captum Occlusion ppe"))
+    lines = [f"{'configuration':<28}{'median ms':>11}  ratio"]
+    for k, v in med.items():
+        extra = ""
+        if k == "xadv Occlusion default":
+            extra = (f"  captum default / xadv = {med['captum Occlusion default'] / v:.2f}x, "
+                     f"captum best tuned / xadv = {best / v:.2f}x")
+        elif k == "xadv GradientSHAP default":
+            extra = f"  captum / xadv = {med['captum GradientShap'] / v:.2f}x"
+        lines.append(f"{k:<28}{1000 * v:>11.1f}{extra}")
+    return "\n".join(lines)
 
 
 def timeit(fns: dict, repeats: int) -> dict:
@@ -170,6 +210,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--memory", action="store_true")
+    p.add_argument("--more", action="store_true", help="Occlusion (4x4, stride 2) and GradientSHAP vs captum")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -183,6 +224,8 @@ def main(argv=None):
           f"cpus {os.cpu_count()}")
     if a.sweep:
         return sweep(model, x, y, a.steps, a.steps, a.repeats)
+    if a.more:
+        return print(more_report(timeit(more_configs(model, x, y, a.steps), a.repeats)))
     med = timeit(configs(model, x, y, a.steps, a.steps), a.repeats)
     print(report(med))
 
