@@ -104,7 +104,7 @@ class Occlusion(Explainer):
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> x = torch.rand(2, 4)
     >>> e = xadv.explainers.Occlusion(window=1)(net, x, target=0)
-    >>> torch.allclose(e.attributions, x * net[1].weight[0])   # linear: x_i * w_i
+    >>> torch.allclose(e.attributions, x * net[1].weight[0], atol=1e-6)   # linear: x_i * w_i
     True
     >>> xadv.explainers.Occlusion(window=2, stride=2)(net, x, target=0).extras["windows"]
     2
