@@ -247,3 +247,19 @@ def test_evaluate_worst_case_over_configurations(setup):
     with pytest.raises(TypeError, match="list of"):
         D.evaluate({"Maha": det}, net, (xtr, ytr), (x, y), train_attacks={}, test_attacks={}, fit=False,
                    adaptive={"eps=0.2": []})
+
+
+def test_orthogonal_mode_projects_out_the_other_gradient(setup):
+    from xadv.detectors.adaptive import _reject
+
+    g = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    d = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    r = _reject(g, d)
+    dots = (r.reshape(5, -1) * d.reshape(5, -1)).sum(1)
+    assert float(dots.abs().max()) < 1e-5
+    torch.testing.assert_close(_reject(d, d), torch.zeros_like(d))
+    net, det, *_, x, y = setup
+    res = D.AdaptiveAttack(det, eps=0.15, steps=3, mode="orthogonal", seed=0)(net, x, y)
+    sel = D.AdaptiveAttack(det, eps=0.15, steps=3, mode="selective", seed=0)(net, x, y)
+    assert float((res.x_adv - x).abs().max()) <= 0.15 + 1e-6
+    assert not torch.equal(res.x_adv, sel.x_adv)

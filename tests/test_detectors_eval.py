@@ -138,3 +138,28 @@ def test_detection_experiment_runs_end_to_end_small():
     assert len(rep.rows) == 2 * (8 + 2)
     assert res["markdown"].startswith("| detector |")
     assert set(detection.summary(rep)) == {"Saliency-CNN"}
+
+
+def test_detection_experiment_adaptive_presets():
+    from xadv.experiments import detection
+
+    single = detection.adaptive_configs(0.1)
+    assert single == [{"eps": 0.1, "seed": 0, "batch_size": 64, "steps": 20}]
+    conv = detection.adaptive_configs(0.2, "converged", seed=3)
+    assert len(conv) == 3 and all(c["steps"] == 100 and c["eps"] == 0.2 and c["seed"] == 3 for c in conv)
+    assert any(c.get("random_start") is False for c in conv)
+    assert any(c.get("surrogate") == "soft_forest" for c in conv) and any(c.get("restarts", 1) > 1 for c in conv)
+    for c in conv:  # every configuration is a valid AdaptiveAttack
+        kw = {k: v for k, v in c.items() if k != "surrogate"}
+        assert repr(D.AdaptiveAttack(_FittedStub(), **kw)).startswith("AdaptiveAttack(")
+    with pytest.raises(ValueError, match="preset"):
+        detection.adaptive_configs(0.1, "strong")
+
+
+class _FittedStub(D.Detector):
+    """The smallest fitted detector (constant score) to construct attacks without fitting."""
+    fitted_ = True
+    threshold_ = 0.0
+
+    def _score(self, model, x, create_graph):
+        return x.reshape(len(x), -1).sum(1) * 0

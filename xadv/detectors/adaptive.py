@@ -17,13 +17,20 @@ from ..nn import smooth_relu
 from ..results import AttackResult
 from .base import Detector, make_generator
 
-_MODES = ("selective", "weighted")
+_MODES = ("selective", "orthogonal", "weighted")
 _SURROGATES = ("detector", "soft_forest")
 _SCHEDULES = ("constant", "linear", "cosine", "step")
 
 
 def _has_relu(model) -> bool:
     return isinstance(model, nn.Module) and any(type(m) is nn.ReLU for m in model.modules())
+
+
+def _reject(g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``g`` minus its projection on ``d``, per sample (Bryniarski et al.'s orthogonal step)."""
+    gf, df = g.reshape(len(g), -1), d.reshape(len(d), -1)
+    coef = (gf * df).sum(1) / (df * df).sum(1).clamp_min(1e-30)
+    return (gf - coef[:, None] * df).reshape(g.shape)
 
 
 class SoftForest(nn.Module):
@@ -153,7 +160,9 @@ class AdaptiveAttack:
 
     ``mode="selective"`` (default; Bryniarski et al.'s selective gradient): a sample that
     is still classified correctly steps on the classifier loss, a misclassified one
-    steps on the detector score, so no weight has to be tuned. ``mode="weighted"``
+    steps on the detector score, so no weight has to be tuned. ``mode="orthogonal"``
+    (their orthogonal PGD) does the same with each gradient projected orthogonally to
+    the other, so a detector step does not undo the misclassification and vice versa. ``mode="weighted"``
     minimises ``max(margin, -kappa) + lam * (score - threshold) / scale`` (Carlini &
     Wagner's combined loss). Every iterate is scored by the exact detector; the
     returned input is, per sample, the misclassified iterate with the lowest exact score
@@ -176,7 +185,7 @@ class AdaptiveAttack:
         Multiplier of ``step_size`` at step ``t`` of ``steps`` (as in :class:`xadv.attacks.PGD`).
     restarts : int, default 1
         Independent random starts (seeds ``seed + r``); the best per sample is kept.
-    mode : {"selective", "weighted"}, default "selective"
+    mode : {"selective", "orthogonal", "weighted"}, default "selective"
     lam : float, default 1.0
         Weight of the detector term (``weighted`` only).
     kappa : float, default 0.0
@@ -364,9 +373,11 @@ class AdaptiveAttack:
                 break
             with torch.enable_grad():
                 s = self.surrogate_score(grad_model, xa)
-                if self.mode == "selective":
+                if self.mode in ("selective", "orthogonal"):
                     g_cls, = torch.autograd.grad(margin.sum(), xa, retain_graph=True)
                     g_det, = torch.autograd.grad(s.sum(), xa)
+                    if self.mode == "orthogonal":  # each gradient without its component along the other
+                        g_cls, g_det = _reject(g_cls, g_det), _reject(g_det, g_cls)
                     sel = fooled.reshape((-1,) + (1,) * (x.dim() - 1))
                     g = torch.where(sel, g_det, g_cls)
                 else:
