@@ -408,3 +408,15 @@ def test_registry_names_and_aliases():
     assert e.method == "expected_gradients" and e.attributions.shape == (3, 4)
     assert "window" in repr(Occlusion())
     assert GradientSHAP(torch.zeros(4, 3))(nn.Linear(3, 2), torch.rand(2, 3)).params["background"] == "tensor(4, 3)"
+
+
+def test_detectors_build_sampling_explainers_by_name_with_fixed_draws():
+    from xadv.detectors.base import resolve_explainer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.rand(3, 1, 4, 4)
+    for name in ("gradient_shap", "expected_gradients", "eg"):
+        ex = resolve_explainer(name)
+        a, b = ex(net, x).attributions, ex(net, x).attributions
+        assert torch.equal(a, b), name

@@ -67,6 +67,10 @@ def resolve_explainer(explainer: Union[str, Explainer], **defaults) -> Explainer
 _EXPLAINER_DEFAULTS = {
     "integrated_gradients": {"steps": 8}, "ig": {"steps": 8},
     "smoothgrad": {"n_samples": 8, "noise": 0.1, "seed": 0}, "sg": {"n_samples": 8, "noise": 0.1, "seed": 0},
+    # sampling explainers get fixed draws so fit and score see the same function
+    "gradient_shap": {"n_samples": 8, "seed": 0}, "gradientshap": {"n_samples": 8, "seed": 0},
+    "gshap": {"n_samples": 8, "seed": 0},
+    "expected_gradients": {"n_samples": 8, "seed": 0}, "eg": {"n_samples": 8, "seed": 0},
 }
 
 
