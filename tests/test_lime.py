@@ -441,3 +441,30 @@ def test_channels_last_fallback_for_view_models(channels):
     torch.testing.assert_close(a.segment_weights, b.segment_weights)
     with pytest.raises(ValueError, match="memory_format"):
         LIME(memory_format="nhwc")
+
+
+def test_reused_batch_buffer_is_safe_for_models_returning_views():
+    """The perturbed batches share one buffer: a model whose output is a view of its input
+    (here the first pixels) must get the same explanation as one returning a copy, also across
+    chunks that span two images, a partial last chunk, and after a channels-last fallback."""
+    x = torch.rand(3, 2, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seg = block_segments()
+    with pytest.raises(RuntimeError):  # two channels: channels-last batches cannot be .view-ed
+        x.clone(memory_format=torch.channels_last).view(3, -1)
+
+    def as_view(t):
+        return t.reshape(t.shape[0], -1)[:, :5]  # a view of the (reused) input batch
+
+    def as_copy(t):
+        return t.reshape(t.shape[0], -1)[:, :5].clone()
+
+    def rejects_channels_last(t):  # forces the fallback to contiguous batches after the first try
+        return t.view(t.shape[0], -1)[:, :5]
+
+    kw = dict(segmentation=seg, n_samples=60, seed=0, score="logit")
+    ref = LIME(batch_size=1000, **kw)(as_copy, x, target=2)
+    for model in (as_view, as_copy, rejects_channels_last):
+        for bs in (23, 59, 1000):
+            e = LIME(batch_size=bs, **kw)(model, x, target=2)
+            torch.testing.assert_close(e.segment_weights, ref.segment_weights, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(e.extras["local_prediction"], ref.extras["local_prediction"])

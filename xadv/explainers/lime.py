@@ -107,21 +107,22 @@ def weighted_ridge(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: flo
     sw = w.sum(1, keepdim=True)
     if bool((sw <= 0).any()):
         raise ValueError("the sample weights of every problem must have a positive sum")
-    xbar = (w[:, :, None] * X).sum(1) / sw  # (B, S)
+    # sums over the samples as batched products: fewer (B, n, S) temporaries
+    xbar = (w[:, None, :] @ X)[:, 0] / sw  # (B, S)
     ybar = (w * y).sum(1, keepdim=True) / sw  # (B, 1)
     Xc = X - xbar[:, None, :]
     yc = y - ybar
     if n_features is not None:
         keep = torch.arange(s, device=X.device)[None, :] < n_features.to(X.device)[:, None]
-        Xc = Xc * keep[:, None, :].to(dt)
+        Xc.mul_(keep[:, None, :])
     else:
         keep = torch.ones(b, s, dtype=torch.bool, device=X.device)
     WXc = w[:, :, None] * Xc
-    A = WXc.transpose(1, 2) @ Xc  # (B, S, S)
-    rhs = (WXc * yc[:, :, None]).sum(1)  # (B, S)
-    diag = torch.full((b, s), float(alpha), dtype=dt, device=X.device)
-    diag = torch.where(keep, diag, torch.ones_like(diag))  # padding columns: beta = 0
-    A = A + torch.diag_embed(diag)
+    WXcT = WXc.transpose(1, 2)
+    A = WXcT @ Xc  # (B, S, S)
+    rhs = (WXcT @ yc[:, :, None])[:, :, 0]  # (B, S)
+    # + alpha on the diagonal; padding columns get 1 (their beta is 0)
+    A.diagonal(dim1=1, dim2=2).add_(torch.full((b, s), float(alpha), dtype=dt, device=X.device).masked_fill_(~keep, 1.0))
     coef, info = torch.linalg.solve_ex(A, rhs[:, :, None])
     coef = coef[:, :, 0]
     bad = info != 0
@@ -474,6 +475,9 @@ class LIME(Explainer):
         bar = tqdm(total=n, unit="img", desc="LIME", disable=not show, leave=False)
         coef_l, icpt_l, score_l, local_l = [], [], [], []
         seg_flat = segments.reshape(n, h * w)
+        # one input batch and one pixel-mask buffer, reused by every forward pass: fresh
+        # allocations of this size cost page faults on a CPU on every pass
+        xbuf = pbuf = None
         try:
             for g0 in range(0, n, group):
                 g1 = min(n, g0 + group)
@@ -488,13 +492,16 @@ class LIME(Explainer):
                 trows = t[g0:g1].repeat_interleave(m)
                 for r0 in range(0, total, rows):
                     r1 = min(total, r0 + rows)
-                    xb = torch.empty((r1 - r0, c, h, w), dtype=x.dtype, device=x.device,
-                                     memory_format=fmt)
+                    if xbuf is None or xbuf.shape[0] < r1 - r0:
+                        xbuf = torch.empty((min(rows, total), c, h, w), dtype=x.dtype, device=x.device,
+                                           memory_format=fmt)
+                        pbuf = torch.empty((min(rows, total), h * w), dtype=x.dtype, device=x.device)
+                    xb = xbuf[: r1 - r0]
                     # each run of rows from one image: its masks, broadcast against its image
                     for i in range(r0 // m, (r1 - 1) // m + 1):
                         a, b = max(r0, i * m), min(r1, (i + 1) * m)
                         z = gz[i, a - i * m + 1: b - i * m + 1]  # (rows of image i, S)
-                        pix = z.index_select(1, seg_flat[g0 + i]).view(-1, 1, h, w)
+                        pix = torch.index_select(z, 1, seg_flat[g0 + i], out=pbuf[: b - a]).view(-1, 1, h, w)
                         torch.addcmul(fill[g0 + i], diff[g0 + i], pix, out=xb[a - r0: b - r0])
                     with torch.no_grad():
                         try:
@@ -504,6 +511,7 @@ class LIME(Explainer):
                                 raise
                             # e.g. a ``.view`` in the model: plain layout from here on
                             fmt = torch.contiguous_format
+                            xbuf = None
                             ob = forward(model, xb.clone(memory_format=torch.contiguous_format))
                         sc = select_score(ob, trows[r0:r1], self.score)
                         yflat[r0:r1] = sc.detach().to(yflat.dtype)
