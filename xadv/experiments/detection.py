@@ -105,7 +105,7 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
 
     ``adaptive``: ``"single"`` (default, one 20-step run per budget, a few minutes in all)
     or ``"converged"`` (worst case over the strongest configurations of
-    :func:`adaptive_configs`; the numbers in docs/detectors.md, ~15 min on one core).
+    :func:`adaptive_configs`; the numbers in docs/detectors.md, ~12 min on one thread).
     ``adaptive_steps`` overrides the steps of every configuration."""
     from ..data import load_digits
     from ..zoo import digits_cnn
@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-adaptive", type=int, default=40)
     p.add_argument("--adaptive", choices=ADAPTIVE_PRESETS, default="single",
                    help="single: one 20-step adaptive run per budget (fast, not converged); converged: worst case "
-                        "over the strongest configurations, 100 steps each (the docs table; ~15 min)")
+                        "over the strongest configurations, 100 steps each (the docs table; ~12 min)")
     p.add_argument("--adaptive-steps", type=int, default=None, help="override the steps of every adaptive run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="save the DetectionReport (.pt) here")
