@@ -23,7 +23,7 @@ def model_device(model) -> Optional[torch.device]:
     return None
 
 
-def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.Tensor:
+def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_integer: bool = False) -> torch.Tensor:
     """Check a batch-first float tensor: rank, dtype, finiteness and device.
 
     Raises
@@ -36,10 +36,13 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.T
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
-    if not x.is_floating_point():
+    if allow_integer and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
+        pass  # token ids: attributed through a layer (the embedding), or replaced by a baseline id
+    elif not x.is_floating_point():
         raise TypeError(
             f"{name} must be a floating point tensor, got dtype {x.dtype}; "
-            f"convert it with {name}.float() (and scale images to the model's bounds, e.g. [0, 1])"
+            f"convert it with {name}.float() (and scale images to the model's bounds, e.g. [0, 1]); "
+            f"integer token ids are explained through the embedding: pass layer=<the embedding module or name>"
         )
     if x.dim() < min_dim:
         raise ValueError(
@@ -55,7 +58,7 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x") -> torch.T
                 f"{name} is on {x.device} but the model is on {dev}; move one of them, e.g. "
                 f"{name}.to({str(dev)!r})"
             )
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return x
 
@@ -88,8 +91,8 @@ def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
         if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
             raise TypeError(f"target must be an integer tensor, got dtype {target.dtype}")
         t = target.to(device=output.device, dtype=torch.long).reshape(-1)
-        if target.dim() == 0:
-            t = t.expand(n)
+        if target.dim() == 0 or (t.shape[0] == 1 and n > 1):
+            t = t.expand(n)  # one target for the whole batch
     else:
         try:
             vals = [int(v) for v in target]  # type: ignore[union-attr]
@@ -99,6 +102,8 @@ def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
                 f"got {type(target).__name__}"
             ) from None
         t = torch.tensor(vals, dtype=torch.long, device=output.device)
+        if t.shape[0] == 1 and n > 1:
+            t = t.expand(n)  # one target for the whole batch
     if t.shape[0] != n:
         raise ValueError(f"target has {t.shape[0]} entries but the batch has {n} samples")
     if n and (int(t.min()) < 0 or int(t.max()) >= k):
@@ -124,6 +129,9 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 def find_module(model: torch.nn.Module, layer) -> torch.nn.Module:
     """Return ``layer`` itself if it is a submodule, else the submodule with that dotted name."""
+    from ._adapter import unwrap
+
+    model = unwrap(model)
     if isinstance(layer, torch.nn.Module):
         if not any(m is layer for m in model.modules()):
             raise ValueError("the given layer module is not a submodule of the model")

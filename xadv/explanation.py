@@ -12,16 +12,30 @@ import torch
 _REDUCTIONS = ("abs", "sum", "max", "abs_max", "l2", "none")
 
 
+def _first(v):
+    return v[0] if isinstance(v, tuple) else v
+
+
+def _map(v, fn):
+    if isinstance(v, tuple):
+        return tuple(_map(u, fn) for u in v)
+    return fn(v) if isinstance(v, torch.Tensor) else v
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Attributions of one batch, with everything needed to read them again.
 
     Attributes
     ----------
-    attributions : Tensor, shape like ``inputs`` (N, C, H, W) or (N, D)
+    attributions : Tensor, shape like ``inputs`` (N, C, H, W) or (N, D); or a tuple
         Raw, signed attributions. For CAM methods the map upsampled to the input
-        and repeated over channels; the low-resolution map is in ``raw``.
-    inputs : Tensor, same shape
+        and repeated over channels; the low-resolution map is in ``raw``. A model
+        with several inputs gets a tuple, one tensor per input (``inputs`` is then
+        the tuple of inputs). Layer attributions (``layer=``) are shaped like the
+        layer's activations (a tuple for several layers) and ``extras["attribute_to"]``
+        is ``"layer_output"`` or ``"layer_input"``; ``params["layer"]`` names the layer.
+    inputs : Tensor or tuple of Tensor
         The explained inputs (detached unless ``create_graph=True`` was used).
     target : LongTensor (N,)
         The class each sample was explained for.
@@ -64,19 +78,35 @@ class Explanation:
     extras: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.attributions.shape != self.inputs.shape:
-            raise ValueError(
-                f"attributions {tuple(self.attributions.shape)} and inputs "
-                f"{tuple(self.inputs.shape)} must have the same shape"
-            )
+        a, x = self.attributions, self.inputs
+        if self.extras.get("attribute_to") in ("layer_output", "layer_input"):
+            return  # layer attributions: shaped like the layer's activations (a tuple for several layers)
+        if isinstance(a, tuple) or isinstance(x, tuple):
+            # a model with several inputs: one attribution tensor per input
+            if not (isinstance(a, tuple) and isinstance(x, tuple) and len(a) == len(x)):
+                raise ValueError("a model with several inputs needs one attribution tensor per input")
+            pairs = list(zip(a, x))
+        else:
+            pairs = [(a, x)]
+        for ai, xi in pairs:
+            if ai.shape != xi.shape:
+                raise ValueError(
+                    f"attributions {tuple(ai.shape)} and inputs {tuple(xi.shape)} must have the same shape"
+                )
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
-        return self.attributions.shape[0]
+        return _first(self.attributions).shape[0]
 
     @property
     def shape(self) -> torch.Size:
-        return self.attributions.shape
+        """Shape of the attributions (of the first one when there are several)."""
+        return _first(self.attributions).shape
+
+    @property
+    def layer(self) -> Optional[str]:
+        """The layer(s) explained (dotted names), or None for input attributions."""
+        return self.params.get("layer")
 
     def saliency_map(self, reduce: str = "abs") -> torch.Tensor:
         """Reduce the channel axis of image attributions to a 2-D map per sample.
@@ -94,6 +124,9 @@ class Explanation:
         they are (or absolute for ``abs``/``abs_max``/``l2``).
         """
         a = self.attributions
+        if isinstance(a, tuple):
+            raise TypeError("this explanation holds one attribution per input (or layer); reduce one of them, "
+                            "e.g. e.attributions[0]")
         if reduce not in _REDUCTIONS:
             raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}")
         if reduce == "none":
@@ -166,15 +199,13 @@ class Explanation:
         """A copy with every tensor detached from the autograd graph."""
         kw = {}
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            kw[f.name] = v.detach() if isinstance(v, torch.Tensor) else v
+            kw[f.name] = _map(getattr(self, f.name), lambda v: v.detach())
         return Explanation(**kw)
 
     def to(self, device) -> "Explanation":
         kw = {}
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            kw[f.name] = v.to(device) if isinstance(v, torch.Tensor) else v
+            kw[f.name] = _map(getattr(self, f.name), lambda v: v.to(device))
         return Explanation(**kw)
 
     def __getitem__(self, idx) -> "Explanation":
@@ -188,6 +219,8 @@ class Explanation:
         n = len(self)
 
         def pick(v):
+            if isinstance(v, tuple):
+                return tuple(pick(u) for u in v)
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
                 return v[idx]
             return v
@@ -220,8 +253,10 @@ class Explanation:
         return cls(**{k: v for k, v in payload.items() if k in names})
 
     def __repr__(self) -> str:
+        shape = tuple(tuple(a.shape) for a in self.attributions) if isinstance(self.attributions, tuple) \
+            else tuple(self.attributions.shape)
         return (
-            f"Explanation(method={self.method!r}, shape={tuple(self.attributions.shape)}, "
+            f"Explanation(method={self.method!r}, shape={shape}, "
             f"target={self.target.tolist() if self.target.numel() <= 8 else '...'}, "
             f"params={self.params})"
         )

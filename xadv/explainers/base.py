@@ -1,11 +1,14 @@
 """The explainer contract: parameters in ``__init__``, model and batch at call time."""
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, Tuple, Union
+import copy
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from .._adapter import ModelAdapter, _has_attention, double_backward_attention, select_output, unwrap
 from .._common import ParamsMixin
 from .._model import preserved
 from .._validation import TargetLike, check_inputs, check_model, resolve_target
@@ -66,9 +69,10 @@ def select_score(output: torch.Tensor, target: torch.Tensor, score: ScoreLike = 
 
 
 def forward(model, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model must return a tensor of class scores, got {type(out).__name__}")
+    """``model(x)`` as (N, K) scores: dict (``"logits"``), ``.logits``, tuple (first
+    element) and per-sample scalar (N,) outputs are turned into (N, K) by
+    :func:`xadv._adapter.select_output` (choose another part with ``output=``)."""
+    out = select_output(model(x))
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise ValueError(
             f"the model must return shape (N, K) for a batch of N={x.shape[0]}, got {tuple(out.shape)}"
@@ -118,24 +122,48 @@ class Explainer(ParamsMixin):
     #: image methods need (N, C, H, W); others accept any batch-first shape
     min_dim: ClassVar[int] = 2
 
-    def __call__(self, model, x: torch.Tensor, target: TargetLike = None, *,
-                 create_graph: bool = False) -> Explanation:
+    #: whether integer inputs (token ids) are accepted without ``layer=`` (perturbation methods)
+    accepts_integer_inputs: ClassVar[bool] = False
+    #: whether a model with several input tensors is supported (packed into one flat tensor)
+    multi_input: ClassVar[bool] = True
+
+    def attributes_to_layer(self) -> bool:
+        """Whether this explainer attributes to a layer (``layer=`` without ``neuron=``)."""
+        return False
+
+    def __call__(self, model, x, target: TargetLike = None, *, create_graph: bool = False,
+                 forward_args=None, output=None) -> Explanation:
         """Explain ``model`` on the batch ``x``.
 
         Parameters
         ----------
         model : torch.nn.Module or callable
-            Maps (N, ...) inputs to (N, K) class scores.
-        x : Tensor (N, ...)
-            Floating point, batch first, on the model's device.
-        target : None, int, sequence, LongTensor (N,) or callable, default None
-            Class to explain; ``None`` takes the predicted class.
+            Maps (N, ...) inputs to (N, K) class scores (or to a tuple/dict holding them,
+            or to per-sample scalars (N,), see ``output``).
+        x : Tensor (N, ...) or tuple of Tensors
+            Floating point, batch first, on the model's device. A tuple is a model with
+            several inputs, ``model(x[0], x[1], ...)``: the attributions come back as a
+            tuple too, one tensor per input. Integer tensors (token ids) are accepted when
+            the explainer attributes to a layer (``layer=`` the embedding) and by
+            Occlusion (tokens replaced by a baseline id).
+        target : None, int, sequence, LongTensor (N,) or (1,), or callable, default None
+            Class to explain; ``None`` takes the predicted class; one value is used for
+            the whole batch. Not used with ``neuron=`` (the neuron is explained).
         create_graph : bool, default False
             Keep the graph so attributions are differentiable w.r.t. ``x`` and the
             model's parameters (only for ``differentiable`` explainers).
+        forward_args : tuple or dict, optional
+            Passed through to the model after the inputs (a tuple of positional or a dict
+            of keyword arguments) and not attributed, as captum's
+            ``additional_forward_args``. Tensors whose first dimension is N follow their
+            samples when the batch is expanded (IG steps, noisy copies, windows).
+        output : None, int, str or callable, default None
+            Which part of the model's output holds the (N, K) scores: an index into a
+            tuple, a dict key / attribute name, or a callable on the raw output. ``None``
+            takes a tensor, a dict's ``"logits"``, an object's ``.logits`` or a tuple's
+            first element; per-sample scalars (N,) are explained as one class (target 0).
         """
         check_model(model)
-        check_inputs(x, model, min_dim=self.min_dim)
         if not isinstance(create_graph, bool):
             raise TypeError("create_graph must be a bool")
         if create_graph and not self.differentiable:
@@ -143,8 +171,76 @@ class Explainer(ParamsMixin):
                 f"{type(self).__name__} is not differentiable (it samples or fits a surrogate); "
                 f"create_graph=True is supported by gradient methods and Grad-CAM"
             )
-        with preserved(model):
-            return self._explain(model, x, target, create_graph)
+        multi = isinstance(x, (tuple, list))
+        inputs = tuple(x) if multi else (x,)
+        if not inputs:
+            raise ValueError("x is an empty tuple; give one tensor or one tensor per model input")
+        layer_mode = self.attributes_to_layer()
+        if multi and not self.multi_input and not layer_mode:
+            raise ValueError(f"{type(self).__name__} explains one input tensor (an image); this model takes "
+                             f"{len(inputs)}: use a gradient, path or occlusion method for several inputs")
+        allow_int = layer_mode or self.accepts_integer_inputs
+        for i, t in enumerate(inputs):
+            check_inputs(t, model, min_dim=2 if multi else self.min_dim, name=f"x[{i}]" if multi else "x",
+                         allow_integer=allow_int)
+        if multi and len({t.shape[0] for t in inputs}) > 1:
+            raise ValueError(f"the inputs have different batch sizes {[t.shape[0] for t in inputs]}")
+        if target is not None and self._explains_neuron():
+            raise ValueError("with neuron= the neuron's value is explained and target is not used; "
+                             "leave target=None")
+        attention = create_graph and _has_attention(unwrap(model))
+        with preserved(model), double_backward_attention(attention):
+            m = model
+            if multi or forward_args is not None or output is not None:
+                m = ModelAdapter(model, output=output, forward_args=forward_args,
+                                 inputs=inputs if multi and not layer_mode else None)
+            if multi and not layer_mode:
+                return self._explain_packed(m, inputs, target, create_graph)
+            return self._explain(m, x if not multi else inputs, target, create_graph)
+
+    def _explains_neuron(self) -> bool:
+        return getattr(self, "neuron", None) is not None
+
+    # ------------------------------------------------------- several inputs
+    _PACKED_ATTRS = ("baseline", "background", "feature_mask")
+
+    def _packed_copy(self, packing, inputs) -> "Explainer":
+        """A shallow copy whose per-input options (tuples of baselines, backgrounds,
+        feature masks; baseline callables) work on the packed inputs."""
+        est = copy.copy(self)
+        for name in self._PACKED_ATTRS:
+            v = getattr(self, name, None)
+            if isinstance(v, (tuple, list)):
+                if name == "feature_mask":
+                    parts = []
+                    for mk, t in zip(v, inputs):
+                        mk = torch.as_tensor(mk, device=t.device)
+                        mk = mk if mk.dim() == t.dim() else mk[None]
+                        parts.append(torch.broadcast_to(mk, (mk.shape[0],) + tuple(t.shape[1:])).reshape(mk.shape[0], -1))
+                    rows = max(p.shape[0] for p in parts)
+                    setattr(est, name, torch.cat([p.expand(rows, -1) for p in parts], dim=1))
+                else:
+                    setattr(est, name, packing.pack_like(v, inputs, name))
+            elif name == "baseline" and callable(v) and not isinstance(v, (str, torch.Tensor)):
+                def packed(z, fn=v):
+                    b = fn(packing.unpack(z))
+                    return packing.pack_like(b if isinstance(b, (tuple, list)) else (b,), packing.unpack(z))
+                setattr(est, name, packed)
+        if hasattr(est, "base") and isinstance(est.base, Explainer):
+            est.base = est.base._packed_copy(packing, inputs)
+        return est
+
+    def _explain_packed(self, m, inputs, target, create_graph) -> Explanation:
+        packing = m.packing
+        leaves = tuple(input_leaf(t, create_graph) if create_graph else t.detach() for t in inputs)
+        z = packing.pack(leaves)
+        e = self._packed_copy(packing, inputs)._explain(m, z, target, create_graph)
+        extras = dict(e.extras)
+        for k, v in e.extras.items():
+            if isinstance(v, torch.Tensor) and v.shape == z.shape:
+                extras[k] = packing.unpack(v)
+        extras["inputs"] = len(inputs)
+        return dataclasses.replace(e, attributions=packing.unpack(e.attributions), inputs=leaves, extras=extras)
 
     def _explain(self, model, x, target, create_graph) -> Explanation:  # pragma: no cover
         raise NotImplementedError
@@ -161,6 +257,8 @@ class Explainer(ParamsMixin):
                 out[k] = repr(v)
             else:
                 out[k] = v
+        if isinstance(out.get("layer"), torch.nn.Module) or isinstance(out.get("layer"), list):
+            out["layer"] = repr(out["layer"])
         return out
 
     def __repr__(self) -> str:

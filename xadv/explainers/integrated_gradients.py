@@ -8,8 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._adapter import repeat_rows, sample_rows
 from .._validation import check_bounds, check_positive_int, resolve_target
 from ..explanation import Explanation
+from ._layer import LayerOptions, add_layer_doc, capture, layer_path
 from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
                    select_score)
 from .._common import make_generator
@@ -98,7 +100,8 @@ def _path_gradient_sum(model, base, diff, t, alphas, weights, rows, score, creat
         path = (base[None, i0:i1] + a * diff[None, i0:i1]).reshape((k * m,) + tail)
         with torch.enable_grad():
             leaf = path if create_graph else path.requires_grad_(True)
-            o = forward(model, leaf)
+            with sample_rows(repeat_rows(i0, i1, k, t.device), n):
+                o = forward(model, leaf)
             s = select_score(o, t[i0:i1].repeat(k), score)
             (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
         # weighted sum over the block's steps: (k,) x (k, m, ...) -> (m, ...)
@@ -112,7 +115,8 @@ def _path_gradient_sum(model, base, diff, t, alphas, weights, rows, score, creat
     return torch.cat([torch.stack(p).sum(0) if len(p) > 1 else p[0] for _, p in sorted(parts.items())])
 
 
-class IntegratedGradients(Explainer):
+@add_layer_doc
+class IntegratedGradients(LayerOptions, Explainer):
     """Integrated Gradients (Sundararajan et al., 2017).
 
     ``attr = (x - x0) * integral_0^1 grad f(x0 + a (x - x0)) da``, the integral taken by
@@ -123,10 +127,13 @@ class IntegratedGradients(Explainer):
     ----------
     steps : int, default 50
         Quadrature nodes.
-    baseline : {"zeros", "uniform", "blur", "mean"}, float, or Tensor, default "zeros"
+    baseline : {"zeros", "uniform", "blur", "mean"}, float, Tensor or callable, default "zeros"
         ``x0``: zeros; a constant; uniform noise within ``bounds``; the input blurred
-        with ``blur_sigma`` (Gaussian, pixels); the per-sample mean value; or a tensor
-        broadcastable to ``x`` (e.g. (1, C, H, W) or (N, C, H, W)).
+        with ``blur_sigma`` (Gaussian, pixels); the per-sample mean value; a tensor
+        broadcastable to ``x`` (e.g. (1, C, H, W) or (N, C, H, W)); or a callable
+        ``x -> x0``. For token ids (with ``layer=``) an int or an integer tensor: the
+        reference token (e.g. the pad id); the baseline activations are the layer's on it.
+        Several inputs: a tuple, one baseline per input.
     rule : str, default "gausslegendre"
         Quadrature rule (captum calls it ``method``): ``riemann_left``, ``riemann_right``, ``riemann_middle``,
         ``riemann_trapezoid`` or ``gausslegendre`` (as in captum).
@@ -135,6 +142,9 @@ class IntegratedGradients(Explainer):
         ``steps * N``; results do not depend on it. Default: rows holding about 2^17
         input elements on CPU (cache-friendly), 2^22 on accelerators.
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
+    multiply_by_inputs : bool, default True
+        ``False`` returns the path-averaged gradient without the factor ``x - x0``
+        (captum's ``multiply_by_inputs=False``); ``delta`` is then None.
     bounds : (float, float), default (0, 1)
         Range of the uniform baseline.
     blur_sigma : float, default 5.0
@@ -159,15 +169,18 @@ class IntegratedGradients(Explainer):
     def __init__(self, steps: int = 50, baseline: Union[str, float, torch.Tensor] = "zeros",
                  rule: str = "gausslegendre", batch_size: Optional[int] = None, score="logit",
                  bounds=(0.0, 1.0), blur_sigma: float = 5.0, seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, multiply_by_inputs: bool = True, layer=None,
+                 attribute_to_layer_input: bool = False, neuron=None):
         self.steps = check_positive_int(steps, "steps")
         if rule not in _METHODS:
             raise ValueError(f"rule must be one of {_METHODS}, got {rule!r}")
         quadrature(self.steps, rule)
         if isinstance(baseline, str) and baseline not in _BASELINES:
             raise ValueError(f"baseline must be one of {_BASELINES}, a number or a tensor, got {baseline!r}")
-        if not isinstance(baseline, (str, float, int, torch.Tensor)) or isinstance(baseline, bool):
-            raise TypeError(f"baseline must be a string, a number or a tensor, got {type(baseline).__name__}")
+        if isinstance(baseline, bool) or not (isinstance(baseline, (str, float, int, torch.Tensor, tuple, list))
+                                              or callable(baseline)):
+            raise TypeError(f"baseline must be a string, a number, a tensor, a callable or a tuple of them (one per "
+                            f"input), got {type(baseline).__name__}")
         self.baseline = baseline
         self.rule = rule
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
@@ -176,10 +189,26 @@ class IntegratedGradients(Explainer):
         self.blur_sigma = float(blur_sigma)
         self.seed = seed
         self.generator = generator
+        self.multiply_by_inputs = bool(multiply_by_inputs)
+        self._set_layer_options(layer, attribute_to_layer_input, neuron)
 
-    def make_baseline(self, x: torch.Tensor) -> torch.Tensor:
+    def make_baseline(self, x: torch.Tensor, baseline=None) -> torch.Tensor:
         """The baseline for the batch ``x``, shape (N, ...)."""
-        b = self.baseline
+        b = self.baseline if baseline is None else baseline
+        if callable(b) and not isinstance(b, (str, torch.Tensor)):
+            v = b(x)
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"the baseline callable must return a tensor, got {type(v).__name__}")
+            b = v
+        if isinstance(b, (tuple, list)):
+            raise ValueError("a tuple of baselines is for a model with several inputs (one per input)")
+        if not x.is_floating_point():
+            if isinstance(b, str) and b != "zeros" or isinstance(b, float) and not float(b).is_integer():
+                raise ValueError(f"token-id inputs need a reference token id as baseline (an int or an integer "
+                                 f"tensor, e.g. the pad id), got {b!r}")
+            if isinstance(b, torch.Tensor):
+                return torch.broadcast_to(b.to(device=x.device, dtype=x.dtype), x.shape)
+            return torch.full_like(x, 0 if isinstance(b, str) else int(b))
         if isinstance(b, torch.Tensor):
             if not b.is_floating_point():
                 raise TypeError("a baseline tensor must be floating point")
@@ -203,11 +232,15 @@ class IntegratedGradients(Explainer):
         return gaussian_blur(x, self.blur_sigma)
 
     def _explain(self, model, x, target, create_graph):
+        r = self._layer_dispatch(model, x, target, create_graph)
+        if r is not None:
+            return r
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
         # with create_graph a baseline computed from x (blur, mean) stays differentiable
         base = self.make_baseline(xi)
         n = x.shape[0]
-        with torch.set_grad_enabled(create_graph):
+        ar = torch.arange(n, device=x.device)
+        with torch.set_grad_enabled(create_graph), sample_rows(torch.cat([ar, ar]), n):
             both = forward(model, torch.cat([xi, base]))
         out, out_base = both[:n], both[n:]
         t = resolve_target(target, out)
@@ -217,12 +250,58 @@ class IntegratedGradients(Explainer):
         diff = xi - base
         rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
-        attr = diff * grad_sum
-        with torch.no_grad():
-            gap = select_score(out.detach(), t, self.score) - select_score(out_base.detach(), t, self.score)
-            delta = attr.detach().reshape(n, -1).sum(1) - gap
+        attr = diff * grad_sum if self.multiply_by_inputs else grad_sum
+        delta = None
+        if self.multiply_by_inputs:
+            with torch.no_grad():
+                gap = select_score(out.detach(), t, self.score) - select_score(out_base.detach(), t, self.score)
+                delta = attr.detach().reshape(n, -1).sum(1) - gap
         if not create_graph:
             out = out.detach()
             attr = attr.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(), delta=delta,
                            extras={"baseline": base.detach()})
+
+    def _layer_baselines(self, inputs):
+        b = self.baseline
+        if isinstance(b, (tuple, list)):
+            if len(b) != len(inputs):
+                raise ValueError(f"{len(b)} baselines for {len(inputs)} inputs")
+            return [self.make_baseline(t, v) for t, v in zip(inputs, b)]
+        if len(inputs) > 1:
+            raise ValueError("a model with several inputs needs a tuple of baselines, one per input")
+        return [self.make_baseline(inputs[0])]
+
+    def _explain_layer(self, model, inputs, target, create_graph, mods, names):
+        """Layer Integrated Gradients: the straight path between the layer's activations
+        on the baseline inputs and on the inputs (captum's ``LayerIntegratedGradients``)."""
+        ins = self._leaves(inputs, create_graph)
+        bases = self._layer_baselines(ins)
+        n = ins[0].shape[0]
+        side = self.attribute_to_layer_input
+        ar = torch.arange(n, device=ins[0].device)
+        with sample_rows(torch.cat([ar, ar]), n):
+            both, acts = capture(model, [torch.cat([a, b]) for a, b in zip(ins, bases)], mods, names, side,
+                                 grad=create_graph)
+        out, out_base = both[:n], both[n:]
+        acts_x, acts_b = [a[:n] for a in acts], [a[n:] for a in acts]
+        t = resolve_target(target, out)
+        ref = acts_x[0]
+        alphas_np, weights_np = quadrature(self.steps, self.rule)
+        alphas = torch.as_tensor(alphas_np, dtype=ref.dtype, device=ref.device)[:, None].expand(-1, n)
+        weights = torch.as_tensor(weights_np, dtype=ref.dtype, device=ref.device)
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(ref)
+
+        def base_acts(s0, s1, i0, i1):
+            return [ab[None, i0:i1].expand((s1 - s0,) + tuple(ab[i0:i1].shape)) for ab in acts_b]
+
+        attrs = layer_path(model, ins, t, lambda o, tt: select_score(o, tt, self.score), mods, names, side,
+                           acts_x, base_acts, alphas, weights, rows, self.multiply_by_inputs, create_graph, _blocks)
+        delta = None
+        if self.multiply_by_inputs:
+            with torch.no_grad():
+                gap = select_score(out.detach(), t, self.score) - select_score(out_base.detach(), t, self.score)
+                delta = sum(a.detach().reshape(n, -1).sum(1) for a in attrs) - gap
+        return self._layer_result(attrs, ins, t, out, create_graph, names, delta=delta,
+                                  extras={"baseline_activations": tuple(a.detach() for a in acts_b)
+                                          if len(acts_b) > 1 else acts_b[0].detach()})
