@@ -6,9 +6,12 @@ from typing import Optional, Union
 
 import torch
 
+from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._common import make_generator
 from .._validation import TargetLike, check_positive_int, resolve_target
 from ..explanation import Explanation
+from ._layer import LayerOptions, add_layer_doc, capture, layer_path
+from .integrated_gradients import _blocks
 from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
                    select_score)
 
@@ -22,9 +25,12 @@ BackgroundLike = Union[None, float, torch.Tensor]
 def _check_background(background: BackgroundLike) -> BackgroundLike:
     if background is None:
         return None
+    if isinstance(background, (tuple, list)):
+        return tuple(_check_background(b) for b in background)
     if isinstance(background, torch.Tensor):
-        if not background.is_floating_point():
-            raise TypeError("the background must be a floating point tensor (M, ...) of reference inputs")
+        if background.is_complex() or background.dtype == torch.bool:
+            raise TypeError("the background must be a real tensor (M, ...) of reference inputs "
+                            "(floating point, or token ids with layer=)")
         if background.dim() == 0 or background.shape[0] == 0:
             raise ValueError(f"the background must hold at least one reference input, got shape "
                              f"{tuple(background.shape)}")
@@ -35,7 +41,8 @@ def _check_background(background: BackgroundLike) -> BackgroundLike:
     return background
 
 
-class GradientSHAP(Explainer):
+@add_layer_doc
+class GradientSHAP(LayerOptions, Explainer):
     """GradientSHAP (Lundberg & Lee, 2017), as captum's ``GradientShap`` and shap's
     ``GradientExplainer``: Integrated Gradients in expectation over a background set.
 
@@ -71,8 +78,14 @@ class GradientSHAP(Explainer):
         Same seed, same draws on every call (fixed draws, as fooling attacks need).
     generator : torch.Generator, optional
         Used instead of ``seed``; advances between calls.
+    multiply_by_inputs : bool, default True
+        ``False``: the averaged gradients without the factor ``x~ - b`` (``delta`` None).
 
-    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...); background (M, ...).
+    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...); background (M, ...). With
+    ``layer=`` the path runs in the layer's activation space: draw ``j`` interpolates
+    between the layer's activations on background row ``idx[j, n]`` and on ``x`` (the
+    same draws as without ``layer``; ``noise`` must be 0 there). Captum's
+    ``LayerGradientShap`` interpolates the inputs instead, which token ids do not allow.
 
     Notes
     -----
@@ -107,7 +120,8 @@ class GradientSHAP(Explainer):
 
     def __init__(self, background: BackgroundLike = None, n_samples: int = 50, noise: float = 0.0,
                  batch_size: Optional[int] = None, score="logit", seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, multiply_by_inputs: bool = True, layer=None,
+                 attribute_to_layer_input: bool = False, neuron=None):
         self.background = _check_background(background)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not float(noise) >= 0:
@@ -117,20 +131,30 @@ class GradientSHAP(Explainer):
         self.score = check_score(score)
         self.seed = seed
         self.generator = generator
+        self.multiply_by_inputs = bool(multiply_by_inputs)
+        self._set_layer_options(layer, attribute_to_layer_input, neuron)
+        bgs = self.background if isinstance(self.background, tuple) else (self.background,)
+        if not self.attributes_to_layer() and any(isinstance(b, torch.Tensor) and not b.is_floating_point()
+                                                  for b in bgs):
+            raise TypeError("the background must be a floating point tensor (M, ...) of reference inputs; "
+                            "integer token ids are for layer= (the embedding)")
 
     def __call__(self, model, x: torch.Tensor, target: TargetLike = None, *, create_graph: bool = False,
-                 background: BackgroundLike = None) -> Explanation:
-        """Explain ``model`` on ``x`` (see :meth:`Explainer.__call__`); ``background``
-        replaces the constructor's background for this call."""
+                 background: BackgroundLike = None, **kwargs) -> Explanation:
+        """Explain ``model`` on ``x`` (see :meth:`Explainer.__call__`, also for
+        ``forward_args`` and ``output``); ``background`` replaces the constructor's
+        background for this call."""
         if background is None:
-            return super().__call__(model, x, target, create_graph=create_graph)
+            return super().__call__(model, x, target, create_graph=create_graph, **kwargs)
         params = dict(self.get_params(), background=background)
-        return type(self)(**params)(model, x, target, create_graph=create_graph)
+        return type(self)(**params)(model, x, target, create_graph=create_graph, **kwargs)
 
     def make_background(self, x: torch.Tensor) -> torch.Tensor:
         """The background rows for inputs ``x``: (M, ...) on ``x``'s device and dtype."""
         b = self.background
         feat = tuple(x.shape[1:])
+        if isinstance(b, tuple):
+            raise ValueError("a tuple of backgrounds is for a model with several inputs (one per input)")
         if b is None or not isinstance(b, torch.Tensor):
             return torch.full((1,) + feat, 0.0 if b is None else float(b), dtype=x.dtype, device=x.device)
         if tuple(b.shape) == feat:
@@ -141,6 +165,9 @@ class GradientSHAP(Explainer):
         return b.detach().to(device=x.device, dtype=x.dtype)
 
     def _explain(self, model, x, target, create_graph):
+        r = self._layer_dispatch(model, x, target, create_graph)
+        if r is not None:
+            return r
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
         bg = self.make_background(x)
         n, tail, S = x.shape[0], tuple(x.shape[1:]), self.n_samples
@@ -176,28 +203,87 @@ class GradientSHAP(Explainer):
                 with torch.enable_grad():
                     path = (b + a * diff).reshape((k * m,) + tail)
                     leaf = path if create_graph else path.detach().requires_grad_(True)
-                    o = forward(model, leaf)
+                    with sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                        o = forward(model, leaf)
                     s = select_score(o, t[i0:i1].repeat(k), self.score)
                     (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
-                    part = (diff * g.reshape((k, m) + tail)).sum(0)
+                    g = g.reshape((k, m) + tail)
+                    part = (diff * g).sum(0) if self.multiply_by_inputs else g.sum(0)
                 if not create_graph:
                     part = part.detach()
                 parts[i0] = parts[i0] + part if i0 in parts else part
         summed = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
         attr = summed / S
 
-        with torch.no_grad():
-            # completeness error against the drawn baselines: f(b) once per used background row
-            used, inverse = torch.unique(idx, return_inverse=True)
-            outs = torch.cat([forward(model, bg[used[u0:u1]]) for u0, u1 in balanced_slices(used.numel(), rows)])
-            s_b = select_score(outs[inverse.reshape(-1)], t.repeat(S), self.score).reshape(S, n).mean(0)
-            gap = select_score(out.detach(), t, self.score) - s_b
-            delta = attr.detach().reshape(n, -1).sum(1) - gap
+        delta = None
+        if self.multiply_by_inputs:
+            with torch.no_grad():
+                s_b = self._background_scores(model, bg, idx, t, rows)
+                gap = select_score(out.detach(), t, self.score) - s_b
+                delta = attr.detach().reshape(n, -1).sum(1) - gap
         if not create_graph:
             out = out.detach()
             attr = attr.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(), delta=delta,
                            extras={"baseline_index": idx.t().contiguous(), "alpha": alphas.t().contiguous()})
+
+
+    def _background_scores(self, model, bg, idx, t, rows) -> torch.Tensor:
+        """Mean over the draws of the score of the drawn background rows, (N,)."""
+        S, n = idx.shape
+        if isinstance(model, ModelAdapter) and model.forward_args is not None:
+            # per-sample pass-through arguments: each drawn row with its sample's arguments
+            flat = idx.reshape(-1)
+            sid = torch.arange(n, device=idx.device).repeat(S)
+            outs = []
+            for r0, r1 in balanced_slices(flat.numel(), rows):
+                with sample_rows(sid[r0:r1], n):
+                    outs.append(forward(model, bg[flat[r0:r1]]))
+            return select_score(torch.cat(outs), t.repeat(S), self.score).reshape(S, n).mean(0)
+        # f(b) once per used background row
+        used, inverse = torch.unique(idx, return_inverse=True)
+        outs = torch.cat([forward(model, bg[used[u0:u1]]) for u0, u1 in balanced_slices(used.numel(), rows)])
+        return select_score(outs[inverse.reshape(-1)], t.repeat(S), self.score).reshape(S, n).mean(0)
+
+    def _explain_layer(self, model, inputs, target, create_graph, mods, names):
+        """GradientSHAP in the layer's activation space (``noise`` must be 0)."""
+        if self.noise > 0:
+            raise ValueError("GradientSHAP with layer= interpolates activations and does not add input noise; "
+                             "use noise=0 (or wrap it in SmoothGrad for float inputs)")
+        if len(inputs) > 1:
+            raise ValueError("GradientSHAP with layer= explains models with one input tensor")
+        ins = self._leaves(inputs, create_graph)
+        x = ins[0]
+        bg = self.make_background(x)
+        n, S = x.shape[0], self.n_samples
+        side = self.attribute_to_layer_input
+        with torch.set_grad_enabled(create_graph):
+            out, acts = capture(model, [x], mods, names, side, grad=create_graph)
+        t = resolve_target(target, out)
+        ref = acts[0]
+        gen = make_generator(self.seed, self.generator, x.device)
+        idx = torch.randint(bg.shape[0], (S, n), generator=gen, device=x.device)
+        alphas = torch.rand((S, n), generator=gen, device=x.device, dtype=ref.dtype)
+        weights = torch.full((S,), 1.0 / S, dtype=ref.dtype, device=ref.device)
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(ref)
+        scores_b = torch.zeros((S, n), dtype=ref.dtype, device=ref.device)
+
+        def base_acts(s0, s1, i0, i1):
+            k, m = s1 - s0, i1 - i0
+            rows_b = bg[idx[s0:s1, i0:i1].reshape(-1)]
+            with torch.no_grad(), sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                ob, ab = capture(model, [rows_b], mods, names, side, grad=False)
+            scores_b[s0:s1, i0:i1] = select_score(ob, t[i0:i1].repeat(k), self.score).reshape(k, m)
+            return [a.reshape((k, m) + tuple(a.shape[1:])) for a in ab]
+
+        attrs = layer_path(model, ins, t, lambda o, tt: select_score(o, tt, self.score), mods, names, side,
+                           acts, base_acts, alphas, weights, rows, self.multiply_by_inputs, create_graph, _blocks)
+        delta = None
+        if self.multiply_by_inputs:
+            gap = select_score(out.detach(), t, self.score) - scores_b.mean(0)
+            delta = sum(a.detach().reshape(n, -1).sum(1) for a in attrs) - gap
+        return self._layer_result(attrs, ins, t, out, create_graph, names, delta=delta,
+                                  extras={"baseline_index": idx.t().contiguous(), "alpha": alphas.t().contiguous()})
 
 
 class ExpectedGradients(GradientSHAP):
@@ -240,6 +326,8 @@ class ExpectedGradients(GradientSHAP):
     name = "expected_gradients"
 
     def __init__(self, background: BackgroundLike = None, n_samples: int = 50, batch_size: Optional[int] = None,
-                 score="logit", seed: Optional[int] = None, generator: Optional[torch.Generator] = None):
+                 score="logit", seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 multiply_by_inputs: bool = True, layer=None, attribute_to_layer_input: bool = False, neuron=None):
         super().__init__(background, n_samples=n_samples, noise=0.0, batch_size=batch_size, score=score,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, multiply_by_inputs=multiply_by_inputs, layer=layer,
+                         attribute_to_layer_input=attribute_to_layer_input, neuron=neuron)

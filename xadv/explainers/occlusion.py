@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._adapter import repeat_rows, sample_rows
 from .._validation import check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, default_batch_rows, forward, input_leaf, select_score
@@ -83,9 +84,20 @@ class Occlusion(Explainer):
         CPU, 2^22 on accelerators.
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
         The scalar whose drop is recorded.
+    feature_mask : LongTensor, optional
+        Feature groups instead of sliding windows (captum's ``FeatureAblation``): an
+        integer tensor broadcastable to ``x`` ((1, ...) shared or (N, ...) per sample, e.g.
+        (1, 1, H, W) superpixels for all channels, or (N, T) word ids of sub-word
+        tokens); the features of one group are replaced together and each gets the
+        group's score drop. ``window`` and ``stride`` are then not used. Several inputs:
+        a tuple of masks; equal ids in different inputs form one group.
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...). One forward pass per window
-    position and sample (``extras["windows"]`` positions per sample), no backward pass.
+    position (or group) and sample (``extras["windows"]`` per sample), no backward pass.
+    Integer inputs (token ids, (N, T)) are accepted: the default window is one token and
+    an occluded token is replaced by the baseline id (``baseline=pad_id``). For
+    embedded tokens (N, T, D) use ``window=(1, D)`` or a (1, T, 1) ``feature_mask`` so a
+    window covers whole tokens (the default treats dimension 1 as channels).
 
     Notes
     -----
@@ -112,23 +124,31 @@ class Occlusion(Explainer):
 
     name = "occlusion"
     differentiable = True
+    accepts_integer_inputs = True
 
     def __init__(self, window: SizeLike = None, stride: SizeLike = None,
                  baseline: Union[float, torch.Tensor, str] = 0.0, batch_size: Optional[int] = None,
-                 score="logit"):
+                 score="logit", feature_mask: Optional[torch.Tensor] = None):
         self.window = _check_size(window, "window")
         self.stride = _check_size(stride, "stride")
         if isinstance(baseline, str):
             if baseline != "mean":
                 raise ValueError(f"baseline must be a number, a tensor or 'mean', got {baseline!r}")
         elif isinstance(baseline, torch.Tensor):
-            if not baseline.is_floating_point():
-                raise TypeError("a baseline tensor must be floating point")
+            if baseline.is_complex() or baseline.dtype == torch.bool:
+                raise TypeError("a baseline tensor must be real (floating point, or token ids)")
+        elif isinstance(baseline, tuple):
+            pass  # one baseline per input of a model with several inputs
         elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
             raise TypeError(f"baseline must be a number, a tensor or 'mean', got {type(baseline).__name__}")
         self.baseline = baseline
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)
+        if feature_mask is not None and not isinstance(feature_mask, (tuple, list)):
+            if not isinstance(feature_mask, torch.Tensor) or feature_mask.is_floating_point() \
+                    or feature_mask.dtype == torch.bool:
+                raise TypeError("feature_mask must be an integer tensor of group ids broadcastable to x")
+        self.feature_mask = feature_mask
 
     # ------------------------------------------------------------ geometry
     def geometry(self, shape: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
@@ -196,8 +216,30 @@ class Occlusion(Explainer):
             mask = part if mask is None else mask * part
         return mask
 
+    def _group_masks(self, x: torch.Tensor):
+        """``(ids (G,), masks (G, R, ...))`` of the feature groups, R = 1 or N."""
+        fm = self.feature_mask.to(x.device)
+        if fm.dim() < x.dim():
+            fm = fm.reshape((1,) * (x.dim() - fm.dim()) + tuple(fm.shape))
+        try:
+            fm = torch.broadcast_to(fm, (fm.shape[0],) + tuple(x.shape[1:]))
+        except RuntimeError:
+            raise ValueError(f"feature_mask of shape {tuple(self.feature_mask.shape)} does not broadcast to the "
+                             f"inputs {tuple(x.shape)}") from None
+        if fm.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"feature_mask has {fm.shape[0]} rows; give 1 (shared) or N={x.shape[0]}")
+        ids = torch.unique(fm)
+        return ids, fm
+
+    def _mix(self, xs, mask, base):
+        if xs.is_floating_point():
+            return xs + mask * (base - xs)
+        return torch.where(mask.bool(), base, xs)
+
     def _explain(self, model, x, target, create_graph):
-        xi = input_leaf(x, create_graph) if create_graph else x.detach()
+        if self.feature_mask is not None:
+            return self._explain_groups(model, x, target, create_graph)
+        xi = input_leaf(x, create_graph) if create_graph and x.is_floating_point() else x.detach()
         n = x.shape[0]
         feat = tuple(x.shape[1:])
         window, stride, positions = self.geometry(x.shape)
@@ -212,7 +254,7 @@ class Occlusion(Explainer):
         for d, cov in enumerate(covers):
             shape = [1] * len(feat)
             shape[d] = feat[d]
-            part = cov.sum(0).to(x.dtype).reshape(shape)
+            part = cov.sum(0).to(x.dtype if x.is_floating_point() else torch.get_default_dtype()).reshape(shape)
             count = part if count is None else count * part
         total = math.prod(positions)
 
@@ -227,10 +269,10 @@ class Occlusion(Explainer):
         parts = {}
         for p0, p1, i0, i1 in _blocks(n, total, rows):
             k, m = p1 - p0, i1 - i0
-            mask = self._masks(covers, positions, p0, p1, x.dtype)           # (k, ...)
+            mask = self._masks(covers, positions, p0, p1, s0.dtype)          # (k, ...)
             xs = xi[None, i0:i1]
-            with torch.set_grad_enabled(create_graph):
-                occluded = xs + mask[:, None] * (base[None, i0:i1] - xs)     # (k, m, ...)
+            with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                occluded = self._mix(xs, mask[:, None], base[None, i0:i1])   # (k, m, ...)
                 o = forward(model, occluded.reshape((k * m,) + feat))
                 s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
                 drop = s0[None, i0:i1] - s
@@ -246,3 +288,37 @@ class Occlusion(Explainer):
             attr = attr.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(),
                            extras={"window": window, "stride": stride, "windows": total})
+
+    def _explain_groups(self, model, x, target, create_graph):
+        """Feature ablation over the groups of ``feature_mask``."""
+        xi = input_leaf(x, create_graph) if create_graph and x.is_floating_point() else x.detach()
+        n, feat = x.shape[0], tuple(x.shape[1:])
+        ids, fm = self._group_masks(x)
+        base = self.make_baseline(xi)
+        with torch.set_grad_enabled(create_graph):
+            out = forward(model, xi)
+        t = resolve_target(target, out)
+        s0 = select_score(out, t, self.score)
+        if not create_graph:
+            s0 = s0.detach()
+        G = ids.numel()
+        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
+        attr = None
+        parts = {}
+        for g0, g1, i0, i1 in _blocks(n, G, rows):
+            k, m = g1 - g0, i1 - i0
+            sel = fm if fm.shape[0] == 1 else fm[i0:i1]
+            mask = (sel[None] == ids[g0:g1].reshape((k, 1) + (1,) * len(feat))).to(s0.dtype)  # (k, 1|m, ...)
+            xs = xi[None, i0:i1]
+            with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                occluded = self._mix(xs, mask, base[None, i0:i1])
+                o = forward(model, occluded.reshape((k * m,) + feat))
+                s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
+                drop = s0[None, i0:i1] - s
+                part = (drop.reshape((k, m) + (1,) * len(feat)) * mask).sum(0)
+            parts[i0] = parts[i0] + part if i0 in parts else part
+        attr = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
+        if not create_graph:
+            out, attr = out.detach(), attr.detach()
+        return Explanation(attr, xi, t, out, self.name, self._params_for_result(),
+                           extras={"windows": G, "groups": ids})

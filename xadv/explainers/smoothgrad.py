@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._adapter import repeat_rows, sample_rows
 from .._validation import check_positive_int, resolve_target
 from .._common import make_generator
 from ..explanation import Explanation
@@ -57,7 +58,13 @@ class SmoothGrad(Explainer):
     generator : torch.Generator, optional
         Used instead of ``seed``; advances between calls.
 
-    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...).
+    Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...), or the layer's shape when
+    ``base`` attributes to a layer (``layer=``; the noise is added to the inputs, which
+    must then be floating point). When ``base`` reports a completeness error (Integrated
+    Gradients, GradientSHAP), ``delta`` (N,) is its mean over the noisy copies (the
+    completeness error of the averaged attribution against the averaged score gap) and
+    ``extras["deltas"]`` (n_samples, N) holds every copy's, as captum's ``NoiseTunnel``
+    with ``return_convergence_delta=True``.
 
     References
     ----------
@@ -104,7 +111,18 @@ class SmoothGrad(Explainer):
     def differentiable(self) -> bool:  # type: ignore[override]
         return self.base.differentiable
 
+    def attributes_to_layer(self) -> bool:
+        return self.base.attributes_to_layer()
+
+    def _explains_neuron(self) -> bool:
+        return self.base._explains_neuron()
+
     def _explain(self, model, x, target, create_graph):
+        if isinstance(x, tuple):
+            raise ValueError("SmoothGrad around a layer explainer takes one input tensor")
+        if not x.is_floating_point():
+            raise TypeError(f"SmoothGrad adds Gaussian noise to the inputs, which are {x.dtype} (token ids?); "
+                            f"explain the embedding's output instead, e.g. with a float input model")
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
         with torch.set_grad_enabled(create_graph):
             out = forward(model, xi)
@@ -132,6 +150,8 @@ class SmoothGrad(Explainer):
         base_x = xi if create_graph else xi.detach()
         sums = {}
         sums_sq = {}
+        deltas = {}
+        layer_extras = {}
         for j0 in range(0, self.n_samples, k_max):
             k = min(k_max, self.n_samples - j0)
             eps = torch.stack([torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -142,10 +162,21 @@ class SmoothGrad(Explainer):
                 bt = t[i0:i1].repeat(k)
                 # inputs already checked and the model already preserved by our own
                 # __call__: go straight to the base method (no re-validation per pass)
-                a = self.base._explain(model, bx, bt, create_graph).attributions
+                with sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                    eb = self.base._explain(model, bx, bt, create_graph)
+                a = eb.attributions
+                if isinstance(a, tuple):
+                    raise ValueError("SmoothGrad around several layers is not supported; give one layer")
                 if not create_graph:
                     a = a.detach()
-                a = a.reshape((k, i1 - i0) + tail)
+                a = a.reshape((k, i1 - i0) + tuple(a.shape[1:]))
+                if eb.delta is not None:
+                    deltas[(j0, i0)] = eb.delta.detach().reshape(k, i1 - i0)
+                for key in ("attribute_to",):
+                    if key in eb.extras:
+                        layer_extras[key] = eb.extras[key]
+                if "layer" in eb.params:
+                    layer_extras["layer"] = eb.params["layer"]
                 _accumulate(sums, i0, a.sum(0), create_graph)
                 if need_sq:
                     _accumulate(sums_sq, i0, (a * a).sum(0), create_graph)
@@ -160,6 +191,17 @@ class SmoothGrad(Explainer):
         else:
             attr = total_sq / self.n_samples - mean * mean
         params = self._params_for_result()
+        extras = {}
+        if "layer" in layer_extras:
+            params["layer"] = layer_extras.pop("layer")
+        extras.update(layer_extras)
+        delta = None
+        if deltas:
+            all_d = torch.empty((self.n_samples, n), dtype=next(iter(deltas.values())).dtype, device=x.device)
+            for (j0, i0), d in deltas.items():
+                all_d[j0:j0 + d.shape[0], i0:i0 + d.shape[1]] = d
+            extras["deltas"] = all_d
+            delta = all_d.mean(0)
         if not create_graph:
             out = out.detach()
-        return Explanation(attr, xi, t, out, self.name, params)
+        return Explanation(attr, xi, t, out, self.name, params, delta=delta, extras=extras)
