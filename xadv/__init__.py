@@ -14,6 +14,7 @@ import importlib
 from typing import Any
 
 from . import data, explainers, nn, zoo
+from ._adapter import ModelAdapter, adapt
 from .explainers import Explainer
 from .explanation import Explanation
 from .results import AttackResult, DetectionReport, FoolingResult
@@ -36,7 +37,8 @@ def __dir__():
 __version__ = "0.1.0"
 
 
-def explain(model, x, method="saliency", target=None, *, create_graph: bool = False, **params) -> Explanation:
+def explain(model, x, method="saliency", target=None, *, create_graph: bool = False, forward_args=None,
+            output=None, **params) -> Explanation:
     """Functional form: ``explainers.get(method, **params)(model, x, target, create_graph=...)``.
 
     Parameters
@@ -46,12 +48,16 @@ def explain(model, x, method="saliency", target=None, *, create_graph: bool = Fa
     method : str or Explainer, default "saliency"
         A registry name (see ``xadv.explainers.names()``) or an explainer instance.
     target : None, int, sequence, LongTensor (N,) or callable
-    **params : the explainer's parameters, e.g. ``steps=50`` for IG.
+    forward_args, output : see :meth:`Explainer.__call__` (pass-through arguments, which
+        part of the output holds the scores).
+    **params : the explainer's parameters, e.g. ``steps=50`` for IG, ``layer="emb"``.
     """
-    return explainers.get(method, **params)(model, x, target, create_graph=create_graph)
+    return explainers.get(method, **params)(model, x, target, create_graph=create_graph,
+                                            forward_args=forward_args, output=output)
 
 
 __all__ = [
-    "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain",
+    "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain", "adapt",
+    "ModelAdapter",
     "explainers", "nn", "data", "zoo", "__version__", *_LAZY,
 ]

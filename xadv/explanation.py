@@ -133,7 +133,7 @@ class Explanation:
             return a
         if a.dim() != 4:
             return a.abs() if reduce in ("abs", "abs_max", "l2") else a
-        if self.method in ("gradcam", "gradcam_pp") and self.raw is not None:
+        if self.method in ("gradcam", "gradcam_pp", "attention_rollout") and self.raw is not None:
             # every channel carries the same upsampled map
             m = a[:, 0]
             return m.abs() if reduce in ("abs", "abs_max", "l2") else m

@@ -15,6 +15,7 @@ from .gradient import InputXGradient, Saliency
 from .gradient_shap import ExpectedGradients, GradientSHAP
 from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
+from .rollout import AttentionRollout
 from .smoothgrad import SmoothGrad
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
@@ -69,6 +70,7 @@ register("integrated_gradients", IntegratedGradients, aliases=("ig",))
 register("gradcam", GradCAM, aliases=("grad_cam",))
 register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
 register("occlusion", Occlusion)
+register("attention_rollout", AttentionRollout, aliases=("rollout",))
 register("gradient_shap", GradientSHAP, aliases=("gradientshap", "gshap"))
 register("expected_gradients", ExpectedGradients, aliases=("eg",))
 
@@ -79,7 +81,7 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
-    "GradCAMPlusPlus", "Occlusion", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
+    "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME"]

@@ -6,23 +6,85 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+import math
+
+from .._adapter import unwrap
 from .._validation import find_module, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
 
 _INTERP = ("bilinear", "nearest", "bicubic", "area")
+_LAYOUTS = ("auto", "channels_first", "channels_last", "tokens")
+_CHANNELS_FIRST_TYPES = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.BatchNorm1d,
+                         torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.MaxPool1d, torch.nn.AvgPool1d,
+                         torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveMaxPool1d)
+
+
+def is_transformer(model) -> bool:
+    """Whether ``model`` has attention blocks (then a conv is not a sensible default layer)."""
+    model = unwrap(model)
+    for m in model.modules():
+        name = type(m).__name__
+        if isinstance(m, (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer,
+                          torch.nn.TransformerDecoderLayer)) or "SelfAttention" in name or "MultiHead" in name:
+            return True
+    return False
+
+
+def layer_candidates(model, limit: int = 8):
+    """Dotted names of modules that make good CAM layers: transformer blocks and their
+    norms, convolutions, the last of each kind first."""
+    model = unwrap(model)
+    out = []
+    for n, m in model.named_modules():
+        name = type(m).__name__
+        if n and (isinstance(m, (torch.nn.TransformerEncoderLayer, torch.nn.LayerNorm, torch.nn.Conv2d))
+                  or "Block" in name or "EncoderLayer" in name):
+            out.append(n)
+    return out[::-1][:limit]
+
+
+def tokens_to_maps(a: torch.Tensor, size=None) -> torch.Tensor:
+    """(N, T, D) tokens -> (N, D, h, w) maps: ``T = h * w`` or ``1 + h * w`` (a leading
+    class token, dropped). ``h, w`` follow the aspect ratio of ``size`` (the input's
+    (H, W)) when given, else the square grid."""
+    n, t, d = a.shape
+    for start in (0, 1):
+        cells = t - start
+        if cells <= 0:
+            continue
+        shapes = []
+        if size is not None:
+            H, W = size
+            h = int(round(math.sqrt(cells * H / W)))
+            shapes.append((h, cells // h) if h > 0 else None)
+        r = math.isqrt(cells)
+        shapes.append((r, r))
+        for hw in shapes:
+            if hw and hw[0] * hw[1] == cells:
+                return a[:, start:].transpose(1, 2).reshape(n, d, hw[0], hw[1])
+    raise ValueError(f"cannot arrange {t} tokens as an h x w grid (with or without one class token); pass "
+                     f"reshape=<callable (N, T, D) -> (N, D, h, w)> to GradCAM")
 
 
 def last_conv_layer(model: torch.nn.Module) -> str:
     """Dotted name of the last ``Conv2d`` in ``model.modules()`` order."""
     name = None
+    model = unwrap(model)
+    if is_transformer(model):
+        raise ValueError(
+            "the model has attention blocks, so the last Conv2d (a patch embedding) is no CAM layer; pass "
+            "layer= one of its token layers, e.g. " + ", ".join(repr(c) for c in layer_candidates(model)) +
+            " (token outputs (N, 1 + h*w, D), (N, h*w, D) or (N, h, w, D) with layout='channels_last' are "
+            "arranged on the patch grid)")
     for n, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d):
             name = n
     if name is None:
+        cands = layer_candidates(model) or [n for n, _ in model.named_modules() if n][::-1][:8]
         raise ValueError(
-            "the model has no Conv2d layer; pass layer= (a dotted name or a module) whose "
-            "output is (N, K, h, w)"
+            "the model has no Conv2d layer; pass layer= (a dotted name or a module), e.g. "
+            + ", ".join(repr(c) for c in cands)
         )
     return name
 
@@ -39,7 +101,20 @@ class GradCAM(Explainer):
     ----------
     layer : str or nn.Module, optional
         Dotted name (``"features.3"``) or the module itself; ``None`` takes the
-        last ``Conv2d`` of the model.
+        last ``Conv2d`` of a CNN (a model with attention blocks must name its layer; the
+        error lists candidates). The resolved name is in ``Explanation.params["layer"]``.
+        Outputs (N, C, *spatial) are channels-first (any number of spatial dimensions,
+        none for (N, C): then ``raw`` is (N,) as captum's ``LayerGradCam`` (N, 1));
+        transformer tokens (N, T, D) are put on the patch grid (see ``layout``).
+    layout : {"auto", "channels_first", "channels_last", "tokens"}, default "auto"
+        How the layer's output is read. ``tokens``: (N, h*w, D) or (N, 1 + h*w, D) with
+        a leading class token (dropped), on an h x w grid with the input's aspect ratio;
+        ``channels_last``: (N, h, w, D); ``auto``: 3-D outputs of convolution, batch-norm
+        and pooling modules are (N, C, L), other 3-D outputs tokens, everything else
+        channels-first.
+    reshape : callable, optional
+        ``activations -> (N, C, h, w)`` for other layouts; applied to the activations and
+        to their gradients alike (so it must only rearrange values).
     relu : bool, default True
         Apply the paper's ReLU; ``False`` keeps the signed map.
     interpolation : {"bilinear", "nearest", "bicubic", "area"}, default "bilinear"
@@ -65,12 +140,20 @@ class GradCAM(Explainer):
 
     name = "gradcam"
     differentiable = True
-    min_dim = 4
+    min_dim = 2
+
+    multi_input = False
 
     def __init__(self, layer: Optional[Union[str, torch.nn.Module]] = None, relu: bool = True,
-                 interpolation: str = "bilinear", score="logit"):
+                 interpolation: str = "bilinear", score="logit", layout: str = "auto", reshape=None):
         if interpolation not in _INTERP:
             raise ValueError(f"interpolation must be one of {_INTERP}, got {interpolation!r}")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError("reshape must be a callable (activations -> (N, C, h, w))")
+        self.layout = layout
+        self.reshape = reshape
         self.layer = layer
         self.relu = bool(relu)
         self.interpolation = interpolation
@@ -83,21 +166,45 @@ class GradCAM(Explainer):
         return find_module(model, layer)
 
     def _layer_label(self, model, module) -> str:
-        names = [n for n, m in model.named_modules() if m is module]
+        names = [n for n, m in unwrap(model).named_modules() if m is module]
         return repr(names[0]) if names else type(module).__name__
+
+    def layer_name(self, model, module) -> str:
+        """Dotted name of the resolved layer (recorded in ``params["layer"]``)."""
+        names = [n for n, m in unwrap(model).named_modules() if m is module and n]
+        return names[0] if names else type(module).__name__
+
+    def to_maps(self, a: torch.Tensor, module, size=None) -> torch.Tensor:
+        """The layer's activations (or their gradients) as (N, C, *spatial)."""
+        if self.reshape is not None:
+            m = self.reshape(a)
+            if not isinstance(m, torch.Tensor) or m.dim() < 2 or m.shape[0] != a.shape[0]:
+                raise ValueError("reshape must return a tensor (N, C, h, w)")
+            return m
+        layout = self.layout
+        if layout == "auto":
+            layout = "tokens" if a.dim() == 3 and not isinstance(module, _CHANNELS_FIRST_TYPES) else "channels_first"
+        if layout == "channels_first":
+            return a
+        if layout == "channels_last":
+            return a.movedim(-1, 1)
+        if a.dim() != 3:
+            raise ValueError(f"layout='tokens' needs a (N, T, D) layer output, got {tuple(a.shape)}")
+        return tokens_to_maps(a, size)
 
     def channel_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """Weights (N, K) of the channels: the spatial mean of the gradient."""
-        return grads.mean(dim=(2, 3))
+        return grads.mean(dim=tuple(range(2, grads.dim()))) if grads.dim() > 2 else grads
 
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
         store = {"calls": 0}
 
         def hook(_m, _inp, output):
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ValueError(f"the Grad-CAM layer must output (N, K, h, w), got {shape}")
+                raise ValueError(f"the Grad-CAM layer must output one tensor (N, C, ...) or tokens (N, T, D), "
+                                 f"got {shape}; pick a submodule")
             store["calls"] += 1
             store["a"] = output
             # the rest of the model gets a copy: in-place ops after the layer (an
@@ -127,20 +234,36 @@ class GradCAM(Explainer):
             handle.remove()
         if not create_graph:
             acts, g, out = acts.detach(), g.detach(), out.detach()
+        size = tuple(x.shape[2:]) if x.dim() == 4 else None
+        acts, g = self.to_maps(acts, module, size), self.to_maps(g, module, size)
         w = self.channel_weights(acts, g)
-        cam = (w[:, :, None, None] * acts).sum(1)
+        cam = (w.reshape(w.shape + (1,) * (acts.dim() - 2)) * acts).sum(1)
         if self.relu:
             cam = F.relu(cam)
-        size = x.shape[-2:]
-        kw = {"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}
-        up = F.interpolate(cam[:, None], size=size, mode=self.interpolation, **kw)
-        attr = up.expand(-1, x.shape[1], -1, -1)
+        extras = {}
+        spatial = cam.dim() - 1
+        if spatial >= 1 and x.dim() == spatial + 2:
+            # same number of spatial dimensions as the input: upsample and repeat over channels
+            mode = self.interpolation
+            if spatial != 2:
+                mode = {1: "linear", 3: "trilinear"}.get(spatial, "nearest") if mode in ("bilinear", "bicubic") \
+                    else ("nearest" if mode != "area" else "area")
+            kw = {"align_corners": False} if mode in ("bilinear", "bicubic", "linear", "trilinear") else {}
+            up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode=mode, **kw)
+            attr = up.expand((-1, x.shape[1]) + (-1,) * spatial)
+            if not create_graph:
+                attr = attr.contiguous()
+        else:
+            # no map on the input's grid (a (N, C) layer, a 1-D map of an image model): the layer-level map
+            attr = cam
+            extras["attribute_to"] = "layer_output"
         if not create_graph:
-            attr = attr.contiguous()
             xi = x.detach()
         params = self._params_for_result()
-        params["layer"] = self.layer if isinstance(self.layer, str) or self.layer is None else repr(self.layer)
-        return Explanation(attr, xi, t, out, self.name, params, raw=cam)
+        params["layer"] = self.layer_name(model, module)
+        if self.reshape is not None:
+            params["reshape"] = repr(self.reshape)
+        return Explanation(attr, xi, t, out, self.name, params, raw=cam, extras=extras)
 
 
 class GradCAMPlusPlus(GradCAM):
@@ -161,8 +284,10 @@ class GradCAMPlusPlus(GradCAM):
     def channel_weights(self, acts, grads):
         # alpha * relu(g) = relu(g) / (2 + sum(A) g) wherever g > 0 (g^2 cancels) and 0 elsewhere; written
         # without g^2 / g^3 so the double backward does not overflow for tiny gradients (create_graph=True)
+        dims = tuple(range(2, grads.dim()))
         pos = F.relu(grads)
-        denom = 2 + acts.sum(dim=(2, 3), keepdim=True) * pos
+        denom = 2 + (acts.sum(dim=dims, keepdim=True) if dims else acts) * pos
         ok = denom.abs() > 1e-6
         safe = torch.where(ok, denom, torch.ones_like(denom))
-        return torch.where(ok, pos / safe, torch.zeros_like(pos)).sum(dim=(2, 3))
+        w = torch.where(ok, pos / safe, torch.zeros_like(pos))
+        return w.sum(dim=dims) if dims else w

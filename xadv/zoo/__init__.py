@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data._paths import asset_path
+from .architectures import resnet18, resnet50, vgg11_bn, vit_b_16, vit_tiny
 from .models import CifarCNN, DigitsCNN, TabularMLP
 
 PathLike = Union[str, Path]
@@ -123,6 +124,7 @@ def cifar_cnn(pretrained: bool = False, weights: Optional[PathLike] = None, num_
 
 _FACTORIES: Dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": digits_cnn, "tabular_mlp": tabular_mlp, "cifar_cnn": cifar_cnn,
+    "resnet18": resnet18, "resnet50": resnet50, "vgg11_bn": vgg11_bn, "vit_b_16": vit_b_16, "vit_tiny": vit_tiny,
 }
 
 
@@ -145,5 +147,5 @@ def model_info(name: str) -> dict:
     return json.loads(asset_path(_SHIPPED[name]).with_suffix(".json").read_text())
 
 
-__all__ = ["digits_cnn", "tabular_mlp", "cifar_cnn", "list_models", "get_model", "model_info",
+__all__ = ["digits_cnn", "tabular_mlp", "cifar_cnn", "resnet18", "resnet50", "vgg11_bn", "vit_b_16", "vit_tiny", "list_models", "get_model", "model_info",
            "DigitsCNN", "TabularMLP", "CifarCNN"]
