@@ -185,7 +185,9 @@ def layer_path(model, inputs, t, score_fn, modules, names, input_side: bool, act
             o = model(*_rows(inputs, i0, i1, k))
             tap.check_called()
             s = score_fn(o, t[i0:i1].repeat(k))
-            gs = torch.autograd.grad(s.sum(), leaves, create_graph=create_graph)
+            gs = torch.autograd.grad(s.sum(), leaves, create_graph=create_graph, allow_unused=True)
+        # a layer whose effect is cut off by another replaced layer downstream gets zero gradient
+        gs = [torch.zeros_like(v) if g is None else g for g, v in zip(gs, leaves)]
         for li, (g, diff) in enumerate(zip(gs, diffs)):
             g = g.reshape(diff.shape)
             term = diff * g if multiply else g

@@ -46,8 +46,8 @@ def layer_candidates(model, limit: int = 8):
 
 def tokens_to_maps(a: torch.Tensor, size=None) -> torch.Tensor:
     """(N, T, D) tokens -> (N, D, h, w) maps: ``T = h * w`` or ``1 + h * w`` (a leading
-    class token, dropped). ``h, w`` follow the aspect ratio of ``size`` (the input's
-    (H, W)) when given, else the square grid."""
+    class token, dropped). With ``size`` (the input's (H, W)) the grid is the one of
+    square patches tiling the input, else a square grid."""
     n, t, d = a.shape
     for start in (0, 1):
         cells = t - start
@@ -55,13 +55,18 @@ def tokens_to_maps(a: torch.Tensor, size=None) -> torch.Tensor:
             continue
         shapes = []
         if size is not None:
+            # square patches tiling the input: H / h == W / w
             H, W = size
             h = int(round(math.sqrt(cells * H / W)))
-            shapes.append((h, cells // h) if h > 0 else None)
-        r = math.isqrt(cells)
-        shapes.append((r, r))
+            if h > 0 and cells % h == 0:
+                w = cells // h
+                if H % h == 0 and W % w == 0 and H // h == W // w:
+                    shapes.append((h, w))
+        else:
+            r = math.isqrt(cells)
+            shapes.append((r, r))
         for hw in shapes:
-            if hw and hw[0] * hw[1] == cells:
+            if hw[0] * hw[1] == cells:
                 return a[:, start:].transpose(1, 2).reshape(n, d, hw[0], hw[1])
     raise ValueError(f"cannot arrange {t} tokens as an h x w grid (with or without one class token); pass "
                      f"reshape=<callable (N, T, D) -> (N, D, h, w)> to GradCAM")
