@@ -89,7 +89,7 @@ def test_pretrained_false_is_random_and_registry():
     assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "resnet18", "resnet50", "tabular_mlp", "vgg11_bn",
                                  "vit_b_16", "vit_tiny"]
     assert isinstance(zoo.get_model("tabular_mlp", pretrained=False), zoo.TabularMLP)
-    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, tabular_mlp"):
+    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, resnet18, resnet50, tabular_mlp"):
         zoo.get_model("resnet")
 
 
