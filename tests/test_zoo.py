@@ -86,8 +86,8 @@ def test_pretrained_false_is_random_and_registry():
     torch.manual_seed(0)
     a = zoo.digits_cnn(pretrained=False)
     assert not torch.equal(a.features.conv1.weight, zoo.digits_cnn().features.conv1.weight)
-    assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "resnet18", "resnet50", "tabular_mlp", "vgg11_bn",
-                                 "vit_b_16", "vit_tiny"]
+    assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "resnet18", "resnet50", "tabular_mlp",
+                                 "text_classifier", "vgg11_bn", "vit_b_16", "vit_tiny"]
     assert isinstance(zoo.get_model("tabular_mlp", pretrained=False), zoo.TabularMLP)
     with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, resnet18, resnet50, tabular_mlp"):
         zoo.get_model("resnet")

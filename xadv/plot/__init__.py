@@ -25,11 +25,12 @@ from ._maps import (DIVERGING, SEQUENTIAL, Column, attack_grid, bar, color_limit
                     explanation_grid, fooling_grid, grid, heatmap, norm_for, overlay, to_image, to_map)
 from ._style import COLUMN_WIDTHS, export_attributions, figure, save, style
 from ._tables import latex_escape, save_table, to_latex, to_markdown
+from ._text import text, text_html
 
 __all__ = [
     "style", "figure", "save", "export_attributions", "COLUMN_WIDTHS",
     "heatmap", "overlay", "bar", "grid", "Column", "explanation_grid", "attack_grid", "fooling_grid",
     "to_image", "to_map", "color_limit", "norm_for", "default_reduce", "DIVERGING", "SEQUENTIAL",
     "success_curve", "fooling_curve", "budget_curve", "deletion_curve", "roc_curve",
-    "to_latex", "to_markdown", "save_table", "latex_escape",
+    "to_latex", "to_markdown", "save_table", "latex_escape", "text", "text_html",
 ]

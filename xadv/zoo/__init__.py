@@ -22,10 +22,11 @@ from torch import nn
 from ..data._paths import asset_path
 from .architectures import resnet18, resnet50, vgg11_bn, vit_b_16, vit_tiny
 from .models import CifarCNN, DigitsCNN, TabularMLP
+from .text import TextClassifier
 
 PathLike = Union[str, Path]
 
-_SHIPPED = {"digits_cnn": "digits_cnn.pt", "tabular_mlp": "tabular_mlp.pt"}
+_SHIPPED = {"digits_cnn": "digits_cnn.pt", "tabular_mlp": "tabular_mlp.pt", "text_classifier": "text_classifier.pt"}
 
 
 def _load_state(model: nn.Module, path: PathLike) -> None:
@@ -122,8 +123,23 @@ def cifar_cnn(pretrained: bool = False, weights: Optional[PathLike] = None, num_
     return _build(CifarCNN(num_classes=num_classes), "cifar_cnn", pretrained, weights)
 
 
+def text_classifier(pretrained: bool = True, weights: Optional[PathLike] = None) -> TextClassifier:
+    """Token classifier trained on the planted-token task (:mod:`xadv.zoo.text`),
+    (N, 16) token ids -> 2 logits; 1.8 k parameters, 100 % on 1000 held-out sequences
+    (``model_info("text_classifier")``). Explain it through ``layer="embedding"``.
+
+    Examples
+    --------
+    >>> m = text_classifier()
+    >>> tuple(m(torch.tensor([[2, 7, 9, 0]])).shape)
+    (1, 2)
+    """
+    return _build(TextClassifier(), "text_classifier", pretrained, weights)
+
+
 _FACTORIES: Dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": digits_cnn, "tabular_mlp": tabular_mlp, "cifar_cnn": cifar_cnn,
+    "text_classifier": lambda **kw: text_classifier(**kw),
     "resnet18": resnet18, "resnet50": resnet50, "vgg11_bn": vgg11_bn, "vit_b_16": vit_b_16, "vit_tiny": vit_tiny,
 }
 
@@ -147,5 +163,5 @@ def model_info(name: str) -> dict:
     return json.loads(asset_path(_SHIPPED[name]).with_suffix(".json").read_text())
 
 
-__all__ = ["digits_cnn", "tabular_mlp", "cifar_cnn", "resnet18", "resnet50", "vgg11_bn", "vit_b_16", "vit_tiny", "list_models", "get_model", "model_info",
+__all__ = ["digits_cnn", "tabular_mlp", "cifar_cnn", "text_classifier", "resnet18", "resnet50", "vgg11_bn", "vit_b_16", "vit_tiny", "list_models", "get_model", "model_info",
            "DigitsCNN", "TabularMLP", "CifarCNN"]

@@ -1,0 +1,95 @@
+"""Token models: explanations through the embedding rank the planted tokens first;
+Occlusion over tokens; the text view (PDF/SVG/PNG and HTML)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xadv
+from xadv.explainers import GradientSHAP, InputXGradient, IntegratedGradients, Occlusion, Saliency
+from xadv.zoo.text import PAD, TextClassifier, planted_tokens, train, vocabulary
+
+
+@pytest.fixture(scope="module")
+def data():
+    ids, y, planted = planted_tokens(64, seed=7)
+    return ids, y, planted
+
+
+@pytest.fixture(scope="module")
+def model():
+    return xadv.zoo.text_classifier()
+
+
+def _top_are_planted(scores, ids, planted, k=1):
+    """Fraction of sequences whose ``k`` highest-scoring real tokens are all planted
+    (``k=None``: as many as were planted)."""
+    ok = []
+    for s, i, p in zip(scores, ids, planted):
+        s = s.masked_fill(i == PAD, -float("inf"))
+        top = s.topk(int(p.sum()) if k is None else k).indices
+        ok.append(bool(p[top].all()))
+    return torch.tensor(ok).float().mean()
+
+
+def test_shipped_model_solves_the_task(model, data):
+    ids, y, _ = data
+    assert float((model(ids).argmax(1) == y).float().mean()) == 1.0
+    assert xadv.zoo.model_info("text_classifier")["test_accuracy"] == 1.0
+    assert sum(p.numel() for p in model.parameters()) < 5000
+
+
+# measured on these 64 sequences (top token planted / all planted tokens first):
+# IG 1.0 / 0.875, GradientSHAP 1.0 / 0.875, InputXGradient 0.875 / 0.547, Occlusion 0.891 / 0.484.
+# Max-pooling makes a repeated planted word redundant: occluding one copy changes nothing,
+# and the local gradient sees only the copy that wins the max.
+@pytest.mark.parametrize("explainer, top1, every", [
+    (IntegratedGradients(steps=32, baseline=PAD, layer="embedding"), 0.95, 0.8),
+    (InputXGradient(layer="embedding"), 0.85, 0.45),
+    (GradientSHAP(torch.zeros(1, 16, dtype=torch.long), n_samples=32, seed=0, layer="embedding"), 0.95, 0.8),
+    (Occlusion(baseline=PAD), 0.85, 0.45),
+])
+def test_explanations_rank_the_planted_tokens_first(model, data, explainer, top1, every):
+    ids, y, planted = data
+    e = explainer(model, ids, target=y)
+    a = e.attributions
+    scores = a.sum(-1) if a.dim() == 3 else a
+    assert scores.shape == ids.shape
+    # the planted tokens decide the class: the top token is planted
+    frac = _top_are_planted(scores, ids, planted)
+    assert frac >= top1, frac
+    # and mostly all of them come first (max-pooling may give a repeated planted word ~0)
+    assert _top_are_planted(scores, ids, planted, k=None) >= every
+    # a random ranking would not be (sanity check that the test can fail)
+    assert _top_are_planted(torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)), ids, planted) < 0.5
+
+
+def test_layer_ig_with_a_mask_argument_and_completeness(model, data):
+    ids, y, planted = data
+    mask = ids != PAD
+    e = IntegratedGradients(steps=64, baseline=PAD, layer="embedding")(model, ids, target=y, forward_args=(mask,))
+    assert e.delta.abs().max() < 1e-2
+    e2 = IntegratedGradients(steps=64, baseline=PAD, layer="embedding")(model, ids, target=y)
+    torch.testing.assert_close(e.attributions, e2.attributions)
+
+
+def test_training_is_seeded_and_fast():
+    m1, r1 = train(seed=3, n=300, epochs=1)
+    m2, r2 = train(seed=3, n=300, epochs=1)
+    torch.testing.assert_close(m1.fc.weight, m2.fc.weight)
+    assert isinstance(m1, TextClassifier)
+
+
+def test_text_view(tmp_path, model, data):
+    ids, y, _ = data
+    e = IntegratedGradients(steps=16, baseline=PAD, layer="embedding")(model, ids[:3], target=y[:3])
+    words = vocabulary()
+    tokens = [[words[int(t)] for t in row if int(t) != PAD] for row in ids[:3]]
+    fig = xadv.plot.text(tokens, e.attributions.sum(-1), labels=[f"y={int(v)}" for v in y[:3]])
+    for ext in ("pdf", "svg", "png"):
+        p = xadv.plot.save(fig, tmp_path / f"tokens.{ext}")
+        assert p.stat().st_size > 0
+    html = xadv.plot.text_html(tokens, e.attributions.sum(-1))
+    assert html.count("<span") == sum(len(t) for t in tokens)
+    with pytest.raises(ValueError, match="scores"):
+        xadv.plot.text(tokens, torch.zeros(2, 16))
