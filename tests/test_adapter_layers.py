@@ -597,3 +597,16 @@ def test_every_explainer_and_consumer_on_reference_architectures(name):
     rep = evaluate({"saliency": SaliencyDetector(explainer="saliency")}, model, (x[:24], y[:24]), (x[24:], y[24:]),
                    train_attacks={"pgd@0.5": pgd}, test_attacks={"pgd@0.5": pgd})
     assert rep is not None
+
+
+def test_the_docs_examples_for_own_models_run(tmp_path, monkeypatch):
+    """The code blocks of docs/explainers.md from "Several inputs" to "Correctness" run."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "explainers.md").read_text()
+    part = text[text.index("### Several inputs, pass-through"):text.index("## Correctness: what the tests check")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", part, re.S))
+    assert "xadv.adapt" in code and "AttentionRollout" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/explainers.md", "exec"), {})
+    assert (tmp_path / "tokens.pdf").is_file()
