@@ -469,6 +469,23 @@ def test_double_backward_through_attention_restores_the_kernel_setting(vit, imgs
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
+@pytest.mark.parametrize("explainer", [AttentionRollout(), GradCAM(layer="encoder.layers.encoder_layer_0"),
+                                       IntegratedGradients(steps=3, layer="encoder.layers.encoder_layer_0.ln_1"),
+                                       Saliency(layer="conv_proj", neuron=(0, 1, 1))])
+def test_vit_is_unchanged_after_calls_and_errors(vit, imgs, explainer):
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    vit.train()
+    hooks = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in vit.modules()]
+    target = None if getattr(explainer, "neuron", None) is not None else 1
+    explainer(vit, imgs, target)
+    with pytest.raises(ValueError):
+        explainer(vit, imgs, 7)
+    assert all(m.training for m in vit.modules())
+    assert all(dict(m._forward_hooks) == f and dict(m._forward_pre_hooks) == p for m, f, p in hooks)
+    for k, v in vit.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
 def _manual_attention(mha, h):
     d = mha.embed_dim
     q, k, _ = F.linear(h, mha.in_proj_weight, mha.in_proj_bias).split(d, -1)

@@ -145,7 +145,11 @@ class GradCAM(Explainer):
 
     name = "gradcam"
     differentiable = True
-    min_dim = 2
+
+    @property
+    def min_dim(self) -> int:  # type: ignore[override]
+        """Images (N, C, H, W) for the default layer; any batch-first input with ``layer=``."""
+        return 4 if self.layer is None else 2
 
     multi_input = False
 
