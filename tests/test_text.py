@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import xadv
-from xadv.explainers import GradientSHAP, InputXGradient, IntegratedGradients, Occlusion, Saliency
+from xadv.explainers import FeatureLIME, GradientSHAP, InputXGradient, IntegratedGradients, Occlusion, Saliency
 from xadv.zoo.text import PAD, TextClassifier, planted_tokens, train, vocabulary
 
 
@@ -48,6 +48,7 @@ def test_shipped_model_solves_the_task(model, data):
     (InputXGradient(layer="embedding"), 0.85, 0.45),
     (GradientSHAP(torch.zeros(1, 16, dtype=torch.long), n_samples=32, seed=0, layer="embedding"), 0.95, 0.8),
     (Occlusion(baseline=PAD), 0.85, 0.45),
+    (FeatureLIME(n_samples=300, baseline=PAD, seed=0), 0.95, 0.45),
 ])
 def test_explanations_rank_the_planted_tokens_first(model, data, explainer, top1, every):
     ids, y, planted = data
@@ -93,3 +94,19 @@ def test_text_view(tmp_path, model, data):
     assert html.count("<span") == sum(len(t) for t in tokens)
     with pytest.raises(ValueError, match="scores"):
         xadv.plot.text(tokens, torch.zeros(2, 16))
+
+
+def test_feature_lime_is_sklearns_weighted_ridge_on_its_samples(model, data):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    ids, y, _ = data
+    words = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]])
+    e = FeatureLIME(n_samples=200, baseline=PAD, feature_mask=words, seed=1)(model, ids[:3], target=y[:3])
+    for i in range(3):
+        X = e.extras["masks"][i].double().numpy()
+        r = sklearn.Ridge(alpha=1.0).fit(X, e.extras["scores"][i].numpy(), sample_weight=e.extras["weights"][i].numpy())
+        torch.testing.assert_close(e.segment_weights[i], torch.as_tensor(r.coef_, dtype=e.segment_weights.dtype),
+                                   atol=1e-8, rtol=0)
+        # every token gets its word's coefficient
+        torch.testing.assert_close(e.attributions[i], e.segment_weights[i][words[0]])
+    again = FeatureLIME(n_samples=200, baseline=PAD, feature_mask=words, seed=1)(model, ids[:3], target=y[:3])
+    torch.testing.assert_close(again.attributions, e.attributions)

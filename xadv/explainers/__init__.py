@@ -77,6 +77,9 @@ register("expected_gradients", ExpectedGradients, aliases=("eg",))
 from .lime import LIME, TabularLIME  # noqa: E402
 
 register("lime", LIME)
+from .lime_features import FeatureLIME  # noqa: E402
+
+register("feature_lime", FeatureLIME, aliases=("text_lime", "token_lime"))
 register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
@@ -84,4 +87,4 @@ __all__ = [
     "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
-    __all__ += ["LIME", "TabularLIME"]
+    __all__ += ["LIME", "TabularLIME", "FeatureLIME"]
