@@ -110,3 +110,21 @@ def test_feature_lime_is_sklearns_weighted_ridge_on_its_samples(model, data):
         torch.testing.assert_close(e.attributions[i], e.segment_weights[i][words[0]])
     again = FeatureLIME(n_samples=200, baseline=PAD, feature_mask=words, seed=1)(model, ids[:3], target=y[:3])
     torch.testing.assert_close(again.attributions, e.attributions)
+
+
+def test_attacks_and_fooling_in_embedding_space(model, data):
+    from xadv.fooling import TopKAttack
+    ids, y, _ = data
+    ids, y = ids[:8], y[:8]
+    emb, head = xadv.layer_head(model, "embedding", ids)
+    torch.testing.assert_close(head(emb), model(ids))
+    # IG on the head from a zero embedding equals layer IG from the pad token (its embedding is 0)
+    e_head = IntegratedGradients(steps=16)(head, emb, target=y)
+    e_layer = IntegratedGradients(steps=16, layer="embedding", baseline=PAD)(model, ids, target=y)
+    torch.testing.assert_close(e_head.attributions, e_layer.attributions, atol=1e-5, rtol=0)
+    bounds = (float(emb.min()) - 1, float(emb.max()) + 1)
+    r = xadv.attacks.PGD(eps=0.5, steps=10, bounds=bounds)(head, emb, y)
+    assert r.success_rate > 0.5
+    f = TopKAttack("saliency", eps=0.3, steps=10, bounds=bounds)(head, emb)
+    assert f.kept.all()
+    assert float(f.similarity["topk_intersection"].mean()) < 0.5   # measured 0.10

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from . import data, explainers, nn, zoo
-from ._adapter import ModelAdapter, adapt
+from ._adapter import ModelAdapter, adapt, layer_head
 from .explainers import Explainer
 from .explanation import Explanation
 from .results import AttackResult, DetectionReport, FoolingResult
@@ -57,7 +57,7 @@ def explain(model, x, method="saliency", target=None, *, create_graph: bool = Fa
 
 
 __all__ = [
-    "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain", "adapt",
+    "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain", "adapt", "layer_head",
     "ModelAdapter",
     "explainers", "nn", "data", "zoo", "__version__", *_LAZY,
 ]

@@ -301,3 +301,62 @@ def double_backward_attention(enabled: bool = True) -> Iterator[None]:
         return
     with sdpa_kernel([SDPBackend.MATH]):
         yield
+
+
+class _LayerHead(nn.Module):
+    def __init__(self, model, module, name, input_side):
+        super().__init__()
+        self.model, self.module, self.name, self.input_side = model, module, name, input_side
+
+    def forward(self, acts, *inputs):
+        from .explainers._layer import Tap
+        with Tap([self.module], [self.name], self.input_side, replace=[acts]) as tap:
+            out = self.model(*inputs)
+        tap.check_called()
+        return out
+
+
+def layer_head(model, layer, inputs, *, attribute_to_layer_input: bool = False, forward_args: ForwardArgs = None,
+               output: OutputLike = None) -> Tuple[torch.Tensor, ModelAdapter]:
+    """Split ``model`` at ``layer``: ``(activations, head)`` where ``activations`` is the
+    layer's output on ``inputs`` (N, ...) and ``head(a)`` the model's (N, K) scores with
+    that output replaced by ``a``.
+
+    ``head`` is an ordinary float-input model, so every explainer, attack, fooling
+    attack and detector runs on it: e.g. attacks and explanation-fooling in the
+    embedding space of a token model (give the attacks ``bounds`` that fit the
+    activations). The inputs (token ids) follow their rows as pass-through arguments.
+
+    Examples
+    --------
+    >>> import torch, xadv
+    >>> text = xadv.zoo.text_classifier()
+    >>> ids = torch.tensor([[2, 7, 9, 0], [4, 8, 8, 0]])
+    >>> emb, head = xadv.layer_head(text, "embedding", ids)
+    >>> emb.shape, torch.allclose(head(emb), text(ids))
+    (torch.Size([2, 4, 16]), True)
+    """
+    from ._validation import find_module
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inner = ModelAdapter(model, output=output, forward_args=forward_args)
+    module = find_module(unwrap(model), layer)
+    names = [n for n, m in unwrap(model).named_modules() if m is module and n]
+    name = names[0] if names else type(module).__name__
+    store = {}
+
+    def grab(value):
+        store["a"] = value
+
+    if attribute_to_layer_input:
+        h = module.register_forward_pre_hook(lambda _m, args: grab(args[0]))
+    else:
+        h = module.register_forward_hook(lambda _m, _a, out: grab(out))
+    try:
+        with torch.no_grad():
+            inner(*inputs)
+    finally:
+        h.remove()
+    if "a" not in store:
+        raise ValueError(f"layer {name!r} was not called in the model's forward pass")
+    head = ModelAdapter(_LayerHead(inner, module, name, attribute_to_layer_input), forward_args=inputs)
+    return store["a"].detach(), head
