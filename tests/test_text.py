@@ -40,7 +40,8 @@ def test_shipped_model_solves_the_task(model, data):
 
 
 # measured on these 64 sequences (top token planted / all planted tokens first):
-# IG 1.0 / 0.875, GradientSHAP 1.0 / 0.875, InputXGradient 0.875 / 0.547, Occlusion 0.891 / 0.484.
+# IG 1.0 / 0.875, GradientSHAP 1.0 / 0.875, InputXGradient 0.875 / 0.547, Occlusion 0.891 / 0.484,
+# FeatureLIME 1.0 / 1.0.
 # Max-pooling makes a repeated planted word redundant: occluding one copy changes nothing,
 # and the local gradient sees only the copy that wins the max.
 @pytest.mark.parametrize("explainer, top1, every", [
@@ -48,7 +49,7 @@ def test_shipped_model_solves_the_task(model, data):
     (InputXGradient(layer="embedding"), 0.85, 0.45),
     (GradientSHAP(torch.zeros(1, 16, dtype=torch.long), n_samples=32, seed=0, layer="embedding"), 0.95, 0.8),
     (Occlusion(baseline=PAD), 0.85, 0.45),
-    (FeatureLIME(n_samples=300, baseline=PAD, seed=0), 0.95, 0.45),
+    (FeatureLIME(n_samples=300, baseline=PAD, seed=0), 0.95, 0.9),
 ])
 def test_explanations_rank_the_planted_tokens_first(model, data, explainer, top1, every):
     ids, y, planted = data
