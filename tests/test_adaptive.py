@@ -63,7 +63,7 @@ def _old_selective(det, net, x, y, eps, steps, seed):
 
 def test_restarts_1_is_the_previous_attack(setup):
     net, det, *_, x, y = setup
-    res = D.AdaptiveAttack(det, eps=0.15, steps=4, seed=3)(net, x, y)
+    res = D.AdaptiveAttack(det, eps=0.15, steps=4, step_size=2.5 * 0.15 / 4, schedule="constant", seed=3)(net, x, y)
     ref = _old_selective(det, net, x, y, 0.15, 4, 3)
     torch.testing.assert_close(res.x_adv, ref, rtol=0, atol=1e-6)
     assert (res.extras["restart"] == 0).all()

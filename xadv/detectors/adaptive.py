@@ -178,10 +178,11 @@ class AdaptiveAttack:
         A fitted detector.
     eps : float, default 0.1
     norm : {"linf", "l2"}, default "linf"
-    steps : int, default 40
+    steps : int, default 100
     step_size : float, optional
-        Default ``2.5 * eps / steps``.
-    schedule : {"constant", "linear", "cosine", "step"} or callable, default "constant"
+        Default ``eps / 10`` (L2: ``eps / 10`` per unit-norm step), whatever ``steps``,
+        decayed by ``schedule``.
+    schedule : {"constant", "linear", "cosine", "step"} or callable, default "cosine"
         Multiplier of ``step_size`` at step ``t`` of ``steps`` (as in :class:`xadv.attacks.PGD`).
     restarts : int, default 1
         Independent random starts (seeds ``seed + r``); the best per sample is kept.
@@ -229,8 +230,8 @@ class AdaptiveAttack:
     (torch.Size([4, 1, 4, 4]), torch.Size([4]))
     """
 
-    def __init__(self, detector: Detector, eps: float = 0.1, *, norm: str = "linf", steps: int = 40,
-                 step_size: Optional[float] = None, schedule: Union[str, Callable[[int, int], float]] = "constant",
+    def __init__(self, detector: Detector, eps: float = 0.1, *, norm: str = "linf", steps: int = 100,
+                 step_size: Optional[float] = None, schedule: Union[str, Callable[[int, int], float]] = "cosine",
                  restarts: int = 1, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
                  smooth_beta: Optional[float] = 10.0, surrogate: Union[str, Callable] = "detector",
                  temperature: float = 0.1, random_start: bool = True, bounds=(0.0, 1.0),
@@ -261,7 +262,7 @@ class AdaptiveAttack:
         self.eps = float(eps)
         self.norm = norm
         self.steps = check_positive_int(steps, "steps")
-        self.step_size = 2.5 * self.eps / self.steps if step_size is None else float(step_size)
+        self.step_size = self.eps / 10 if step_size is None else float(step_size)
         self.schedule = schedule
         self.restarts = check_positive_int(restarts, "restarts")
         self.mode = mode
@@ -281,7 +282,7 @@ class AdaptiveAttack:
         extra = ""
         if self.restarts > 1:
             extra += f", restarts={self.restarts}"
-        if self.schedule != "constant":
+        if self.schedule != "cosine":
             extra += f", schedule={self.schedule!r}"
         if self.mode == "weighted":
             extra += f", lam={self.lam:g}"
