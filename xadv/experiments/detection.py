@@ -53,7 +53,8 @@ def default_detectors(seed: int = 0) -> Dict[str, Any]:
 
 def default_attacks(seed: int = 0, cw_steps: int = 30, cw_search: int = 3):
     """Train: FGSM and PGD at eps=0.1. Test: both at eps 0.1 (seen) and 0.2 (held-out budget),
-    C&W L2 at kappa 0 and 5 and the black-box ``SurrogateAttack`` at eps 0.1 and 0.2 (held out)."""
+    C&W L2 at kappa 0 and 5, AutoAttack's standard composition at eps 0.1 and the black-box
+    ``SurrogateAttack`` at eps 0.1 and 0.2 (held out)."""
     from .. import attacks
 
     train = {("FGSM", "eps=0.1"): attacks.FGSM(eps=0.1), ("PGD", "eps=0.1"): attacks.PGD(eps=0.1, steps=10, seed=seed)}
@@ -64,6 +65,7 @@ def default_attacks(seed: int = 0, cw_steps: int = 30, cw_search: int = 3):
         ("PGD", "eps=0.2"): attacks.PGD(eps=0.2, steps=10, seed=seed + 1),
         ("CW-L2", "kappa=0"): attacks.CarliniWagnerL2(kappa=0.0, steps=cw_steps, binary_search_steps=cw_search, lr=0.05),
         ("CW-L2", "kappa=5"): attacks.CarliniWagnerL2(kappa=5.0, steps=cw_steps, binary_search_steps=cw_search, lr=0.05),
+        ("AutoAttack", "eps=0.1"): attacks.AutoAttack(eps=0.1, seed=seed, warn=False),
         ("black-box (surrogate)", "eps=0.1"): attacks.SurrogateAttack(eps=0.1, steps=10, n_samples=32, seed=seed),
         ("black-box (surrogate)", "eps=0.2"): attacks.SurrogateAttack(eps=0.2, steps=10, n_samples=32, seed=seed),
     }
@@ -133,7 +135,7 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
 
 def summary(report) -> Dict[str, float]:
     """Best explanation-based AUROC on held-out non-adaptive gradient attacks (min over them, max over detectors)."""
-    grad = ("FGSM", "PGD", "CW-L2")
+    grad = ("FGSM", "PGD", "CW-L2", "AutoAttack")
     best = {}
     for det in EXPLANATION_DETECTORS:
         vals = [r["auroc"] for r in report.rows if r["detector"] == det and r["held_out"] and not r["adaptive"]
