@@ -79,14 +79,17 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
                      batch_size: int = 64) -> List[Dict[str, Any]]:
     """AdaptiveAttack configurations for one budget.
 
-    ``"single"``: one selective run of ``steps`` (default 20) steps with the default step
-    size (``2.5 * eps / steps``): cheap, NOT converged (an upper bound on robustness).
+    ``"single"``: one selective run of ``steps`` (default 20) steps with AdaptiveAttack's
+    default step (``eps / 10``, cosine decay): cheap, NOT converged (an upper bound on
+    robustness).
     ``"converged"``: the worst case over the configurations that our convergence study
     (docs/detectors.md) found strongest, ``steps`` (default 100) each, step ``eps / 10``
     with a cosine schedule: selective PGD with 2 random restarts; selective PGD from the
     clean input (``random_start=False``: a random start in the L-inf ball is noise that
     XEnsemble's input member flags, and the attack never recovers at large eps); and,
-    for forest detectors, the latter with the soft-forest surrogate (temperature 1).
+    for forest detectors, the latter with the soft-forest surrogate (temperature 1); plus
+    runs towards the 3 runner-up classes (``runner_ups=3``, as APGD-T) in selective mode and
+    in weighted mode with a sweep of detector weights ``lam`` in (0.1, 1, 10).
     ``evaluate`` adds the per-input best of them.
     """
     if preset not in ADAPTIVE_PRESETS:
@@ -96,8 +99,10 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
         return [dict(base, steps=20 if steps is None else steps)]
     n = 100 if steps is None else steps
     strong = dict(base, steps=n, step_size=float(eps) / 10, schedule="cosine")
+    targeted = dict(strong, random_start=False, restarts=1, runner_ups=3)
     return [dict(strong, restarts=2), dict(strong, random_start=False),
-            dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0)]
+            dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0),
+            targeted] + [dict(targeted, mode="weighted", lam=lam) for lam in (0.1, 1.0, 10.0)]
 
 
 def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_steps: Optional[int] = None,
