@@ -63,7 +63,7 @@ def _old_selective(det, net, x, y, eps, steps, seed):
 
 def test_restarts_1_is_the_previous_attack(setup):
     net, det, *_, x, y = setup
-    res = D.AdaptiveAttack(det, eps=0.15, steps=4, seed=3)(net, x, y)
+    res = D.AdaptiveAttack(det, eps=0.15, steps=4, step_size=2.5 * 0.15 / 4, schedule="constant", seed=3)(net, x, y)
     ref = _old_selective(det, net, x, y, 0.15, 4, 3)
     torch.testing.assert_close(res.x_adv, ref, rtol=0, atol=1e-6)
     assert (res.extras["restart"] == 0).all()
@@ -263,3 +263,16 @@ def test_orthogonal_mode_projects_out_the_other_gradient(setup):
     sel = D.AdaptiveAttack(det, eps=0.15, steps=3, mode="selective", seed=0)(net, x, y)
     assert float((res.x_adv - x).abs().max()) <= 0.15 + 1e-6
     assert not torch.equal(res.x_adv, sel.x_adv)
+
+
+def test_runner_up_runs_extend_the_first_run(setup):
+    net, det, *_, x, y = setup
+    kw = dict(eps=0.15, steps=4, step_size=0.03, seed=3)
+    one = D.AdaptiveAttack(det, **kw)(net, x, y)
+    more = D.AdaptiveAttack(det, runner_ups=2, **kw)(net, x, y)
+    assert bool((more.success | ~one.success).all())  # the first run is the same, the best is kept
+    both = one.success & more.success
+    assert bool((more.extras["score_adv"][both] <= one.extras["score_adv"][both] + 1e-6).all())
+    assert int(more.extras["restart"].max()) <= 2 and int(more.queries[0]) == 3 * 5
+    with pytest.raises(ValueError, match="runner_ups"):
+        D.AdaptiveAttack(det, runner_ups=-1)

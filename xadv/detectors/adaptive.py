@@ -178,11 +178,17 @@ class AdaptiveAttack:
         A fitted detector.
     eps : float, default 0.1
     norm : {"linf", "l2"}, default "linf"
-    steps : int, default 40
+    steps : int, default 100
     step_size : float, optional
-        Default ``2.5 * eps / steps``.
-    schedule : {"constant", "linear", "cosine", "step"} or callable, default "constant"
+        Default ``eps / 10`` (L2: ``eps / 10`` per unit-norm step), whatever ``steps``,
+        decayed by ``schedule``.
+    schedule : {"constant", "linear", "cosine", "step"} or callable, default "cosine"
         Multiplier of ``step_size`` at step ``t`` of ``steps`` (as in :class:`xadv.attacks.PGD`).
+    runner_ups : int, default 0
+        Further runs after the ``restarts``, run ``j`` stepping towards the clean
+        output's ``(j + 1)``-th runner-up class (targeted margin ``z_y - z_t`` as the
+        classifier term, as APGD-T does), seeds continuing ``seed + restarts + j``; the
+        best iterate over all runs is kept as for restarts.
     restarts : int, default 1
         Independent random starts (seeds ``seed + r``); the best per sample is kept.
     mode : {"selective", "orthogonal", "weighted"}, default "selective"
@@ -229,12 +235,12 @@ class AdaptiveAttack:
     (torch.Size([4, 1, 4, 4]), torch.Size([4]))
     """
 
-    def __init__(self, detector: Detector, eps: float = 0.1, *, norm: str = "linf", steps: int = 40,
-                 step_size: Optional[float] = None, schedule: Union[str, Callable[[int, int], float]] = "constant",
+    def __init__(self, detector: Detector, eps: float = 0.1, *, norm: str = "linf", steps: int = 100,
+                 step_size: Optional[float] = None, schedule: Union[str, Callable[[int, int], float]] = "cosine",
                  restarts: int = 1, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
                  smooth_beta: Optional[float] = 10.0, surrogate: Union[str, Callable] = "detector",
                  temperature: float = 0.1, random_start: bool = True, bounds=(0.0, 1.0),
-                 seed: Optional[int] = 0, batch_size: int = 64, progress: bool = False):
+                 seed: Optional[int] = 0, batch_size: int = 64, progress: bool = False, runner_ups: int = 0):
         if not isinstance(detector, Detector):
             raise TypeError(f"detector must be an xadv Detector, got {type(detector).__name__}")
         if not getattr(detector, "fitted_", False):
@@ -261,7 +267,7 @@ class AdaptiveAttack:
         self.eps = float(eps)
         self.norm = norm
         self.steps = check_positive_int(steps, "steps")
-        self.step_size = 2.5 * self.eps / self.steps if step_size is None else float(step_size)
+        self.step_size = self.eps / 10 if step_size is None else float(step_size)
         self.schedule = schedule
         self.restarts = check_positive_int(restarts, "restarts")
         self.mode = mode
@@ -275,13 +281,18 @@ class AdaptiveAttack:
         self.seed = seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.progress = bool(progress)
+        if isinstance(runner_ups, bool) or not isinstance(runner_ups, int) or runner_ups < 0:
+            raise ValueError(f"runner_ups must be an int >= 0, got {runner_ups!r}")
+        self.runner_ups = runner_ups
         self._soft_forest: Optional[SoftForest] = None
 
     def __repr__(self) -> str:
         extra = ""
         if self.restarts > 1:
             extra += f", restarts={self.restarts}"
-        if self.schedule != "constant":
+        if self.runner_ups:
+            extra += f", runner_ups={self.runner_ups}"
+        if self.schedule != "cosine":
             extra += f", schedule={self.schedule!r}"
         if self.mode == "weighted":
             extra += f", lam={self.lam:g}"
@@ -336,8 +347,11 @@ class AdaptiveAttack:
         nrm = flat.norm(dim=1).clamp_min(1e-12)
         return size * g / nrm.reshape((-1,) + (1,) * (g.dim() - 1))
 
-    def _attack_batch(self, model, grad_model, x, y, gen):
-        """One restart on one batch: (best input, its exact score, fooled at some step, step index)."""
+    def _attack_batch(self, model, grad_model, x, y, gen, target=None):
+        """One restart on one batch: (best input, its exact score, fooled at some step, step index).
+
+        ``target`` (N,): the classifier term is the targeted margin ``z_y - z_target``
+        (a misclassification into any class still counts as fooled)."""
         lo, hi = self.bounds
         det = self.detector
         thr, scale = det.threshold_, getattr(det, "score_scale_", 1.0)
@@ -363,6 +377,9 @@ class AdaptiveAttack:
                 other.scatter_(1, y[:, None], -torch.inf)
                 margin = logits.gather(1, y[:, None])[:, 0] - other.max(1).values
             fooled = (margin < 0).detach()
+            if target is not None:  # step towards the runner-up class
+                with torch.enable_grad():
+                    margin = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
             sd = det.score(model, xa.detach())  # the exact score picks the best iterate
             better = fooled & (sd < best_score)
             best[better] = xa.detach()[better]
@@ -417,14 +434,22 @@ class AdaptiveAttack:
             bar = None
             if self.progress:
                 from tqdm.auto import tqdm
-                bar = tqdm(total=self.restarts * len(starts), desc=repr(self), leave=False)
+                bar = tqdm(total=(self.restarts + self.runner_ups) * len(starts), desc=repr(self), leave=False)
             x_adv = score = found = restart = step = None
-            for r in range(self.restarts):
+            ranked = out.argsort(dim=1, descending=True)
+            k = out.shape[1]
+            for r in range(self.restarts + self.runner_ups):
                 gen = make_generator((0 if self.seed is None else int(self.seed)) + r)
+                target = None
+                if r >= self.restarts:  # runner-up j: the (j + 2)-th highest clean logit
+                    j = min(r - self.restarts + 1, k - 1)
+                    target = ranked[:, j]
+                    target = torch.where(target == y, ranked[:, 0], target)
                 parts = []
                 for i in starts:
                     parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
-                                                    y[i:i + self.batch_size], gen))
+                                                    y[i:i + self.batch_size], gen,
+                                                    None if target is None else target[i:i + self.batch_size]))
                     if bar is not None:
                         bar.update(1)
                 xr, sr, fr, tr = (torch.cat(c) for c in zip(*parts))
@@ -443,14 +468,15 @@ class AdaptiveAttack:
         score = self.detector.score(model, x_adv)
         p_clean, p_adv = F.softmax(out, 1), F.softmax(out_adv, 1)
         delta = (x_adv - x).reshape(len(x), -1)
-        n_q = self.restarts * (self.steps + 1)
+        n_q = (self.restarts + self.runner_ups) * (self.steps + 1)
         return AttackResult(
             x_adv=x_adv, x=x.detach().clone(), y=y, success=out_adv.argmax(1) != y,
             pred_clean=out.argmax(1), pred_adv=out_adv.argmax(1),
             conf_clean=p_clean.max(1).values, conf_adv=p_adv.max(1).values,
             norms={"l0": (delta != 0).sum(1).to(x.dtype), "l2": delta.norm(dim=1), "linf": delta.abs().max(1).values},
             queries=torch.full((len(x),), n_q, dtype=torch.long),
-            steps=torch.full((len(x),), self.restarts * self.steps, dtype=torch.long), targeted=False,
+            steps=torch.full((len(x),), (self.restarts + self.runner_ups) * self.steps, dtype=torch.long),
+            targeted=False,
             attack=repr(self),
             extras={"score_adv": score, "detected": score > self.detector.threshold_, "surrogate": self.surrogate,
                     "restart": restart, "step": step},

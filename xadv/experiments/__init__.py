@@ -19,3 +19,21 @@ def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Di
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
+
+
+def strength(run, steps: int, metric: float, *, higher_is_stronger: bool, tol: float) -> Dict[str, Any]:
+    """The strength column of an experiment row: does a stronger attack move the metric?
+
+    ``run(steps, restarts) -> float`` repeats the row's attack with ``2 * steps`` steps and
+    2 restarts; if that improves the attacker's side of ``metric`` by more than ``tol``,
+    the row's number is only a bound on what the attack can do (``"bound"``), otherwise it
+    has converged within ``tol`` (``"converged"``).
+
+    Returns ``{"strength": str, "strength_delta": float}`` (delta > 0: the stronger run
+    was stronger by that much).
+    """
+    stronger = float(run(2 * steps, 2))
+    delta = (stronger - metric) if higher_is_stronger else (metric - stronger)
+    label = (f"converged (2x steps, 2 restarts: {delta:+.3f}, tol {tol:g})" if delta <= tol else
+             f"bound (2x steps, 2 restarts: {delta:+.3f} > {tol:g})")
+    return {"strength": label, "strength_delta": delta}

@@ -42,6 +42,24 @@ def _load(n: int, seed: int = 0):
     return model, x[ok][:n], y[ok][:n], xt, yt
 
 
+STRENGTH_TOL = 0.02
+
+
+def _pgd_strength(model, x, y, eps, seed, res) -> Dict[str, Any]:
+    """Strength column of a PGD-10 row: PGD with 2x the steps and 2 restarts (per sample, any
+    restart succeeding) must not raise the success rate by more than ``STRENGTH_TOL``."""
+    from . import strength
+
+    def rerun(steps, restarts):
+        ok = torch.zeros(len(y), dtype=torch.bool)
+        for r in range(restarts):
+            ok |= A.PGD(eps=eps, steps=steps, seed=seed + 100 + r)(model, x, y).success
+        return float(ok.float().mean())
+
+    out = strength(rerun, 10, res.success_rate, higher_is_stronger=True, tol=STRENGTH_TOL)
+    return {"note": out["strength"], "strength_delta": out["strength_delta"]}
+
+
 def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -> Dict[str, Any]:
     s = res.success
     out = {"section": section, "attack": name, "budget": budget, "n": int(s.numel()),
@@ -77,7 +95,7 @@ class _TimedRows(list):
 
 def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: bool = False,
         sections: Optional[Sequence[str]] = None, full: bool = False,
-        n_explainer: Optional[int] = None) -> Dict[str, Any]:
+        n_explainer: Optional[int] = None, n_suite: int = 64) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
 
     The default is sized to take about a minute on one CPU thread; ``full=True`` runs the
@@ -94,7 +112,9 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
         substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
     progress : bool, default False
         Print the seconds of every section and row.
-    sections : optional subset of {"gradient", "explainer", "deletion", "blackbox", "universal"}
+    sections : optional subset of {"gradient", "suite", "explainer", "deletion", "blackbox", "universal"}
+    n_suite : int, default 64
+        Digits for the standard suite (APGD, APGD-T, Square, AutoAttack at their default budgets).
     full : bool, default False
         The larger version described above.
     n_explainer : int, optional
@@ -112,7 +132,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     xe, ye = x[:n_explainer], y[:n_explainer]
     rows: List[Dict[str, Any]] = _TimedRows(progress)
     secs: Dict[str, float] = {}
-    want = set(sections or ("gradient", "explainer", "deletion", "blackbox", "universal"))
+    want = set(sections or ("gradient", "suite", "explainer", "deletion", "blackbox", "universal"))
 
     def timed(name):
         class _T:
@@ -132,7 +152,8 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
                 b = f"Linf {eps}"
                 rows.append(_row("gradient", "FGSM", b, A.FGSM(eps=eps)(model, x, y)))
                 rows.append(_row("gradient", "R+FGSM", b, A.RFGSM(eps=eps, seed=seed)(model, x, y)))
-                rows.append(_row("gradient", "PGD-10", b, A.PGD(eps=eps, steps=10, seed=seed)(model, x, y)))
+                pgd = A.PGD(eps=eps, steps=10, seed=seed)(model, x, y)
+                rows.append(_row("gradient", "PGD-10", b, pgd, **_pgd_strength(model, x, y, eps, seed, pgd)))
             for eps in (1.0, 2.0, 3.0):
                 rows.append(_row("gradient", "PGD-10 L2", f"L2 {eps}",
                                  A.PGD(norm="l2", eps=eps, steps=10, seed=seed)(model, x, y)))
@@ -142,6 +163,21 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
             rows.append(_row("gradient", "DeepFool", "min L2", A.DeepFool()(model, x, y)))
             rows.append(_row("gradient", "CW-L2 (50 x 5)", "min L2",
                              A.CarliniWagnerL2(steps=50, binary_search_steps=5, lr=0.05)(model, xs, ys)))
+
+    if "suite" in want:
+        with timed("suite"):
+            xa, ya = x[:n_suite], y[:n_suite]
+            for eps in linf_eps[:2]:
+                b = f"Linf {eps}"
+                rows.append(_row("suite", "APGD-CE-100", b, A.APGD(eps=eps, seed=seed)(model, xa, ya)))
+                rows.append(_row("suite", "APGD-T-100 (9 targets)", b, A.APGDT(eps=eps, seed=seed)(model, xa, ya)))
+                rows.append(_row("suite", "Square-5000", b, A.Square(eps=eps, seed=seed)(model, xa, ya)))
+                aa = A.AutoAttack(eps=eps, seed=seed, warn=False)(model, xa, ya)
+                rows.append(_row("suite", "AutoAttack (standard, no FAB-T)", b, aa,
+                                 note="; ".join(aa.extras["flags"]) or "no flags"))
+            aa = A.AutoAttack(norm="l2", eps=1.0, seed=seed, warn=False)(model, xa, ya)
+            rows.append(_row("suite", "AutoAttack L2 (standard, no FAB-T)", "L2 1.0", aa,
+                             note="; ".join(aa.extras["flags"]) or "no flags"))
 
     if "explainer" in want:
         with timed("explainer"):
@@ -243,7 +279,8 @@ def _fmt(v, digits=3):
 
 
 _TITLES = {
-    "gradient": "Gradient and minimum-norm attacks",
+    "gradient": "Gradient and minimum-norm attacks (note of PGD-10: the strength check, 2x steps and 2 restarts)",
+    "suite": "The standard suite at its default budgets (APGD 100 steps, APGD-T 9 targets, Square 5,000 queries)",
     "explainer": "ExplainerPGD: step direction from each explainer (10 steps, Linf)",
     "deletion": "Feature deletion (L0, fill = 0) and JSMA",
     "blackbox": "Query-only: local surrogate vs substitute transfer",
@@ -280,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "Linf 0.1 universal budget, 8x8 patches (~2x the time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sections", nargs="*", default=None,
-                   help="subset of: gradient explainer deletion blackbox universal")
+                   help="subset of: gradient suite explainer deletion blackbox universal")
+    p.add_argument("--n-suite", type=int, default=64, help="digits for APGD / Square / AutoAttack (default 64)")
     p.add_argument("--out", help="directory for attacks.md and attacks.json")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the batches are small, extra threads mostly wait on a shared machine)")
@@ -289,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(max(1, a.threads))
     t = time.perf_counter()
     res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
-              n_explainer=a.n_explainer)
+              n_explainer=a.n_explainer, n_suite=a.n_suite)
     total = time.perf_counter() - t
     text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "
                               f"{torch.get_num_threads()} thread(s)); per section: {res['seconds']}_\n")

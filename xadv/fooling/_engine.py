@@ -73,6 +73,19 @@ def check_explainer_differentiable(explainer: Explainer) -> None:
         )
 
 
+_SCHEDULES = ("constant", "cosine", "step")
+
+
+def _decay(schedule: str, t: int, steps: int) -> float:
+    """Step-size multiplier at step ``t`` of ``steps``: 1, a cosine from 1 to 0.05, or
+    /10 at 50 % and 75 % of the steps."""
+    if schedule == "constant" or steps <= 1:
+        return 1.0
+    if schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t / (steps - 1)))
+    return 1.0 if t < steps // 2 else (0.1 if t < (3 * steps) // 4 else 0.01)
+
+
 def beta_schedule(beta: BetaLike, steps: int) -> Optional[list]:
     """Per-step softplus beta: constant, or geometric from ``beta[0]`` to ``beta[1]``."""
     if beta is None:
@@ -236,10 +249,10 @@ class FoolingAttack:
     maximize_similarity = False
 
     def __init__(self, explainer: Union[str, Explainer] = "saliency", *, eps: float = 8 / 255,
-                 steps: int = 100, step_size: Optional[float] = None, bounds=(0.0, 1.0),
-                 beta: BetaLike = (3.0, 30.0), k: Union[int, float] = 0.1, reduce: str = "abs",
-                 optimizer: str = "sign", pool_beta: PoolBetaLike = 3.0, seed: Optional[int] = None,
-                 progress: bool = False):
+                 steps: int = 300, step_size: Optional[float] = None, bounds=(0.0, 1.0),
+                 beta: BetaLike = (30.0, 300.0), k: Union[int, float] = 0.1, reduce: str = "abs",
+                 optimizer: str = "sign", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
+                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
         self.explainer = resolve_explainer(explainer)
         check_explainer_differentiable(self.explainer)
         if not float(eps) > 0:
@@ -261,6 +274,10 @@ class FoolingAttack:
         self.pool_beta = pool_beta if isinstance(pool_beta, (tuple, list)) or pool_beta is None else float(pool_beta)
         self.seed = seed
         self.progress = bool(progress)
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+        self.schedule = schedule
+        self.restarts = check_positive_int(restarts, "restarts")
 
     # ------------------------------------------------------------- hooks
     def setup(self, model, x: torch.Tensor, y: torch.Tensor, e0: Explanation) -> Dict[str, Any]:
@@ -345,10 +362,8 @@ class FoolingAttack:
             twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None,
                                        pools[0] if pools else None, x, type(self).__name__)
             n = x.shape[0]
-            base_step = self.step_size if self.step_size is not None else (
-                2.5 * self.eps / self.steps if self.optimizer == "sign" else self.eps / 10)
-            step = torch.full((n,), base_step, dtype=x.dtype, device=x.device)
-            x_cur = x.clone()
+            # a step that does not shrink with ``steps``; the schedule decays it
+            base_step = self.step_size if self.step_size is not None else self.eps / 10
             best_x = x.clone()
             with torch.no_grad():
                 best_c = self.criterion(e0, ctx).clone()
@@ -357,30 +372,44 @@ class FoolingAttack:
                 best_c = torch.where(best_ok, best_c, torch.full_like(best_c, math.inf))
             history = []
             accepted = torch.zeros(n, dtype=torch.long, device=x.device)
-            state: Dict[str, Any] = {}
-            it = range(self.steps)
-            if self.progress:
-                it = tqdm(it, desc=type(self).__name__, leave=False)
-            for t in it:
-                if smoothed and betas is not None:
-                    # pooling sharpens with the softplus so the copy converges to the model
-                    set_beta(twin, betas[t], None if pools is None else pools[t])
-                cand = self.candidate(model, twin, x_cur, step, t, ctx, state).detach()
-                cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
-                ec = self.explainer(model, cand, self.target_for(ctx))
-                pred = ec.output.argmax(1)
-                ok = self.accept(pred, ctx)
-                view = (-1,) + (1,) * (x.dim() - 1)
-                x_cur = torch.where(ok.view(view), cand, x_cur)
-                step = torch.where(ok, step, step * 0.5)
-                accepted += ok.long()
-                c = self.criterion(ec.detach(), ctx)
-                better = ok & self.valid(pred, ctx) & (c < best_c)
-                best_c = torch.where(better, c, best_c)
-                best_x = torch.where(better.view(view), cand, best_x)
-                self.after_step(pred, ctx)
-                history.append(float(best_c[torch.isfinite(best_c)].mean()) if torch.isfinite(best_c).any()
-                               else float("nan"))
+            view = (-1,) + (1,) * (x.dim() - 1)
+            gen = None
+            for r in range(self.restarts):
+                step = torch.full((n,), base_step, dtype=x.dtype, device=x.device)
+                x_cur = x.clone()
+                if r > 0:  # a random start in the ball, where it keeps the prediction
+                    if gen is None:
+                        gen = torch.Generator(device=x.device)
+                        gen.manual_seed(0 if self.seed is None else int(self.seed))
+                    u = torch.rand(x.shape, generator=gen, device=x.device).to(x.dtype)
+                    start = (x + (2 * u - 1) * self.eps).clamp(lo, hi)
+                    with torch.no_grad():
+                        ok0 = self.accept(self.explainer(model, start, self.target_for(ctx)).output.argmax(1), ctx)
+                    x_cur = torch.where(ok0.view(view), start, x)
+                state: Dict[str, Any] = {}
+                it = range(self.steps)
+                if self.progress:
+                    it = tqdm(it, desc=type(self).__name__, leave=False)
+                for t in it:
+                    if smoothed and betas is not None:
+                        # pooling sharpens with the softplus so the copy converges to the model
+                        set_beta(twin, betas[t], None if pools is None else pools[t])
+                    cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
+                                          t, ctx, state).detach()
+                    cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
+                    ec = self.explainer(model, cand, self.target_for(ctx))
+                    pred = ec.output.argmax(1)
+                    ok = self.accept(pred, ctx)
+                    x_cur = torch.where(ok.view(view), cand, x_cur)
+                    step = torch.where(ok, step, step * 0.5)
+                    accepted += ok.long()
+                    c = self.criterion(ec.detach(), ctx)
+                    better = ok & self.valid(pred, ctx) & (c < best_c)
+                    best_c = torch.where(better, c, best_c)
+                    best_x = torch.where(better.view(view), cand, best_x)
+                    self.after_step(pred, ctx)
+                    history.append(float(best_c[torch.isfinite(best_c)].mean()) if torch.isfinite(best_c).any()
+                                   else float("nan"))
             e_adv = self.explainer(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
                                    else yt).detach()
             pred_adv = e_adv.output.argmax(1)
@@ -402,7 +431,8 @@ class FoolingAttack:
         return {}
 
     def get_params(self) -> Dict[str, Any]:
-        keys = ["explainer", "eps", "steps", "step_size", "bounds", "beta", "k", "optimizer", "pool_beta", "seed"]
+        keys = ["explainer", "eps", "steps", "step_size", "bounds", "beta", "k", "optimizer", "pool_beta", "seed",
+                "schedule", "restarts"]
         return {k: getattr(self, k) for k in keys if hasattr(self, k)}
 
     def __repr__(self) -> str:

@@ -22,12 +22,19 @@ _COMMON = """
         SmoothGrad (pass ``seed=`` so the noise draws are fixed) or GradCAM.
     eps : float, default 8/255
         L-inf radius of the perturbation, in input units.
-    steps : int, default 100
+    steps : int, default 300
     step_size : float, optional
-        Default ``2.5 * eps / steps`` for sign steps (``eps / 10`` for Adam).
-        Halved for a sample each time its step is rejected.
+        Default ``eps / 10``, whatever ``steps`` (a step that shrank with ``steps``
+        made more steps useless). Decayed by ``schedule``; halved for a sample each
+        time its step is rejected.
+    schedule : {"cosine", "constant", "step"}, default "cosine"
+        Step-size decay over the steps (cosine from 1 to 0.05; "step": /10 at 50 %
+        and 75 %).
+    restarts : int, default 1
+        Further runs from uniform random starts in the ball (where the start keeps
+        the prediction); the best iterate over all runs is returned.
     bounds : (float, float), default (0, 1)
-    beta : float or (float, float) or None, default (3.0, 30.0)
+    beta : float or (float, float) or None, default (30.0, 300.0)
         Softplus beta of the copy the gradient goes through; a pair anneals
         geometrically from the first to the second value. ``None`` differentiates
         the model itself (for models that are already smooth).
@@ -36,7 +43,7 @@ _COMMON = """
     reduce : str, default "abs"
         Channel reduction of the maps (see ``Explanation.saliency_map``).
     optimizer : {"sign", "adam"}, default "sign"
-    pool_beta : float, (float, float) or None, default 3.0
+    pool_beta : float, (float, float) or None, default (3.0, 3000.0)
         Max pooling in the smooth copy is replaced by a softmax-weighted pooling with
         this inverse temperature (its switching has zero second derivative like
         ReLU's). A number is the start value, sharpened in proportion to ``beta``; a
@@ -279,9 +286,10 @@ class TargetedManipulation(FoolingAttack):
                  eps: float = 8 / 255, steps: int = 400, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (10.0, 1000.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "adam", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False):
+                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
-                         reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress)
+                         reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
+                         schedule=schedule, restarts=restarts)
         if not float(gamma) >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if not isinstance(target_map, (torch.Tensor, Explanation)):
@@ -424,13 +432,15 @@ class JointAttack(FoolingAttack):
     explain_adv_for_target = True
 
     def __init__(self, explainer: Union[str, Explainer] = "saliency", *, target=None, eps: float = 8 / 255,
-                 steps: int = 100, step_size: Optional[float] = None, bounds=(0.0, 1.0),
-                 beta: BetaLike = (3.0, 30.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
+                 steps: int = 300, step_size: Optional[float] = None, bounds=(0.0, 1.0),
+                 beta: BetaLike = (30.0, 300.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
                  c_max: float = 1e3,
                  k: Union[int, float] = 0.1, reduce: str = "abs", optimizer: str = "sign",
-                 pool_beta: Optional[float] = 3.0, seed: Optional[int] = None, progress: bool = False):
+                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: bool = False,
+                 schedule: str = "cosine", restarts: int = 1):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
-                         reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress)
+                         reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
+                         schedule=schedule, restarts=restarts)
         if not (float(c) > 0 and float(c_factor) >= 1 and 0 < float(c_min) <= float(c_max)):
             raise ValueError("need c > 0, c_factor >= 1 and 0 < c_min <= c_max")
         self.target = target
