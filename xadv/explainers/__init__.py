@@ -16,6 +16,7 @@ from .gradient_shap import ExpectedGradients, GradientSHAP
 from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
+from .propagation import LRP, Deconvnet, DeepLift, DeepLiftShap, GuidedBackprop, GuidedGradCAM
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
 _ALIASES: Dict[str, str] = {}
@@ -71,6 +72,12 @@ register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
 register("occlusion", Occlusion)
 register("gradient_shap", GradientSHAP, aliases=("gradientshap", "gshap"))
 register("expected_gradients", ExpectedGradients, aliases=("eg",))
+register("lrp", LRP)
+register("deeplift", DeepLift, aliases=("deep_lift",))
+register("deeplift_shap", DeepLiftShap, aliases=("deepliftshap",))
+register("guided_backprop", GuidedBackprop, aliases=("gbp", "guidedbackprop"))
+register("deconvnet", Deconvnet, aliases=("deconvolution", "deconv"))
+register("guided_gradcam", GuidedGradCAM, aliases=("guided_grad_cam", "guidedgradcam"))
 
 from .lime import LIME, TabularLIME  # noqa: E402
 
@@ -79,7 +86,8 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
-    "GradCAMPlusPlus", "Occlusion", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
+    "GradCAMPlusPlus", "Occlusion", "GradientSHAP", "ExpectedGradients",
+    "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME"]
