@@ -16,6 +16,7 @@ from .gradient_shap import ExpectedGradients, GradientSHAP
 from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
+from .cam import AblationCAM, EigenCAM, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .propagation import LRP, Deconvnet, DeepLift, DeepLiftShap, GuidedBackprop, GuidedGradCAM
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
@@ -72,6 +73,12 @@ register("gradcam_pp", GradCAMPlusPlus, aliases=("gradcam++", "gradcampp"))
 register("occlusion", Occlusion)
 register("gradient_shap", GradientSHAP, aliases=("gradientshap", "gshap"))
 register("expected_gradients", ExpectedGradients, aliases=("eg",))
+register("hirescam", HiResCAM, aliases=("hires_cam",))
+register("xgradcam", XGradCAM, aliases=("xgrad_cam",))
+register("layercam", LayerCAM, aliases=("layer_cam",))
+register("scorecam", ScoreCAM, aliases=("score_cam",))
+register("ablationcam", AblationCAM, aliases=("ablation_cam",))
+register("eigencam", EigenCAM, aliases=("eigen_cam",))
 register("lrp", LRP)
 register("deeplift", DeepLift, aliases=("deep_lift",))
 register("deeplift_shap", DeepLiftShap, aliases=("deepliftshap",))
@@ -87,7 +94,7 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
     "GradCAMPlusPlus", "Occlusion", "GradientSHAP", "ExpectedGradients",
-    "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "get", "names", "register", "select_score",
+    "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME"]

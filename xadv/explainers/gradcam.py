@@ -90,6 +90,10 @@ class GradCAM(Explainer):
         """Weights (N, K) of the channels: the spatial mean of the gradient."""
         return grads.mean(dim=(2, 3))
 
+    def cam_map(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """The (N, h, w) map before the ReLU: channel weights times activations, summed."""
+        return (self.channel_weights(acts, grads)[:, :, None, None] * acts).sum(1)
+
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
         store = {"calls": 0}
@@ -127,8 +131,7 @@ class GradCAM(Explainer):
             handle.remove()
         if not create_graph:
             acts, g, out = acts.detach(), g.detach(), out.detach()
-        w = self.channel_weights(acts, g)
-        cam = (w[:, :, None, None] * acts).sum(1)
+        cam = self.cam_map(acts, g)
         if self.relu:
             cam = F.relu(cam)
         size = x.shape[-2:]
