@@ -133,8 +133,9 @@ class DeepLiftShap(Explainer):
 
     Parameters
     ----------
-    background : Tensor (M, ...)
-        Reference inputs, shaped like one batch of ``x``.
+    background : Tensor (M, ...), optional
+        Reference inputs, shaped like one batch of ``x``; ``None`` takes a single zero
+        input (DeepLIFT against zero).
     eps : float, default 1e-10
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     batch_size : int, optional
@@ -160,11 +161,12 @@ class DeepLiftShap(Explainer):
     name = "deeplift_shap"
     differentiable = True
 
-    def __init__(self, background: torch.Tensor, eps: float = 1e-10, score="logit",
+    def __init__(self, background: Optional[torch.Tensor] = None, eps: float = 1e-10, score="logit",
                  batch_size: Optional[int] = None):
-        if not isinstance(background, torch.Tensor) or not background.is_floating_point() or background.dim() < 2:
+        if background is not None and (not isinstance(background, torch.Tensor) or not background.is_floating_point()
+                                       or background.dim() < 2):
             raise TypeError("background must be a floating point tensor (M, ...) of reference inputs")
-        if background.shape[0] < 1:
+        if background is not None and background.shape[0] < 1:
             raise ValueError("background must hold at least one row")
         self.background = background
         self.eps = float(eps)
@@ -175,7 +177,7 @@ class DeepLiftShap(Explainer):
 
     def _explain(self, model, x, target, create_graph):
         check_module_relus(model, x, "DeepLiftShap")
-        bg = self.background.to(x)
+        bg = torch.zeros_like(x[:1]) if self.background is None else self.background.to(x)
         if bg.shape[1:] != x.shape[1:]:
             raise ValueError(f"background rows have shape {tuple(bg.shape[1:])}, inputs {tuple(x.shape[1:])}")
         xi = input_leaf(x, create_graph)
