@@ -1,7 +1,6 @@
 """HiResCAM, XGrad-CAM and LayerCAM: Grad-CAM with another map from activations and gradients."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ..gradcam import GradCAM
