@@ -494,7 +494,8 @@ def test_differentiable_flag_is_honest(name, softplus_cnn64, images64):
     assert e.attributions.requires_grad
     loss = (e.attributions ** 2).sum()
     gx, gw = torch.autograd.grad(loss, (x, softplus_cnn64[0].weight))
-    assert gx.abs().max() > 0 and gw.abs().max() > 0
+    # Deconvnet's backward ignores the forward pass: without max pooling its map does not depend on x
+    assert (gx.abs().max() > 0 or name == "deconvnet") and gw.abs().max() > 0
     # without create_graph nothing is attached
     plain = ex(softplus_cnn64, images64[:2], 0)
     assert not plain.attributions.requires_grad and not plain.output.requires_grad

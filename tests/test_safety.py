@@ -250,8 +250,8 @@ def test_unknown_layer_lists_candidates(net, x):
 
 
 def test_unknown_method_lists_names(net, x):
-    with pytest.raises(ValueError, match=r"unknown explainer 'deeplift'; known: .*gradcam.*saliency"):
-        xadv.explain(net, x, method="deeplift")
+    with pytest.raises(ValueError, match=r"unknown explainer 'pattern_attribution'; known: .*gradcam.*saliency"):
+        xadv.explain(net, x, method="pattern_attribution")
     with pytest.raises(ValueError, match=r"aliases: .*ig=integrated_gradients"):
         xadv.explainers.get("nope")
     with pytest.raises(TypeError, match="registry name or an Explainer"):

@@ -29,6 +29,11 @@ SECTIONS = ("input", "targeted", "joint", "defense", "training", "model", "tabul
 EPS = 8 / 255
 
 
+#: Dombrowski rows for LRP / Guided Backprop: (eps, gamma, steps) and the smoothing beta
+PROPAGATION_TARGETED = (0.1, 1.0, 200)
+PROPAGATION_BETA = 5.0
+
+
 def _mean(t) -> float:
     return float(torch.as_tensor(t).float().nanmean())
 
@@ -47,6 +52,7 @@ def _input_rows(model, x, steps: Optional[int], n_heavy: int, seed: int, check_s
         "gradcam": ("gradcam", len(x)),
         "integrated_gradients (8 steps)": (explainers.IntegratedGradients(steps=8), n_heavy),
         "smoothgrad (8 samples)": (explainers.SmoothGrad(n_samples=8, noise=0.1, seed=seed), n_heavy),
+        "deeplift": (explainers.DeepLift(), len(x)),   # Ghorbani et al. attack DeepLIFT
     }
     rows = []
     for name, (e, n) in ex.items():
@@ -137,6 +143,7 @@ def _targeted_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
         t = time.perf_counter()
         r = TargetedManipulation(target, gamma=gamma, eps=eps, steps=steps, seed=seed)(model, x)
         rows.append(row(r, "another digit's map", "saliency", eps, gamma, steps, t))
+    rows += _targeted_propagation_rows(model, x, y, seed, row)
     # a map the network produces inside the same budget: what the attack reaches when the target is reachable
     for name, eps in REACHABLE:
         t = time.perf_counter()
@@ -144,6 +151,30 @@ def _targeted_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
         tgt = reachable_target(model, ex, x, eps, seed=seed + 1)
         atk = TargetedManipulation(tgt, explainer=ex, eps=eps, seed=seed)
         rows.append(row(atk(model, x), "map inside the ball", name, eps, atk.gamma, atk.steps, t))
+    return rows
+
+
+def _propagation_explainers():
+    from ..defenses import BetaSmoothed
+    from ..explainers import LRP, GuidedBackprop
+    return {"lrp (epsilon_plus)": LRP("epsilon_plus"), "guided_backprop": GuidedBackprop(),
+            f"lrp, beta-smoothed ({PROPAGATION_BETA:g})": BetaSmoothed(LRP("epsilon_plus"), beta=PROPAGATION_BETA),
+            f"guided_backprop, beta-smoothed ({PROPAGATION_BETA:g})": BetaSmoothed(GuidedBackprop(),
+                                                                                   beta=PROPAGATION_BETA)}
+
+
+def _targeted_propagation_rows(model, x, y, seed: int, row) -> List[Dict[str, Any]]:
+    """Dombrowski et al.'s rows for LRP and Guided Backprop, each with and without
+    beta-smoothing: the target is the same explainer's map of another digit."""
+    from ..fooling import TargetedManipulation
+
+    rows = []
+    eps, gamma, steps = PROPAGATION_TARGETED
+    for name, ex in _propagation_explainers().items():
+        t = time.perf_counter()
+        target = ex(model, x[_other_class(y)]).attributions
+        r = TargetedManipulation(target, explainer=ex, gamma=gamma, eps=eps, steps=steps, seed=seed)(model, x)
+        rows.append(row(r, "another digit's map", name, eps, gamma, steps, t))
     return rows
 
 
@@ -272,6 +303,14 @@ def _model_rows(model, seed: int) -> List[Dict[str, Any]]:
         r = ModelManipulation("gradcam", seed=seed, **kw)(model, x, y, xt, yt)
         rows.append({"section": "model", "kind": name, "acc_before": r.accuracy_before, "acc_after": r.accuracy_after,
                      "fsr_before": r.fsr_before, "fsr": r.fsr, "n": len(xt), "seconds": time.perf_counter() - t})
+    # Heo et al. manipulate LRP as well as Grad-CAM
+    from ..explainers import LRP
+    t = time.perf_counter()
+    r = ModelManipulation(LRP("epsilon_plus"), seed=seed, kind="location", region="corner", lam=5.0, epochs=1)(
+        model, x, y, xt, yt)
+    rows.append({"section": "model", "kind": "location (corner), lrp", "acc_before": r.accuracy_before,
+                 "acc_after": r.accuracy_after, "fsr_before": r.fsr_before, "fsr": r.fsr, "n": len(xt),
+                 "seconds": time.perf_counter() - t})
     return rows
 
 

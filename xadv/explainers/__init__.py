@@ -17,6 +17,8 @@ from .integrated_gradients import IntegratedGradients
 from .occlusion import Occlusion
 from .rollout import AttentionRollout
 from .smoothgrad import SmoothGrad
+from .cam import AblationCAM, EigenCAM, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from .propagation import LRP, Deconvnet, DeepLift, DeepLiftShap, GuidedBackprop, GuidedGradCAM
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
 _ALIASES: Dict[str, str] = {}
@@ -73,6 +75,18 @@ register("occlusion", Occlusion)
 register("attention_rollout", AttentionRollout, aliases=("rollout",))
 register("gradient_shap", GradientSHAP, aliases=("gradientshap", "gshap"))
 register("expected_gradients", ExpectedGradients, aliases=("eg",))
+register("hirescam", HiResCAM, aliases=("hires_cam",))
+register("xgradcam", XGradCAM, aliases=("xgrad_cam",))
+register("layercam", LayerCAM, aliases=("layer_cam",))
+register("scorecam", ScoreCAM, aliases=("score_cam",))
+register("ablationcam", AblationCAM, aliases=("ablation_cam",))
+register("eigencam", EigenCAM, aliases=("eigen_cam",))
+register("lrp", LRP)
+register("deeplift", DeepLift, aliases=("deep_lift",))
+register("deeplift_shap", DeepLiftShap, aliases=("deepliftshap",))
+register("guided_backprop", GuidedBackprop, aliases=("gbp", "guidedbackprop"))
+register("deconvnet", Deconvnet, aliases=("deconvolution", "deconv"))
+register("guided_gradcam", GuidedGradCAM, aliases=("guided_grad_cam", "guidedgradcam"))
 
 from .lime import LIME, TabularLIME  # noqa: E402
 
@@ -84,7 +98,8 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
-    "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients", "get", "names", "register", "select_score",
+    "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients",
+    "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME", "FeatureLIME"]

@@ -205,6 +205,11 @@ class GradCAM(Explainer):
         """Weights (N, K) of the channels: the spatial mean of the gradient."""
         return grads.mean(dim=tuple(range(2, grads.dim()))) if grads.dim() > 2 else grads
 
+    def cam_map(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """The (N, *spatial) map before the ReLU: channel weights times activations, summed."""
+        w = self.channel_weights(acts, grads)
+        return (w.reshape(w.shape + (1,) * (acts.dim() - 2)) * acts).sum(1)
+
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
         store = {"calls": 0}
@@ -245,8 +250,7 @@ class GradCAM(Explainer):
             acts, g, out = acts.detach(), g.detach(), out.detach()
         size = tuple(x.shape[2:]) if x.dim() == 4 else None
         acts, g = self.to_maps(acts, module, size), self.to_maps(g, module, size)
-        w = self.channel_weights(acts, g)
-        cam = (w.reshape(w.shape + (1,) * (acts.dim() - 2)) * acts).sum(1)
+        cam = self.cam_map(acts, g)
         if self.relu:
             cam = F.relu(cam)
         extras = {}
