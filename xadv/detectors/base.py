@@ -365,20 +365,39 @@ class Detector:
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the fitted detector (parameters and learned state) to ``path``."""
+        """Write the fitted detector (parameters and learned state) to ``path``.
+
+        Safetensors + JSON, written atomically; networks are stored as their layer list
+        and weights, scikit-learn forests as their tree arrays, so :meth:`load` rebuilds
+        them without unpickling anything.
+        """
+        from .._io import save as _save
+
         self._check_fitted()
-        path = Path(path)
-        torch.save({"__xadv_detector__": type(self).__name__, "version": 1,
-                    "params": self.get_params(), "state": self._state()}, path)
-        return path
+        return _save(path, "Detector", {"detector": type(self).__name__, "params": self.get_params(),
+                                        "state": self._state()})
 
     @classmethod
-    def load(cls, path: Union[str, Path], map_location=None) -> "Detector":
-        """Read a detector written by :meth:`save` (``Detector.load`` returns the saved subclass)."""
-        payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(payload, dict) or "__xadv_detector__" not in payload:
-            raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)")
-        name = payload["__xadv_detector__"]
+    def load(cls, path: Union[str, Path], map_location=None, *, trust: bool = False) -> "Detector":
+        """Read a detector written by :meth:`save` (``Detector.load`` returns the saved subclass).
+
+        Loading never executes code. ``trust=True`` is needed only for files written by
+        older xadv versions (``torch.save`` pickles), since unpickling can run code.
+        """
+        from .._io import load as _load
+
+        def legacy(old):
+            if not isinstance(old, dict) or "__xadv_detector__" not in old:
+                raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)")
+            return {"detector": old["__xadv_detector__"], "params": old["params"], "state": old["state"]}
+
+        try:
+            payload = _load(path, "Detector", map_location=map_location, trust=trust, legacy=legacy)
+        except ValueError as e:
+            if "not an xadv" in str(e) and "detector" not in str(e):
+                raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)") from None
+            raise
+        name = payload["detector"]
         klass = _REGISTRY.get(name)
         if klass is None:
             raise ValueError(f"{path} holds an unknown detector type {name!r}")
