@@ -464,3 +464,166 @@ def load(path: PathLike, kind: str, *, map_location=None, trust: bool = False,
             raise ValueError(f"{path} is not an xadv {kind} file")
         return legacy(old)
     raise ValueError(f"{path} is not an xadv {kind} file (neither the safe format nor an old torch.save file)")
+
+
+def load_state_dict_file(path: PathLike, map_location=None) -> Dict[str, torch.Tensor]:
+    """A ``state_dict`` from a safetensors file or a ``torch.save`` file, without running code.
+
+    ``torch.save`` files are read with ``torch.load(weights_only=True)``, which refuses
+    anything but tensors and plain containers.
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        start = f.read(1 << 16)
+    head = _read_header(start) if len(start) >= 8 else None
+    if head is not None or path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device=str(map_location) if map_location is not None else "cpu")
+    else:
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise ValueError(
+                f"{path} is not a plain state_dict file: torch.load(weights_only=True) refused it "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"save the weights with torch.save(model.state_dict(), path) or safetensors") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def load_tensor_file(path: PathLike, map_location=None) -> torch.Tensor:
+    """One tensor from a ``torch.save`` file (``weights_only=True``) or a one-tensor safetensors file."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        start = f.read(1 << 16)
+    if _read_header(start) is not None:
+        from safetensors.torch import load_file
+
+        d = load_file(str(path))
+        if len(d) != 1:
+            raise ValueError(f"{path} holds {len(d)} tensors; save exactly one")
+        return next(iter(d.values()))
+    try:
+        x = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a plain tensor file: torch.load(weights_only=True) refused it "
+                         f"({type(e).__name__})") from None
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{path} must hold a tensor (N, C, H, W) saved with torch.save, got {type(x).__name__}")
+    return x
+
+
+# ----------------------------------------------------------------- output folders
+class FolderError(Exception):
+    """An output folder cannot be used (locked, another run's results, not a folder)."""
+
+
+class OutputFolder:
+    """An output folder with a manifest (``manifest.json``) and a lock (``.xadv.lock``).
+
+    ``with OutputFolder(out, command, seed=0, settings={...}) as folder:`` creates the
+    folder, refuses a second concurrent writer, refuses a folder that holds results of
+    another seed or settings (the message says to pick a new ``--out`` or delete the
+    folder), and on success records every file's sha256 and ``complete: true``.
+    Stages finished earlier are in ``folder.done`` (``folder.mark(stage)`` adds one).
+    """
+
+    MANIFEST = "manifest.json"
+    LOCK = ".xadv.lock"
+
+    def __init__(self, out: PathLike, command: str, *, seed=None, settings: Optional[Dict[str, Any]] = None):
+        self.out = Path(out)
+        self.command, self.seed = command, seed
+        self.settings = json.loads(json.dumps(settings or {}, default=str))
+        self.done: list = []
+        self._lock_fd = None
+
+    def __enter__(self) -> "OutputFolder":
+        if self.out.exists() and not self.out.is_dir():
+            raise FolderError(f"--out {self.out} is a file, not a folder; pass a folder path")
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = self.out / self.LOCK
+        try:
+            self._lock_fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = None
+            with contextlib.suppress(Exception):
+                pid = int(lock.read_text().strip() or 0)
+            if pid and _alive(pid):
+                raise FolderError(f"{self.out} is in use by another xadv process (pid {pid}); wait for it to "
+                                  f"finish or pass another --out") from None
+            lock.unlink(missing_ok=True)  # stale lock of a killed run
+            self._lock_fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(self._lock_fd, str(os.getpid()).encode())
+        old = self.read()
+        if old is not None:
+            if old.get("seed") != self.seed or old.get("settings") != self.settings or old.get("command") != self.command:
+                self._release()
+                raise FolderError(
+                    f"{self.out} holds results of another run ({old.get('command')}, seed {old.get('seed')}, "
+                    f"settings {old.get('settings')}); pass a new --out or delete the folder to start over")
+            self.done = list(old.get("done", []))
+        self._write(complete=False)
+        return self
+
+    def read(self) -> Optional[dict]:
+        p = self.out / self.MANIFEST
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except ValueError:
+            return None
+
+    def mark(self, stage: str) -> None:
+        if stage not in self.done:
+            self.done.append(stage)
+        self._write(complete=False)
+
+    def _write(self, complete: bool) -> None:
+        from . import __version__
+
+        files = {}
+        if complete:
+            for p in sorted(self.out.rglob("*")):
+                if p.is_file() and p.name not in (self.MANIFEST, self.LOCK) and not p.name.endswith(".tmp"):
+                    files[str(p.relative_to(self.out))] = sha256(p)
+        man = {"command": self.command, "xadv_version": __version__, "seed": self.seed, "settings": self.settings,
+               "done": self.done, "complete": complete, "files": files}
+        write_text(self.out / self.MANIFEST, json.dumps(man, indent=1) + "\n")
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                (self.out / self.LOCK).unlink()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._write(complete=True)
+        finally:
+            self._release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

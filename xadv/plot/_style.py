@@ -243,7 +243,10 @@ def save(fig, path: Union[str, Path], *, dpi: Optional[int] = None, attributions
         os.environ["SOURCE_DATE_EPOCH"] = "0"
     try:
         with mpl.rc_context(rc):
-            fig.savefig(path, **opts)
+            from .._io import atomic_write
+
+            with atomic_write(path, "wb") as f:  # an interrupted save leaves no half-written file
+                fig.savefig(f, **opts)
     finally:
         if fmt in ("eps", "ps"):
             if old_epoch is None:
