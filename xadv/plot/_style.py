@@ -323,7 +323,9 @@ def export_attributions(path: Union[str, Path], attributions) -> Path:
         path = path.with_name(path.name + ".npz")
     arrays = _arrays_of(attributions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    from .._io import atomic_write
+
+    with atomic_write(path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in arrays.items():
             if arr.dtype == object:
                 raise TypeError(f"entry {name!r} is not a numeric or string array; convert it first")
