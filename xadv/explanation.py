@@ -183,9 +183,14 @@ class Explanation:
         Per-sample tensors (first dimension N), including those in ``extras``, are
         indexed; everything else is kept as it is.
         """
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         n = len(self)
+        if isinstance(idx, bool):
+            raise TypeError("index an Explanation with an int, a slice, a LongTensor or a bool mask, not a bool")
+        if isinstance(idx, int):
+            from ._validation import check_index
+
+            idx = check_index(idx, n)
+            idx = slice(idx, idx + 1)
 
         def pick(v):
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:

@@ -302,7 +302,15 @@ class Detector:
 
     def predict(self, model, x: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
         """BoolTensor (N,): ``score > threshold`` (default ``threshold_`` from ``fit``)."""
-        thr = self.threshold_ if threshold is None else float(threshold)
+        self._check_fitted()
+        if threshold is None:
+            thr = self.threshold_
+        else:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+            thr = float(threshold)
+            if thr != thr:
+                raise ValueError("threshold is NaN; pass a number (or None for the fitted threshold_)")
         return self.score(model, x) > thr
 
     # ------------------------------------------------------------ subclass hooks
@@ -337,6 +345,13 @@ class Detector:
                 f"x has per-sample shape {tuple(x.shape[1:])} but the detector was fitted on "
                 f"{self.input_shape_}"
             )
+        k = getattr(self, "num_classes_", None)
+        if k is not None:
+            with torch.no_grad(), preserved(model):
+                got = forward(model, x[:1]).shape[1]
+            if got != k:
+                raise ValueError(f"the model has {got} classes but the detector was fitted on a model with {k}; "
+                                 f"fit the detector on this model")
 
     def _gen(self, offset: int = 0) -> torch.Generator:
         return make_generator(None if self.seed is None else int(self.seed) + offset)

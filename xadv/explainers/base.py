@@ -143,6 +143,14 @@ class Explainer(ParamsMixin):
                 f"{type(self).__name__} is not differentiable (it samples or fits a surrogate); "
                 f"create_graph=True is supported by gradient methods and Grad-CAM"
             )
+        if self.differentiable and (torch.is_inference_mode_enabled() or x.is_inference()):
+            raise RuntimeError(
+                f"{type(self).__name__} needs gradients, but "
+                + ("it was called inside torch.inference_mode()" if torch.is_inference_mode_enabled()
+                   else "x was created inside torch.inference_mode() (an inference tensor)")
+                + "; call it outside inference_mode (torch.no_grad() around it is fine) or pass x.clone() "
+                  "made outside inference_mode"
+            )
         with preserved(model):
             return self._explain(model, x, target, create_graph)
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_bounds, check_positive_int, resolve_target
+from .._validation import check_bounds, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
                    select_score)
@@ -168,7 +168,7 @@ class IntegratedGradients(Explainer):
             raise ValueError(f"baseline must be one of {_BASELINES}, a number or a tensor, got {baseline!r}")
         if not isinstance(baseline, (str, float, int, torch.Tensor)) or isinstance(baseline, bool):
             raise TypeError(f"baseline must be a string, a number or a tensor, got {type(baseline).__name__}")
-        self.baseline = baseline
+        self.baseline = check_finite(baseline, "baseline")
         self.rule = rule
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)

@@ -1,0 +1,127 @@
+"""Bad input gets a clear error: one table of (entry point, bad input, exception, message).
+
+A new entry point gets the same checks by adding its rows (or its registry name to
+``EXPLAINERS``): every explainer in the registry runs the generic input rows.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import xadv
+from xadv.explainers import GradientSHAP, IntegratedGradients, LIME, Occlusion, SmoothGrad
+from xadv.explanation import Explanation
+
+
+def _net(k=3):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 36, k)).eval()
+
+
+X = torch.rand(4, 1, 6, 6)
+SMALL = {"smoothgrad": {"n_samples": 2, "seed": 0}, "integrated_gradients": {"steps": 2},
+         "lime": {"n_samples": 8, "seed": 0}, "gradient_shap": {"n_samples": 2, "seed": 0},
+         "expected_gradients": {"n_samples": 2, "seed": 0}}
+EXPLAINERS = [n for n in xadv.explainers.names() if n != "tabular_lime"]
+
+#: (name, x, target, exception, message regex) run on every explainer in EXPLAINERS
+INPUT_ROWS = [
+    ("nan", X.clone().index_fill_(0, torch.tensor([1]), math.nan), None, ValueError, "NaN or Inf"),
+    ("inf", X.clone().index_fill_(0, torch.tensor([0]), math.inf), None, ValueError, "NaN or Inf"),
+    ("int dtype", (X * 255).long(), None, TypeError, "floating point"),
+    ("wrong rank", X[0, 0, 0], None, ValueError, "batch-first|dimensions"),
+    ("empty", X[:0], None, ValueError, "empty batch"),
+    ("target out of range", X, 7, ValueError, "out of range"),
+    ("negative target", X, -1, ValueError, "out of range"),
+    ("target batch mismatch", X, torch.tensor([0, 1]), ValueError, "entries but the batch has"),
+    ("float target", X, torch.tensor([0.5] * 4), TypeError, "integer tensor"),
+    ("not a tensor", X.numpy(), None, TypeError, "torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("row", INPUT_ROWS, ids=[r[0] for r in INPUT_ROWS])
+@pytest.mark.parametrize("name", EXPLAINERS)
+def test_explainer_bad_inputs(name, row):
+    _, x, target, exc, msg = row
+    ex = xadv.explainers.get(name, **SMALL.get(name, {}))
+    with pytest.raises(exc, match=msg):
+        ex(_net(), x, target)
+
+
+#: (id, callable that must raise, exception, message regex)
+CALL_ROWS = [
+    ("unknown explainer", lambda: xadv.explainers.get("nope"), ValueError, "unknown explainer.*known"),
+    ("IG nan baseline", lambda: IntegratedGradients(baseline=math.nan), ValueError, "baseline.*finite"),
+    ("IG inf baseline tensor", lambda: IntegratedGradients(baseline=torch.tensor([math.inf])), ValueError,
+     "baseline contains NaN or Inf"),
+    ("GradientSHAP nan background", lambda: GradientSHAP(background=torch.full((2, 1, 6, 6), math.nan)),
+     ValueError, "background contains NaN"),
+    ("GradientSHAP inf noise", lambda: GradientSHAP(noise=math.inf), ValueError, "noise.*finite"),
+    ("Occlusion inf baseline", lambda: Occlusion(baseline=math.inf), ValueError, "baseline.*finite"),
+    ("LIME nan fill", lambda: LIME(fill=math.nan), ValueError, "fill.*finite"),
+    ("SmoothGrad inf noise", lambda: SmoothGrad(noise=math.inf), ValueError, "noise.*finite"),
+    ("steps wrong type", lambda: IntegratedGradients(steps=2.5), TypeError, "steps must be an integer"),
+    ("steps negative", lambda: IntegratedGradients(steps=-3), ValueError, "steps must be an integer >= 1"),
+    ("Explanation[17] of 4", lambda: _explanation()[17], IndexError, r"out of range for 4 samples.*0\.\.3"),
+    ("Explanation[-5] of 4", lambda: _explanation()[-5], IndexError, "out of range"),
+    ("inference_mode", lambda: _in_inference(), RuntimeError, "inference_mode.*outside"),
+]
+
+
+def _explanation():
+    return xadv.explain(_net(), X, method="saliency")
+
+
+def _in_inference():
+    with torch.inference_mode():
+        return xadv.explain(_net(), X, method="saliency")
+
+
+@pytest.mark.parametrize("row", CALL_ROWS, ids=[r[0] for r in CALL_ROWS])
+def test_bad_calls(row):
+    _, fn, exc, msg = row
+    with pytest.raises(exc, match=msg):
+        fn()
+
+
+def test_wrong_type_is_also_a_value_error_for_old_code():
+    with pytest.raises(ValueError):
+        IntegratedGradients(steps="many")
+
+
+def test_explanation_index_in_range_still_works():
+    e = _explanation()
+    assert len(e[3]) == 1 and torch.equal(e[-1].attributions, e.attributions[3:])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from xadv.detectors import MahalanobisDetector
+
+    net = _net()
+    g = torch.Generator().manual_seed(0)
+    xc, xa = torch.rand(40, 1, 6, 6, generator=g) * 0.5, torch.rand(40, 1, 6, 6, generator=g)
+    return net, MahalanobisDetector(seed=0).fit(net, xc, xa)
+
+
+def test_detector_refuses_other_class_count_and_shape(fitted):
+    net, det = fitted
+    with pytest.raises(ValueError, match="model has 5 classes but the detector was fitted on a model with 3"):
+        det.score(_net(5), X)
+    with pytest.raises(ValueError, match="per-sample shape"):
+        det.score(net, torch.rand(2, 1, 5, 5))
+
+
+def test_detector_predict_checks(fitted):
+    from xadv.detectors import SaliencyDetector
+
+    net, det = fitted
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        det.predict(net, X, threshold=math.nan)
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        det.predict(net, X, threshold="high")
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        SaliencyDetector().predict(net, X)
