@@ -125,3 +125,27 @@ def test_detector_predict_checks(fitted):
         det.predict(net, X, threshold="high")
     with pytest.raises(RuntimeError, match="not fitted yet"):
         SaliencyDetector().predict(net, X)
+
+
+def test_ssim_of_constant_equal_maps_is_one():
+    from xadv.metrics.similarity import ssim
+
+    for v in (0.0, 3.0):
+        m = torch.full((2, 8, 8), v)
+        assert torch.equal(ssim(m, m), torch.ones(2))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_constant_gradcam_map_stays_exactly_constant(mode):
+    from xadv.explainers import GradCAM
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                        nn.Linear(98, 3)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(0.1234567)  # activations constant over space -> constant 7x7 CAM
+    e = GradCAM(layer="2", interpolation=mode, relu=False)(net, torch.rand(2, 1, 28, 28), 0)
+    assert e.attributions.abs().max() > 0
+    a = e.attributions
+    assert torch.equal(a, a.flatten(1)[:, :1, None, None].expand_as(a))

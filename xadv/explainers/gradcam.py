@@ -134,6 +134,9 @@ class GradCAM(Explainer):
         size = x.shape[-2:]
         kw = {"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}
         up = F.interpolate(cam[:, None], size=size, mode=self.interpolation, **kw)
+        flat = cam.detach().flatten(1)
+        const = (flat.amax(1) == flat.amin(1))[:, None, None, None]  # keep constant maps exactly constant
+        up = torch.where(const, cam.flatten(1)[:, :1, None, None].expand_as(up), up)
         attr = up.expand(-1, x.shape[1], -1, -1)
         if not create_graph:
             attr = attr.contiguous()
