@@ -68,6 +68,14 @@ CALL_ROWS = [
     ("Explanation[17] of 4", lambda: _explanation()[17], IndexError, r"out of range for 4 samples.*0\.\.3"),
     ("Explanation[-5] of 4", lambda: _explanation()[-5], IndexError, "out of range"),
     ("inference_mode", lambda: _in_inference(), RuntimeError, "inference_mode.*outside"),
+    ("similarity empty batch", lambda: xadv.metrics.similarity.spearman(torch.rand(0, 4, 4), torch.rand(0, 4, 4)),
+     ValueError, "empty"),
+    ("similarity NaN maps", lambda: xadv.metrics.similarity.ssim(torch.full((1, 8, 8), math.nan),
+                                                                torch.rand(1, 8, 8)), ValueError, "NaN"),
+    ("max_sensitivity negative radius", lambda: xadv.metrics.max_sensitivity("saliency", _net(), X, radius=-0.1,
+                                                                             n_samples=2), ValueError, "radius must be > 0"),
+    ("max_sensitivity nan radius", lambda: xadv.metrics.max_sensitivity("saliency", _net(), X, radius=math.nan,
+                                                                        n_samples=2), ValueError, "radius must be a finite"),
 ]
 
 
