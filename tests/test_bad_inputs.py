@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -157,3 +159,22 @@ def test_constant_gradcam_map_stays_exactly_constant(mode):
     assert e.attributions.abs().max() > 0
     a = e.attributions
     assert torch.equal(a, a.flatten(1)[:, :1, None, None].expand_as(a))
+
+
+@pytest.mark.parametrize("data,labels,msg", [
+    (np.full((2, 3072), 300.7), [0, 1], "pixel values must be whole numbers in 0..255"),
+    (np.full((2, 3072), -1), [0, 1], "pixel values must be whole numbers in 0..255"),
+    (np.zeros((2, 3072), dtype=np.uint8), [0, 99], "labels must be integers in 0..9"),
+    (np.zeros((2, 3072), dtype=np.uint8), [0, -1], "labels must be integers in 0..9"),
+])
+def test_cifar_loader_refuses_out_of_range_values(tmp_path, data, labels, msg):
+    import pickle
+
+    from xadv.data import load_cifar10
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+    with pytest.raises(ValueError, match=msg):
+        load_cifar10(tmp_path, "train")
