@@ -121,10 +121,56 @@ def check_bounds(bounds) -> tuple:
     return lo, hi
 
 
+class ParameterTypeError(TypeError, ValueError):
+    """A parameter of the wrong type. A TypeError; also a ValueError for code written against
+    older xadv versions, which raised ValueError here."""
+
+
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterTypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_finite(value, name: str):
+    """``value`` (a number or a tensor; strings pass through) must be finite: no NaN or Inf.
+
+    >>> check_finite(0.5, "noise")
+    0.5
+    """
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):  # one value per model input
+        for i, v in enumerate(value):
+            check_finite(v, f"{name}[{i}]")
+        return value
+    if callable(value) and not isinstance(value, torch.Tensor):  # checked when called
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} contains NaN or Inf values; pass finite numbers")
+        return value
+    if isinstance(value, bool):
+        raise ParameterTypeError(f"{name} must be a number or a tensor, got bool")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterTypeError(f"{name} must be a number or a tensor, got {type(value).__name__}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def check_index(i, n: int, what: str = "sample") -> int:
+    """An int index into ``n`` items (negative counts from the end); IndexError names the valid range."""
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise ParameterTypeError(f"{what} index must be an int, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise IndexError(f"{what} index {i} is out of range for {n} {what}s (valid: 0..{n - 1} or -{n}..-1)")
+    return i % n
 
 
 def find_module(model: torch.nn.Module, layer) -> torch.nn.Module:

@@ -48,6 +48,23 @@ _SHORT = {"saliency": "Saliency", "input_x_gradient": "Input×Grad", "smoothgrad
 
 
 # ---------------------------------------------------------------------------- helpers
+def _write_text(path, text: str) -> None:
+    from ._io import write_text
+
+    write_text(path, text)
+
+
+def _count(value: str) -> int:
+    """argparse type for sample counts: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 class CLIError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
@@ -103,7 +120,10 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu"):
     if spec in ("digits", "digits_cnn"):
         from .zoo import digits_cnn
 
-        return digits_cnn(pretrained=weights is None, weights=weights).to(device)
+        try:
+            return digits_cnn(pretrained=weights is None, weights=weights).to(device)
+        except (ValueError, OSError) as e:
+            raise CLIError(str(e))
     path = Path(spec)
     if path.is_file():
         try:
@@ -128,9 +148,12 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu"):
         if not isinstance(model, torch.nn.Module):
             raise CLIError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
         if weights is not None:
-            state = torch.load(weights, map_location=device, weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
+            from ._io import load_state_dict_file
+
+            try:
+                state = load_state_dict_file(weights, map_location=device)  # never unpickles objects
+            except (ValueError, OSError) as e:
+                raise CLIError(str(e))
             try:
                 model.load_state_dict(state)
             except RuntimeError as e:
@@ -253,9 +276,12 @@ def cmd_explain(a) -> int:
             raise CLIError(f"--index must be in [0, {len(xs) - 1}] for the digits {a.split} split, got {a.index}")
         x = xs[a.index:a.index + 1].to(a.device)
     elif a.input:
-        x = torch.load(a.input, map_location=a.device, weights_only=True)
-        if not isinstance(x, torch.Tensor):
-            raise CLIError(f"{a.input} must hold a tensor (N, C, H, W) saved with torch.save")
+        from ._io import load_tensor_file
+
+        try:
+            x = load_tensor_file(a.input, map_location=a.device)  # never unpickles objects
+        except (ValueError, OSError) as e:
+            raise CLIError(str(e))
         x = x[a.index:a.index + 1].float()
     else:
         raise CLIError("a user model needs an input: --image FILE (PNG/JPEG) or --input tensor.pt")
@@ -343,7 +369,7 @@ def cmd_attack(a) -> int:
         figs = _save_both(xp.attack_grid(_first(res, k), eb, ea, n=k), out, "attack", a.formats,
                           attributions={"before": eb, "after": ea})
     res.save(out / "attack_result.pt")
-    (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": repr(atk), **summ}), indent=1))
+    _write_text(out / "metrics.json", json.dumps(_jsonable({"attack": repr(atk), **summ}), indent=1))
     print(f"{atk!r}: success rate {summ['success_rate']:.3f} on {len(x)} digits; wrote {', '.join(figs)}")
     return 0
 
@@ -399,7 +425,7 @@ def cmd_fool(a) -> int:
         b, af = res.extras["target_mse_before"].mean(), res.extras["target_mse_after"].mean()
         summ.update(target_mse_before=float(b), target_mse_after=float(af), target_mse_factor=float(b / af),
                     output_mse=float(res.extras["output_mse"].mean()))
-    (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": res.attack, **summ}), indent=1))
+    _write_text(out / "metrics.json", json.dumps(_jsonable({"attack": res.attack, **summ}), indent=1))
     print(xp.to_markdown([summ]))
     print(f"wrote {', '.join(figs)}")
     return 0
@@ -465,7 +491,7 @@ def cmd_detect(a) -> int:
     with xp.style("paper", columns=1):
         figs = _save_both(xp.roc_curve(rep), out, "roc", a.formats)
     rep.save(out / "detection_report.pt")
-    (out / "metrics.json").write_text(json.dumps(_jsonable({"rows": rep.rows}), indent=1))
+    _write_text(out / "metrics.json", json.dumps(_jsonable({"rows": rep.rows}), indent=1))
     print(D.to_markdown(rep))
     print(f"wrote {', '.join(figs)}")
     return 0
@@ -754,12 +780,10 @@ class _Demo:
         if self.skipped:
             head.append("Left out: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()) + ".\n")
         if self.latex:
-            (self.out / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n",
-                                                 encoding="utf-8")
+            _write_text(self.out / "tables.tex", "% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n")
             head.append("LaTeX (booktabs) versions of the main tables: `tables.tex`.\n")
-        (self.out / "report.md").write_text("\n".join(head + self.report) + "\n", encoding="utf-8")
-        (self.out / "metrics.json").write_text(json.dumps(_jsonable(self.metrics), indent=1) + "\n",
-                                               encoding="utf-8")
+        _write_text(self.out / "report.md", "\n".join(head + self.report) + "\n")
+        _write_text(self.out / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1) + "\n")
         return self.metrics
 
 
@@ -837,8 +861,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "  xadv explain --model pkg.mod:make_net --weights w.pt --image x.png "
                                "--method smoothgrad --param n_samples=50 --out x.svg"))
     e.add_argument("--model", default="digits",
-                   help="'digits', a TorchScript file, or module:factory (with --weights) (default digits)")
-    e.add_argument("--weights", help="state_dict file for module:factory (or other digits weights)")
+                   help="'digits', a TorchScript file, or module:factory (with --weights) (default digits). "
+                        "RUNS CODE: module:factory imports and calls Python code, and a TorchScript (.ts) "
+                        "file is a program; use only files and modules you trust")
+    e.add_argument("--weights", help="state_dict file for module:factory (or other digits weights): safetensors or "
+                                     "torch.save, read without running code (torch.load(weights_only=True))")
     e.add_argument("--method", default="integrated_gradients",
                    help="explainer name or alias: saliency, input_x_gradient, smoothgrad, ig, gradcam, "
                         "gradcam_pp, lime (default ig)")
@@ -875,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--eps", type=float, default=None, help="budget (L-inf/L2 radius; pixels for deletion)")
     at.add_argument("--norm", default="linf", choices=["linf", "l2", "l0"])
     at.add_argument("--steps", type=int, default=10)
-    at.add_argument("--n", type=int, default=64, help="number of test digits (default 64)")
+    at.add_argument("--n", type=_count, default=64, help="number of test digits (default 64)")
     at.add_argument("--table", action="store_true", help="run xadv.experiments.attacks instead")
     at.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     common(at)
@@ -893,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--explainer", default="saliency", help="differentiable explainer to fool (default saliency)")
     fo.add_argument("--eps", type=float, default=0.05, help="L-inf budget (default 0.05)")
     fo.add_argument("--steps", type=int, default=None, help="attack steps (default 60; 400 for targeted)")
-    fo.add_argument("--n", type=int, default=16)
+    fo.add_argument("--n", type=_count, default=16)
     fo.add_argument("--table", action="store_true", help="run xadv.experiments.fooling instead")
     fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     common(fo)
@@ -906,13 +933,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "  xadv detect --table --out out   (xadv.experiments.detection, with adaptive attacks)")
     de.add_argument("--detector", nargs="+", default=["saliency"], choices=list(_DETECTORS))
     de.add_argument("--eps", type=float, default=0.2, help="training budget; eps/2 is the held-out one")
-    de.add_argument("--n-train", type=int, default=300)
-    de.add_argument("--n-test", type=int, default=150)
+    de.add_argument("--n-train", type=_count, default=300)
+    de.add_argument("--n-test", type=_count, default=150)
     de.add_argument("--table", action="store_true", help="run xadv.experiments.detection instead")
     de.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     common(de)
     de.set_defaults(func=cmd_detect)
     return p
+
+
+#: commands whose --out is a folder: they get a manifest and a lock (xadv._io.OutputFolder)
+_FOLDER_COMMANDS = ("demo", "attack", "fool", "detect")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -926,10 +957,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.print_help()
         return 0
     _threads(getattr(a, "threads", None))
+    from ._io import FolderError
+
     try:
+        if a.command in _FOLDER_COMMANDS and getattr(a, "out", None):
+            from ._io import OutputFolder
+
+            skip = {"out", "func", "command", "no_progress", "progress", "threads", "device", "stages", "formats"}
+            settings = {k: v for k, v in sorted(vars(a).items()) if k not in skip}
+            with OutputFolder(a.out, "xadv " + a.command, seed=getattr(a, "seed", None), settings=settings):
+                return int(a.func(a) or 0)
         return int(a.func(a) or 0)
-    except CLIError as err:
+    except (CLIError, FolderError) as err:
         print(f"xadv {a.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, read-only folder, --out naming a file, ...
+        import errno
+
+        what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is a file, not a folder",
+                errno.EEXIST: "a file is in the way", errno.EISDIR: "a folder is in the way",
+                errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"xadv {a.command}: error: cannot write output: {what}{where}; free space or pick another --out",
+              file=sys.stderr)
         return 2
 
 

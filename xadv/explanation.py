@@ -214,9 +214,14 @@ class Explanation:
         Per-sample tensors (first dimension N), including those in ``extras``, are
         indexed; everything else is kept as it is.
         """
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         n = len(self)
+        if isinstance(idx, bool):
+            raise TypeError("index an Explanation with an int, a slice, a LongTensor or a bool mask, not a bool")
+        if isinstance(idx, int):
+            from ._validation import check_index
+
+            idx = check_index(idx, n)
+            idx = slice(idx, idx + 1)
 
         def pick(v):
             if isinstance(v, tuple):
@@ -231,25 +236,33 @@ class Explanation:
 
     # ------------------------------------------------------------- save/load
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the explanation to ``path`` (a ``torch.save`` file, any extension).
+        """Write the explanation to ``path`` (a safetensors file, any extension).
 
-        Tensors are detached and moved to CPU; ``Explanation.load`` reads it back.
+        Tensors are detached and moved to CPU, everything else is stored as JSON; the
+        write is atomic (the old file survives an interrupted write). Reading the file
+        back with :meth:`load` never executes code.
         """
-        path = Path(path)
-        payload = {"__xadv__": "Explanation", "version": 1}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            payload[f.name] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
-        torch.save(payload, path)
-        return path
+        from ._io import save as _save
+
+        return _save(path, "Explanation", {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @classmethod
-    def load(cls, path: Union[str, Path], map_location=None) -> "Explanation":
-        """Read an explanation written by :meth:`save`."""
-        payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(payload, dict) or payload.get("__xadv__") != "Explanation":
-            raise ValueError(f"{path} is not an xadv Explanation file")
+    def load(cls, path: Union[str, Path], map_location=None, *, trust: bool = False) -> "Explanation":
+        """Read an explanation written by :meth:`save`.
+
+        ``trust=True`` is needed only for files written by older xadv versions
+        (``torch.save`` pickles holding more than tensors), since unpickling can run code.
+        """
+        from ._io import load as _load
+
         names = {f.name for f in dataclasses.fields(cls)}
+
+        def legacy(old):
+            if not isinstance(old, dict) or old.get("__xadv__") != "Explanation":
+                raise ValueError(f"{path} is not an xadv Explanation file")
+            return {k: v for k, v in old.items() if k in names}
+
+        payload = _load(path, "Explanation", map_location=map_location, trust=trust, legacy=legacy)
         return cls(**{k: v for k, v in payload.items() if k in names})
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Result types shared by attacks, fooling attacks and detectors (and read by ``xadv.plot``).
 
 Every result is a dataclass of tensors plus plain metadata, with ``save``/``load``
-(``torch.save`` files, tensors moved to CPU) and ``summary()`` (a dict of floats).
+(safetensors + JSON files that cannot run code when read, written atomically) and ``summary()`` (a dict of floats).
 """
 from __future__ import annotations
 
@@ -16,43 +16,39 @@ from .explanation import Explanation
 
 
 class _Saveable:
-    def _payload(self) -> Dict[str, Any]:
-        out = {"__xadv__": type(self).__name__, "version": 1}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = v.detach().cpu()
-            elif isinstance(v, Explanation):
-                v = {"__explanation__": {g.name: (getattr(v, g.name).detach().cpu()
-                                                  if isinstance(getattr(v, g.name), torch.Tensor)
-                                                  else getattr(v, g.name))
-                                         for g in dataclasses.fields(v)}}
-            elif isinstance(v, dict):
-                v = {k: (w.detach().cpu() if isinstance(w, torch.Tensor) else w) for k, w in v.items()}
-            out[f.name] = v
-        return out
-
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the result to ``path`` (tensors detached, on CPU); read it with ``load``."""
-        path = Path(path)
-        torch.save(self._payload(), path)
-        return path
+        """Write the result to ``path`` (tensors detached, on CPU); read it with ``load``.
+
+        The file is safetensors (tensors) plus JSON (everything else), written
+        atomically: an interrupted save leaves any old file at ``path`` intact.
+        """
+        from ._io import save as _save
+
+        return _save(path, type(self).__name__,
+                     {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})  # type: ignore[arg-type]
 
     @classmethod
-    def load(cls, path: Union[str, Path], map_location=None):
-        """Read a result written by ``save``."""
-        payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(payload, dict) or payload.get("__xadv__") != cls.__name__:
-            raise ValueError(f"{path} is not an xadv {cls.__name__} file")
-        kw = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name not in payload:
-                continue
-            v = payload[f.name]
-            if isinstance(v, dict) and "__explanation__" in v:
-                v = Explanation(**v["__explanation__"])
-            kw[f.name] = v
-        return cls(**kw)
+    def load(cls, path: Union[str, Path], map_location=None, *, trust: bool = False):
+        """Read a result written by ``save``; loading never executes code.
+
+        ``trust=True`` is needed only for files written by older xadv versions
+        (``torch.save`` pickles), since unpickling can run code.
+        """
+        from ._io import load as _load
+
+        def legacy(old):
+            if not isinstance(old, dict) or old.get("__xadv__") != cls.__name__:
+                raise ValueError(f"{path} is not an xadv {cls.__name__} file")
+            out = {}
+            for k, v in old.items():
+                if isinstance(v, dict) and "__explanation__" in v:
+                    v = Explanation(**v["__explanation__"])
+                out[k] = v
+            return out
+
+        payload = _load(path, cls.__name__, map_location=map_location, trust=trust, legacy=legacy)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in payload.items() if k in names})
 
 
 @dataclass

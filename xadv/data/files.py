@@ -246,8 +246,20 @@ def _read_cifar_batch(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
         raise ValueError(f"{str(path)!r}: expected keys b'data' and b'labels', found {sorted(d)}")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    labels = np.asarray(d["labels"], dtype=np.int64)
+    raw = np.asarray(d["data"])
+    if raw.dtype.kind not in "uif":
+        raise ValueError(f"{str(path)!r}: b'data' must hold numbers (uint8 pixels), got dtype {raw.dtype}")
+    if raw.size and (raw.dtype != np.uint8) and (not np.all(np.isfinite(raw)) or raw.min() < 0 or raw.max() > 255
+                                                 or not np.all(raw == np.round(raw))):
+        raise ValueError(f"{str(path)!r}: pixel values must be whole numbers in 0..255 (uint8), got values in "
+                         f"[{raw.min()}, {raw.max()}] of dtype {raw.dtype}")
+    data = raw.astype(np.uint8)
+    labels = np.asarray(d["labels"])
+    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise ValueError(f"{str(path)!r}: labels must be integers in 0..9, got "
+                         f"{labels.dtype} values in [{labels.min() if labels.size else '-'}, "
+                         f"{labels.max() if labels.size else '-'}]")
+    labels = labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
         raise ValueError(f"{str(path)!r}: expected data (N, 3072) and labels (N,), got {data.shape} and "
                          f"{labels.shape}")

@@ -302,7 +302,15 @@ class Detector:
 
     def predict(self, model, x: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
         """BoolTensor (N,): ``score > threshold`` (default ``threshold_`` from ``fit``)."""
-        thr = self.threshold_ if threshold is None else float(threshold)
+        self._check_fitted()
+        if threshold is None:
+            thr = self.threshold_
+        else:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+            thr = float(threshold)
+            if thr != thr:
+                raise ValueError("threshold is NaN; pass a number (or None for the fitted threshold_)")
         return self.score(model, x) > thr
 
     # ------------------------------------------------------------ subclass hooks
@@ -337,6 +345,13 @@ class Detector:
                 f"x has per-sample shape {tuple(x.shape[1:])} but the detector was fitted on "
                 f"{self.input_shape_}"
             )
+        k = getattr(self, "num_classes_", None)
+        if k is not None:
+            with torch.no_grad(), preserved(model):
+                got = forward(model, x[:1]).shape[1]
+            if got != k:
+                raise ValueError(f"the model has {got} classes but the detector was fitted on a model with {k}; "
+                                 f"fit the detector on this model")
 
     def _gen(self, offset: int = 0) -> torch.Generator:
         return make_generator(None if self.seed is None else int(self.seed) + offset)
@@ -365,20 +380,39 @@ class Detector:
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write the fitted detector (parameters and learned state) to ``path``."""
+        """Write the fitted detector (parameters and learned state) to ``path``.
+
+        Safetensors + JSON, written atomically; networks are stored as their layer list
+        and weights, scikit-learn forests as their tree arrays, so :meth:`load` rebuilds
+        them without unpickling anything.
+        """
+        from .._io import save as _save
+
         self._check_fitted()
-        path = Path(path)
-        torch.save({"__xadv_detector__": type(self).__name__, "version": 1,
-                    "params": self.get_params(), "state": self._state()}, path)
-        return path
+        return _save(path, "Detector", {"detector": type(self).__name__, "params": self.get_params(),
+                                        "state": self._state()})
 
     @classmethod
-    def load(cls, path: Union[str, Path], map_location=None) -> "Detector":
-        """Read a detector written by :meth:`save` (``Detector.load`` returns the saved subclass)."""
-        payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-        if not isinstance(payload, dict) or "__xadv_detector__" not in payload:
-            raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)")
-        name = payload["__xadv_detector__"]
+    def load(cls, path: Union[str, Path], map_location=None, *, trust: bool = False) -> "Detector":
+        """Read a detector written by :meth:`save` (``Detector.load`` returns the saved subclass).
+
+        Loading never executes code. ``trust=True`` is needed only for files written by
+        older xadv versions (``torch.save`` pickles), since unpickling can run code.
+        """
+        from .._io import load as _load
+
+        def legacy(old):
+            if not isinstance(old, dict) or "__xadv_detector__" not in old:
+                raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)")
+            return {"detector": old["__xadv_detector__"], "params": old["params"], "state": old["state"]}
+
+        try:
+            payload = _load(path, "Detector", map_location=map_location, trust=trust, legacy=legacy)
+        except ValueError as e:
+            if "not an xadv" in str(e) and "detector" not in str(e):
+                raise ValueError(f"{path} is not an xadv detector file (written by Detector.save)") from None
+            raise
+        name = payload["detector"]
         klass = _REGISTRY.get(name)
         if klass is None:
             raise ValueError(f"{path} holds an unknown detector type {name!r}")

@@ -17,8 +17,10 @@ def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Di
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
+    from .._io import write_text
+
+    write_text(out / f"{name}.md", text)
+    write_text(out / f"{name}.json", json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
 
 
 def strength(run, steps: int, metric: float, *, higher_is_stronger: bool, tol: float) -> Dict[str, Any]:

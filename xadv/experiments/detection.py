@@ -191,8 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.out:
         rep.save(a.out)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(to_dict(rep), f, indent=1)
+        from .._io import write_text
+
+        write_text(a.json, json.dumps(to_dict(rep), indent=1))
     return 0
 
 

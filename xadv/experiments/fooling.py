@@ -208,7 +208,7 @@ def targeted_figures(out, n: int = 4, seed: int = 0) -> List[str]:
         r = TargetedManipulation(tgt, eps=EPS, seed=seed)(model, x)
         fig = xp.fooling_grid(r, n=n)
         path = out / f"targeted_{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        xp.save(fig, path, dpi=100)
         plt.close(fig)
         paths.append(str(path))
     return paths

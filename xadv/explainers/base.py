@@ -171,6 +171,15 @@ class Explainer(ParamsMixin):
                 f"{type(self).__name__} is not differentiable (it samples or fits a surrogate); "
                 f"create_graph=True is supported by gradient methods and Grad-CAM"
             )
+        if self.differentiable and (torch.is_inference_mode_enabled() or any(
+                isinstance(t, torch.Tensor) and t.is_inference() for t in (x if isinstance(x, (tuple, list)) else (x,)))):
+            raise RuntimeError(
+                f"{type(self).__name__} needs gradients, but "
+                + ("it was called inside torch.inference_mode()" if torch.is_inference_mode_enabled()
+                   else "x was created inside torch.inference_mode() (an inference tensor)")
+                + "; call it outside inference_mode (torch.no_grad() around it is fine) or pass x.clone() "
+                  "made outside inference_mode"
+            )
         multi = isinstance(x, (tuple, list))
         inputs = tuple(x) if multi else (x,)
         if not inputs:

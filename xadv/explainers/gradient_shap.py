@@ -8,7 +8,7 @@ import torch
 
 from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._common import make_generator
-from .._validation import TargetLike, check_positive_int, resolve_target
+from .._validation import TargetLike, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from ._layer import LayerOptions, add_layer_doc, capture, layer_path
 from .integrated_gradients import _blocks
@@ -34,11 +34,11 @@ def _check_background(background: BackgroundLike) -> BackgroundLike:
         if background.dim() == 0 or background.shape[0] == 0:
             raise ValueError(f"the background must hold at least one reference input, got shape "
                              f"{tuple(background.shape)}")
-        return background
+        return check_finite(background, "background")
     if isinstance(background, bool) or not isinstance(background, (int, float)):
         raise TypeError(f"background must be None, a number or a tensor (M, ...) of reference inputs, "
                         f"got {type(background).__name__}")
-    return background
+    return check_finite(background, "background")
 
 
 @add_layer_doc
@@ -126,7 +126,7 @@ class GradientSHAP(LayerOptions, Explainer):
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not float(noise) >= 0:
             raise ValueError(f"noise must be a number >= 0 (standard deviation in input units), got {noise!r}")
-        self.noise = float(noise)
+        self.noise = float(check_finite(noise, "noise"))
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)
         self.seed = seed

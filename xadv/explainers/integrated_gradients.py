@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .._adapter import repeat_rows, sample_rows
-from .._validation import check_bounds, check_positive_int, resolve_target
+from .._validation import check_bounds, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from ._layer import LayerOptions, add_layer_doc, capture, layer_path
 from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
@@ -181,7 +181,7 @@ class IntegratedGradients(LayerOptions, Explainer):
                                               or callable(baseline)):
             raise TypeError(f"baseline must be a string, a number, a tensor, a callable or a tuple of them (one per "
                             f"input), got {type(baseline).__name__}")
-        self.baseline = baseline
+        self.baseline = check_finite(baseline, "baseline")
         self.rule = rule
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)

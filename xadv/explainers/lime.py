@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._validation import check_positive_int, resolve_target
+from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, select_score
 from .integrated_gradients import gaussian_blur
@@ -343,7 +343,7 @@ class LIME(Explainer):
         elif isinstance(fill, bool) or not isinstance(fill, (int, float, torch.Tensor)):
             raise TypeError("fill must be 'mean', 'blur', a number or a tensor, "
                             f"got {type(fill).__name__}")
-        self.fill = fill
+        self.fill = check_finite(fill, "fill")
         if blur_sigma is not None and not float(blur_sigma) > 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma!r}")
         self.blur_sigma = blur_sigma

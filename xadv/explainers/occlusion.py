@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._adapter import repeat_rows, sample_rows
-from .._validation import check_positive_int, resolve_target
+from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, default_batch_rows, forward, input_leaf, select_score
 from .integrated_gradients import _blocks
@@ -141,7 +141,7 @@ class Occlusion(Explainer):
             pass  # one baseline per input of a model with several inputs
         elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
             raise TypeError(f"baseline must be a number, a tensor or 'mean', got {type(baseline).__name__}")
-        self.baseline = baseline
+        self.baseline = check_finite(baseline, "baseline")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)
         if feature_mask is not None and not isinstance(feature_mask, (tuple, list)):

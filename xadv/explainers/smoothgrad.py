@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._adapter import repeat_rows, sample_rows
-from .._validation import check_positive_int, resolve_target
+from .._validation import check_finite, check_positive_int, resolve_target
 from .._common import make_generator
 from ..explanation import Explanation
 from .base import Explainer, balanced_slices, default_batch_rows, forward, input_leaf
@@ -99,7 +99,7 @@ class SmoothGrad(Explainer):
             raise ValueError(f"noise must be >= 0, got {noise!r}")
         self.base = base
         self.n_samples = check_positive_int(n_samples, "n_samples")
-        self.noise = float(noise)
+        self.noise = float(check_finite(noise, "noise"))
         self.variant = variant
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.seed = seed

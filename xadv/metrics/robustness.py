@@ -50,6 +50,11 @@ def uniform_perturbations(x: torch.Tensor, n_samples: int, radius: float, seed: 
 
     (captum's ``default_perturb_func`` for ``sensitivity_max`` draws the same law.)
     """
+    from .._validation import check_finite
+
+    check_finite(radius, "radius")
+    if not float(radius) > 0:
+        raise ValueError(f"radius must be > 0 (an L-inf radius in input units), got {radius!r}")
     g = _generator(seed, x.device)
     return (torch.rand((n_samples,) + tuple(x.shape), generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * radius
 

@@ -65,6 +65,8 @@ def _pair(a: MapLike, b: MapLike, reduce: str) -> Tuple[torch.Tensor, torch.Tens
         raise ValueError(f"the two batches of maps differ in shape: {tuple(ma.shape)} vs {tuple(mb.shape)}")
     if ma.device != mb.device:
         raise ValueError(f"the two batches of maps are on different devices: {ma.device} vs {mb.device}")
+    if ma.shape[0] == 0:
+        raise ValueError("the batches of maps are empty (N = 0); pass at least one map")
     if not (torch.isfinite(ma).all() and torch.isfinite(mb).all()):
         raise ValueError("the maps contain NaN or Inf values")
     return ma, mb

@@ -243,7 +243,10 @@ def save(fig, path: Union[str, Path], *, dpi: Optional[int] = None, attributions
         os.environ["SOURCE_DATE_EPOCH"] = "0"
     try:
         with mpl.rc_context(rc):
-            fig.savefig(path, **opts)
+            from .._io import atomic_write
+
+            with atomic_write(path, "wb") as f:  # an interrupted save leaves no half-written file
+                fig.savefig(f, **opts)
     finally:
         if fmt in ("eps", "ps"):
             if old_epoch is None:
@@ -320,7 +323,9 @@ def export_attributions(path: Union[str, Path], attributions) -> Path:
         path = path.with_name(path.name + ".npz")
     arrays = _arrays_of(attributions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    from .._io import atomic_write
+
+    with atomic_write(path, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in arrays.items():
             if arr.dtype == object:
                 raise TypeError(f"entry {name!r} is not a numeric or string array; convert it first")

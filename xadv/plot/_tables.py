@@ -196,5 +196,7 @@ def save_table(rows: Rows, path: Union[str, Path], columns: Optional[Sequence[st
     else:
         raise ValueError(f"save_table writes .tex or .md files, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    from .._io import write_text
+
+    write_text(path, text + "\n")
     return path

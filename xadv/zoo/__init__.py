@@ -32,12 +32,9 @@ _SHIPPED = {"digits_cnn": "digits_cnn.pt", "tabular_mlp": "tabular_mlp.pt", "tex
 
 
 def _load_state(model: nn.Module, path: PathLike) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    from .._io import load_state_dict_file
+
+    state = load_state_dict_file(path, map_location="cpu")  # safetensors or torch.load(weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
