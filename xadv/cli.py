@@ -900,7 +900,15 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     common(de)
     de.set_defaults(func=cmd_detect)
+    _register_sweep(sub)
     return p
+
+
+def _register_sweep(sub) -> None:
+    """``xadv sweep ...``: parser and commands live in :mod:`xadv.sweep.cli`."""
+    from .sweep.cli import register
+
+    register(sub)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
