@@ -150,6 +150,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path):
     """Kill the driver with SIGKILL after two committed cells; resume finishes the grid, keeps the
     finished cells (same timestamps, one attempt) and leaves neither duplicate nor partial rows."""
@@ -198,6 +199,7 @@ def test_sigkill_then_resume(tmp_path):
     _same(_rows(db), _rows(db2))
 
 
+@pytest.mark.slow
 def test_process_pool_equals_sequential(tmp_path):
     a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
     g = dict(TINY, blocks=TINY["blocks"][:1])
@@ -206,6 +208,7 @@ def test_process_pool_equals_sequential(tmp_path):
     _same(_rows(a), _rows(b))
 
 
+@pytest.mark.slow
 def test_ray_equals_local(tmp_path):
     ray = pytest.importorskip("ray")
     a, b = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"

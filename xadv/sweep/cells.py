@@ -129,6 +129,8 @@ def build_explainer(spec: Any):
     if spec is None:
         return None
     name, params = _split(spec)
+    if isinstance(params.get("base"), Mapping):          # SmoothGrad of a configured explainer
+        params["base"] = build_explainer(params["base"])
     return E.get(name, **params)
 
 

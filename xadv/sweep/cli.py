@@ -51,6 +51,7 @@ def main_args(a) -> int:
     """Run a parsed ``xadv sweep`` command; user errors print one line and return 2."""
     from .grid import GridError
     from .run import SweepError
+    from .store import StoreLocked
 
     if not getattr(a, "sweep_command", None):
         a._sweep_parser.print_help()
@@ -85,7 +86,7 @@ def main_args(a) -> int:
         r = report(a.db, a.out)
         print(f"wrote {r['markdown']}, {r['latex']} and {len(r['figures'])} figure(s)")
         return 0
-    except (GridError, SweepError, FileNotFoundError, ImportError) as e:
+    except (GridError, SweepError, StoreLocked, FileNotFoundError, ImportError) as e:
         print(f"xadv sweep {a.sweep_command}: error: {e}", file=sys.stderr)
         return 2
 

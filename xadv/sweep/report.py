@@ -14,7 +14,7 @@ HEADLINE = {"attack": "success_rate", "fooling": "topk_intersection", "detection
 
 
 def _metric_cols(rows: Sequence[Dict[str, Any]]) -> List[str]:
-    skip = set(_PARAM_COLS) | {"cell", "row", "block", "kind"}
+    skip = set(_PARAM_COLS) | {"cell", "row", "block", "kind", "budget_param", "_kind", "_budget"}
     cols: List[str] = []
     for r in rows:
         for k in r:
@@ -35,8 +35,13 @@ def tables(db: Union[str, Path]) -> Dict[str, List[Dict[str, Any]]]:
         params = [c for c in _PARAM_COLS if any(c in r for r in rs) and len({repr(r.get(c)) for r in rs}) > 1]
         cols = params + _metric_cols(rs)
         key = [c for c in _PARAM_COLS if any(c in r for r in rs)]
-        rs = sorted(rs, key=lambda r: tuple(str(r.get(c)) for c in key) + (r["row"],))
-        out[block] = [{c: r.get(c) for c in cols} | {"_kind": r["kind"]} for r in rs]
+        def order(r):
+            return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+                         for v in (r.get(c) for c in key)) + (r["row"],)
+
+        rs = sorted(rs, key=order)
+        out[block] = [{c: r.get(c) for c in cols} | {"_kind": r["kind"], "_budget": r.get("budget_param")}
+                      for r in rs]
     return out
 
 
@@ -57,7 +62,8 @@ def _plot_budget(rows, metric: str, series: str, title: str, path: Path):
         for name, d in sorted(lines.items()):
             xs = sorted(d)
             ax.plot(xs, [sum(d[x]) / len(d[x]) for x in xs], marker="o", label=name)
-        ax.set_xlabel("budget ε")
+        bp = next((r.get("_budget") for r in rows if r.get("_budget")), "eps")
+        ax.set_xlabel("budget ε" if bp == "eps" else f"budget ({bp})")
         ax.set_ylabel(metric.replace("_", " "))
         ax.set_title(title)
         ax.legend(fontsize="x-small", frameon=False)
@@ -126,9 +132,9 @@ def report(db: Union[str, Path], out: Union[str, Path], *, digits: int = 3) -> D
     figs: List[str] = []
     for block, rows in tabs.items():
         kind = rows[0]["_kind"]
-        rows = [{k: v for k, v in r.items() if k != "_kind"} for r in rows]
-        md += [f"## {block} ({kind})\n", xp.to_markdown(rows, digits=digits), ""]
-        tex += [xp.to_latex(rows, digits=digits, caption=f"{block} ({kind})"), ""]
+        shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        md += [f"## {block} ({kind})\n", xp.to_markdown(shown, digits=digits), ""]
+        tex += [xp.to_latex(shown, digits=digits, caption=f"{block} ({kind})"), ""]
         metric = HEADLINE.get(kind)
         if metric not in _metric_cols(rows):
             continue

@@ -11,8 +11,9 @@ Schema
     ``started``/``finished`` (UTC timestamps), ``duration`` (seconds in the cell),
     ``xadv_version``, ``torch_version``, ``host``, ``n_rows``, ``error``, ``traceback``.
 ``results(cell_key, row, metric, value DOUBLE, text TEXT)``
-    One line per (cell, row index, metric): numbers in ``value``, strings and booleans
-    (as ``true``/``false``) in ``text``.
+    One line per (cell, row index, metric): numbers in ``value`` (``text`` is ``int`` for
+    integers, ``nan`` for NaN/Inf with ``value`` NULL), strings and booleans (as
+    ``true``/``false``) in ``text``.
 
 The driver is the only writer. A finished cell is written in one transaction (its
 results and its status together), so a crash leaves either all of a cell's rows or
@@ -35,6 +36,10 @@ _SCHEMA = [
         cell_key TEXT, row INTEGER, metric TEXT, value DOUBLE, text TEXT,
         PRIMARY KEY (cell_key, row, metric))""",
 ]
+
+
+class StoreLocked(RuntimeError):
+    """The database file is held by another process (DuckDB allows one writer)."""
 
 
 def _duckdb():
@@ -68,7 +73,13 @@ class Store:
         if read_only and not self.path.is_file():
             raise FileNotFoundError(f"sweep database {str(path)!r} does not exist")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            raise StoreLocked(f"{self.path} is open in another process (a running sweep is the only writer; "
+                              f"wait for it to finish, or copy the file to read it): {e}") from None
         if not read_only:
             for s in _SCHEMA:
                 self.con.execute(s)
@@ -133,7 +144,9 @@ class Store:
             for m, val in r.items():
                 if isinstance(val, bool):
                     lines.append((key, i, m, None, "true" if val else "false"))
-                elif isinstance(val, (int, float)):
+                elif isinstance(val, int):
+                    lines.append((key, i, m, float(val), "int"))
+                elif isinstance(val, float):
                     f = float(val)
                     lines.append((key, i, m, f if math.isfinite(f) else None, None if math.isfinite(f) else "nan"))
                 else:
@@ -186,6 +199,8 @@ class Store:
                 d = out[(key, row)] = {"cell": key, "row": row, **flatten_params(json.loads(params))}
             if text is None:
                 d[metric] = value
+            elif text == "int":
+                d[metric] = int(value)
             elif text in ("true", "false"):
                 d[metric] = text == "true"
             elif text == "nan":
@@ -218,4 +233,5 @@ def flatten_params(p: Mapping[str, Any]) -> Dict[str, Any]:
     if "eps" in p:
         out["eps"] = p["eps"]
     out["seed"] = p.get("seed")
+    out["budget_param"] = (p.get("options") or {}).get("budget_param", "eps")
     return out
