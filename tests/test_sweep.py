@@ -64,6 +64,14 @@ def test_expand_keys_stable_and_errors(tmp_path):
         data = {name = "digits", n = 4}
     """))
     assert [c["key"] for c in sw.expand(toml)] == [c["key"] for c in cells]
+    try:
+        import yaml
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        y = tmp_path / "g.yaml"
+        y.write_text(yaml.safe_dump(TINY))
+        assert [c["key"] for c in sw.expand(y)] == [c["key"] for c in cells]
     with pytest.raises(sw.GridError, match="kind"):
         sw.expand({"name": "g", "kind": "nope", "attacks": ["FGSM"]})
     with pytest.raises(sw.GridError, match="needs 'explainers'"):

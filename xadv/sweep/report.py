@@ -66,7 +66,7 @@ def _plot_budget(rows, metric: str, series: str, title: str, path: Path):
         ax.set_xlabel("budget ε" if bp == "eps" else f"budget ({bp})")
         ax.set_ylabel(metric.replace("_", " "))
         ax.set_title(title)
-        ax.legend(fontsize="x-small", frameon=False)
+        ax.legend(fontsize="x-small", frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         xp.save(fig, path)
         plt.close(fig)
     return path

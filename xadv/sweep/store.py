@@ -218,7 +218,8 @@ def _label(spec: Any) -> Optional[str]:
     if isinstance(spec, Mapping):
         name = spec.get("name") or spec.get("factory") or spec.get("zoo") or spec.get("file")
         extra = {k: v for k, v in spec.items() if k not in ("name",)}
-        return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})" if extra else str(name)
+        args = ", ".join(f"{k}={_label(v) if isinstance(v, Mapping) else v}" for k, v in sorted(extra.items()))
+        return f"{name}({args})" if extra else str(name)
     return str(spec)
 
 
