@@ -939,7 +939,15 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
     common(de)
     de.set_defaults(func=cmd_detect)
+    _register_sweep(sub)
     return p
+
+
+def _register_sweep(sub) -> None:
+    """``xadv sweep ...``: parser and commands live in :mod:`xadv.sweep.cli`."""
+    from .sweep.cli import register
+
+    register(sub)
 
 
 #: commands whose --out is a folder: they get a manifest and a lock (xadv._io.OutputFolder)
