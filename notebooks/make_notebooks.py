@@ -95,9 +95,9 @@ print(res.summary())
 ig = E.IntegratedGradients(steps=32)
 before, after = ig(model, res.x[:4], res.y[:4]), ig(model, res.x_adv[:4], res.y[:4])
 # the two map columns share ONE colour scale, so magnitudes are comparable
-small = type(res)(**{k: (v[:4] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in vars(res).items()
-                     if k not in ("norms", "extras")})
-fig = xp.attack_grid(small, before, after, n=4)"""),
+# results index like tensors: res[:4] is an AttackResult of the first four samples (res shows a summary,
+# res.to_frame() one row per sample)
+fig = xp.attack_grid(res[:4], before, after, n=4)"""),
         ("md", "## Deleting what the explanation points at"),
         ("code", """ks = [10, 25, 50, 100, 200]
 curves = {}

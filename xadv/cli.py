@@ -542,7 +542,7 @@ def cmd_attack(a) -> int:
     k = min(4, len(x))
     with xp.style("paper", columns=2):
         eb, ea = ex(model, res.x[:k], res.y[:k]), ex(model, res.x_adv[:k], res.y[:k])
-        figs = _save_both(xp.attack_grid(_first(res, k), eb, ea, n=k), out, "attack", a.formats,
+        figs = _save_both(xp.attack_grid(res[:k], eb, ea, n=k), out, "attack", a.formats,
                           attributions={"before": eb, "after": ea})
     res.save(out / "attack_result.pt")
     (out / "metrics.json").write_text(json.dumps(_jsonable({"attack": repr(atk), **summ}), indent=1))
@@ -827,7 +827,7 @@ class _Demo:
         eb = ig(self.model, keep.x[:k], keep.y[:k])
         ea = ig(self.model, keep.x_adv[:k], keep.y[:k])
         with xp.style("paper", columns=2):
-            names_g = self.fig(xp.attack_grid(_first(keep, k), eb, ea, n=k), "attack_examples",
+            names_g = self.fig(xp.attack_grid(keep[:k], eb, ea, n=k), "attack_examples",
                                attributions={"before": eb, "after": ea})
         self.latex.append(xp.to_latex([{"attack": kk, **{f"eps={b:g}": v for b, v in zip(budgets, vs)}}
                                        for kk, vs in rates.items()],
@@ -970,24 +970,6 @@ class _Demo:
         (self.out / "metrics.json").write_text(json.dumps(_jsonable(self.metrics), indent=1) + "\n",
                                                encoding="utf-8")
         return self.metrics
-
-
-def _first(res, k: int):
-    """The first ``k`` samples of an AttackResult."""
-    import dataclasses
-
-    torch = _torch()
-    kw = {}
-    n = len(res)
-    for f in dataclasses.fields(res):
-        v = getattr(res, f.name)
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
-            v = v[:k]
-        elif isinstance(v, dict):
-            v = {kk: (w[:k] if isinstance(w, torch.Tensor) and w.dim() > 0 and w.shape[0] == n else w)
-                 for kk, w in v.items()}
-        kw[f.name] = v
-    return type(res)(**kw)
 
 
 def cmd_demo(a) -> int:
