@@ -966,7 +966,11 @@ class _Demo:
             (self.out / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n",
                                                  encoding="utf-8")
             head.append("LaTeX (booktabs) versions of the main tables: `tables.tex`.\n")
-        (self.out / "report.md").write_text("\n".join(head + self.report) + "\n", encoding="utf-8")
+        md = "\n".join(head + self.report) + "\n"
+        (self.out / "report.md").write_text(md, encoding="utf-8")
+        from .plot import html_report
+
+        html_report(md, self.out / "report.html", title="xadv demo", settings=self.metrics["setting"])
         (self.out / "metrics.json").write_text(json.dumps(_jsonable(self.metrics), indent=1) + "\n",
                                                encoding="utf-8")
         return self.metrics
@@ -978,7 +982,7 @@ def cmd_demo(a) -> int:
     stages = a.stages or ["explain", "attack", "fool", "detect"]
     demo = _Demo(out, a.fast, a.seed, a.formats, not a.no_progress, a.device)
     m = demo.run(stages)
-    print(f"wrote {out / 'report.md'}, {out / 'metrics.json'} and {len(m['figures'])} figure files "
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'metrics.json'} and {len(m['figures'])} figure files "
           f"in {m['seconds']['total']:.0f} s")
     for k, v in m["skipped"].items():
         print(f"left out {k}: {v}")

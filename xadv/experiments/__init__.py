@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Union
 
 
 def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Dict[str, Any]) -> None:
-    """Write ``<out>/<name>.md`` (the printed report) and ``<out>/<name>.json`` (rows and
+    """Write ``<out>/<name>.md`` (the printed report), ``<out>/<name>.html`` (the same, self-contained) and ``<out>/<name>.json`` (rows and
     per-section seconds of ``res``); nothing when ``out`` is None."""
     if not out:
         return
@@ -18,4 +18,7 @@ def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Di
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
+    from ..plot import html_report
+
+    html_report(text, out / f"{name}.html", title=f"xadv experiment: {name}")
     (out / f"{name}.json").write_text(json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
