@@ -138,6 +138,25 @@ def color_limit(maps: Sequence[np.ndarray], signed: bool, percentile: float = 99
     return lim
 
 
+def mark_constant(ax, m: np.ndarray, what: str = "map") -> bool:
+    """Warn about and visibly mark a constant map (e.g. an all-zero Grad-CAM, a one-segment LIME map).
+
+    Returns True when ``m`` is constant: its colours would otherwise suggest structure
+    that is not there (the colour scale of a constant map is arbitrary).
+    """
+    m = np.asarray(m, dtype=float)
+    if m.size == 0 or not np.isfinite(m).all() or np.ptp(m) > 0:
+        return False
+    import warnings
+
+    warnings.warn(f"{what} is constant ({float(m.flat[0]):g} everywhere): it carries no ranking of the input; "
+                  f"the panel is marked 'constant'", UserWarning, stacklevel=3)
+    ax.text(0.5, 0.5, f"constant\n({float(m.flat[0]):.2g})", transform=ax.transAxes, ha="center", va="center",
+            fontsize="small", color="0.15", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
+                                                  "edgecolor": "0.4", "linewidth": 0.6})
+    return True
+
+
 def norm_for(signed: bool, limit: float):
     """Color normalisation: ``TwoSlopeNorm`` centred at 0 on [-limit, limit] for signed
     maps (so zero is white in :data:`DIVERGING`), ``Normalize(0, limit)`` otherwise."""
@@ -217,6 +236,7 @@ def heatmap(attributions: Union[Explanation, ArrayLike], *, index: int = 0, redu
     lim = limit if limit is not None else color_limit([m], s, percentile)
     im = ax.imshow(m, cmap=cmap or (DIVERGING if s else SEQUENTIAL), norm=norm_for(s, lim),
                    interpolation="nearest")
+    mark_constant(ax, m, title or "the map")
     _clean_axes(ax)
     if title:
         ax.set_title(title)
@@ -520,6 +540,7 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                                    alpha=alpha * np.clip(np.abs(m) / lim, 0, 1))
                 else:
                     im = ax.imshow(m, cmap=cm_, norm=norm_for(s, lim), interpolation="nearest")
+                mark_constant(ax, p["map"], f"{c.title or 'map'} of sample {i}")
                 mappables[j] = im
             _clean_axes(ax)
             if i == 0:
@@ -569,14 +590,45 @@ def _short_formatter():
     return FuncFormatter(f)
 
 
-def explanation_grid(explanations: Mapping[str, Explanation], *, n: Optional[int] = 4, kind: str = "map",
+_LABELS = {"saliency": "Saliency", "input_x_gradient": "Input×Grad", "smoothgrad": "SmoothGrad",
+           "integrated_gradients": "IG", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++", "lime": "LIME",
+           "occlusion": "Occlusion", "gradient_shap": "GradientSHAP", "expected_gradients": "Expected gradients"}
+
+
+def method_label(method: str) -> str:
+    """How figures name an explainer: ``"gradcam"`` -> ``"Grad-CAM"`` (unknown names pass through)."""
+    return _LABELS.get(method, method)
+
+
+def as_explanations(explanations) -> "Dict[str, Explanation]":
+    """One Explanation, a list of them or a dict name -> Explanation, as a dict (labels from the methods)."""
+    if isinstance(explanations, Explanation):
+        return {method_label(explanations.method): explanations}
+    if isinstance(explanations, Mapping):
+        return dict(explanations)
+    if isinstance(explanations, (list, tuple)):
+        out: Dict[str, Explanation] = {}
+        for e in explanations:
+            if not isinstance(e, Explanation):
+                raise TypeError(f"a list of explanations must hold Explanation objects, got {type(e).__name__}")
+            name, i = method_label(e.method), 2
+            while name in out:
+                name, i = f"{method_label(e.method)} ({i})", i + 1
+            out[name] = e
+        return out
+    raise TypeError(f"explanations must be an Explanation, a list or a dict of them, got "
+                    f"{type(explanations).__name__}")
+
+
+def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
                      share: str = "column", class_names=None, **kw):
     """Input | one column per method, for explanations of the same batch.
 
     Parameters
     ----------
-    explanations : dict name -> Explanation
-        All of the same inputs (the first one's inputs are drawn).
+    explanations : Explanation, list of Explanation or dict name -> Explanation
+        All of the same inputs (the first one's inputs are drawn). Lists and single
+        explanations are labelled as figures name the methods (``Grad-CAM``, ``IG``).
     kind : {"map", "overlay"}, default "map"
     n, share, class_names, **kw : see :func:`grid`
 
@@ -591,6 +643,7 @@ def explanation_grid(explanations: Mapping[str, Explanation], *, n: Optional[int
     >>> x = torch.rand(2, 1, 8, 8)
     >>> fig = xp.explanation_grid({m: xadv.explain(net, x, method=m) for m in ["saliency", "ig"]})
     """
+    explanations = as_explanations(explanations)
     if not explanations:
         raise ValueError("explanations is empty")
     first = next(iter(explanations.values()))
