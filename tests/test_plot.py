@@ -298,9 +298,11 @@ def test_fooling_grid_of_a_targeted_manipulation_shows_the_target_on_the_maps_sc
     x = torch.rand(2, 1, 8, 8)
     res = TargetedManipulation(torch.rand(8, 8), eps=0.1, steps=3)(net, x)
     fig = xp.fooling_grid(res, n=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[-1] == "target map" and "map after" in titles
-    map_axes = [ax for ax in fig.axes if ax.images and ax.get_title() in ("", "map before", "map after", "target map")
+    titles = [" ".join(ax.get_title().split()) for ax in fig.axes if ax.get_title()]
+    # the explainer and the budget are named in the titles
+    assert titles[-1] == "target map" and "Saliency after" in titles and "perturbation ε=0.1 (×10)" in titles
+    map_axes = [ax for ax in fig.axes if ax.images and " ".join(ax.get_title().split()) in
+                ("", "Saliency before", "Saliency after", "target map")
                 and ax.images[-1].get_array().ndim == 2 and ax.images[-1].get_cmap().name != "gray"]
     # before, after and target: unit-sum maps on one colour scale
     assert len({round(ax.images[-1].norm.vmax, 12) for ax in map_axes}) == 1

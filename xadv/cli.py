@@ -672,7 +672,7 @@ def cmd_detect(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with xp.style("paper", columns=1):
-        figs = _save_both(xp.roc_curve(rep), out, "roc", a.formats)
+        figs = _save_both(xp.roc_curve(rep, log_fpr=True), out, "roc", a.formats)
     rep.save(out / "detection_report.pt")
     (out / "metrics.json").write_text(json.dumps(_jsonable({"rows": rep.rows}), indent=1))
     print(D.to_markdown(rep))
@@ -751,7 +751,7 @@ class _Demo:
         with xp.style("paper", columns=2):
             import matplotlib.pyplot as plt
 
-            fig, axes = plt.subplots(1, 2, figsize=(xp.COLUMN_WIDTHS[2], xp.COLUMN_WIDTHS[2] * 0.36))
+            fig, axes = plt.subplots(2, 1, figsize=(xp.COLUMN_WIDTHS[2] * 0.75, xp.COLUMN_WIDTHS[2] * 0.8))
             xp.deletion_curve(ff, curves_d, kind="deletion", ax=axes[0])
             xp.deletion_curve(ff, curves_i, kind="insertion", ax=axes[1])
             fig.tight_layout()
@@ -893,7 +893,9 @@ class _Demo:
         self.report += [
             "## 3. Fooling explanations\n",
             f"TopKAttack (Ghorbani et al., 2019) on {n} digits, {steps} steps: move the attribution mass off the "
-            "top-10% pixels while the prediction stays the same. Lower top-k intersection = more fooled.\n",
+            "top-10% pixels while the prediction stays the same. Lower top-k intersection = more fooled. "
+            "The examples show Saliency at ε=0.05; the last column is the change of the map (after − before, "
+            "each map scaled to unit maximum).\n",
             self._img(names_g, "fooling examples"), "",
             *( [self._img(names_c, "fooling vs budget"), ""] if names_c else []),
             xp.to_markdown(rows, columns=cols), "",
@@ -923,15 +925,15 @@ class _Demo:
         bar.update(1)
         bar.close()
         with xp.style("paper", columns=1):
-            keys = [k for k in rep.roc if "PGD" in k]
-            names_r = self.fig(xp.roc_curve(rep, keys=keys or None), "detection_roc")
+            names_r = self.fig(xp.roc_curve(rep, log_fpr=True), "detection_roc")
         cols = ["detector", "attack", "budget", "held_out", "auroc", "tpr_at_5fpr", "accuracy"]
         self.metrics["detect"] = {"rows": rep.rows, "n_train": len(itr), "n_test": len(ite)}
         self.report += [
             "## 4. Detecting adversarial inputs with explanations\n",
             f"Detectors fitted on PGD (ε=0.2) examples of {len(itr)} training digits, evaluated on {len(ite)} "
             "test digits against FGSM and PGD, at the seen and a held-out budget (`held_out`). "
-            "AUROC: adversarial = positive.\n",
+            "AUROC: adversarial = positive. The ROC axis is logarithmic in the false positive rate, "
+            "where a detector is used (TPR at 1% and 5% FPR).\n",
             self._img(names_r, "ROC curves"), "",
             xp.to_markdown(rep.rows, columns=[c for c in cols if c in rep.rows[0]]), "",
         ]

@@ -693,8 +693,12 @@ def attack_grid(result: AttackResult, before: Optional[Explanation] = None, afte
 
 
 def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "column", kind: str = "map",
-                 class_names=None, **kw):
-    """Input | manipulated input | perturbation | map before | map after for a fooling attack.
+                 class_names=None, difference: bool = True, **kw):
+    """Input | manipulated input | perturbation | map before | map after | difference for a fooling attack.
+
+    Column titles name the explainer (``Saliency before``) and the budget
+    (``perturbation ε=0.05``); ``difference=True`` adds ``after − before`` of the two
+    maps, each scaled to unit max first (red: attribution gained, blue: lost).
 
     For a :class:`~xadv.fooling.TargetedManipulation` result a last column shows the
     target map, and the three maps are drawn as unit-sum absolute maps (the scale the
@@ -707,18 +711,30 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
     """
     if not isinstance(result, FoolingResult):
         raise TypeError(f"result must be a FoolingResult, got {type(result).__name__}")
+    import re
+
     eb, ea = result.explanation_clean, result.explanation_adv
+    m_eps = re.search(r"\beps=([0-9.e-]+)", result.attack or "")
+    budget = f"ε={float(m_eps.group(1)):.3g}" if m_eps else ""
     cb, ca = Column(eb, "image", "input"), Column(ea, "image", "manipulated")
     cols = [Column(result.x, "image", "input", pred=cb.pred if cb.pred is not None else result.pred_clean,
                    conf=cb.conf),
             Column(result.x_adv, "image", "manipulated", pred=ca.pred if ca.pred is not None else result.pred_adv,
                    conf=ca.conf),
-            Column(result.x_adv - result.x, "perturbation", "perturbation")]
-    for e, t in ((eb, "map before"), (ea, "map after")):
+            Column(result.x_adv - result.x, "perturbation", f"perturbation {budget}".strip())]
+    label = method_label(eb.method)
+    for e, t in ((eb, f"{label} before"), (ea, f"{label} after")):
         c = Column(e, kind, t, group="maps", images=e.inputs)
         c.pred = c.conf = None
         cols.append(c)
     target = result.extras.get("target_map") if isinstance(result.extras, dict) else None
+    if difference and target is None:
+        # after - before, each map scaled to unit max |map| first: where the attribution moved
+        def unit_max(e):
+            m = e.saliency_map(default_reduce(e.method) if kind == "map" else "abs").detach().float()
+            return m / m.abs().reshape(m.shape[0], -1).max(1).values.clamp_min(1e-12).view(-1, *[1] * (m.dim() - 1))
+        cols.append(Column(unit_max(ea) - unit_max(eb), "map", "after − before", group="difference",
+                           sign="signed"))
     if target is not None:
         # TargetedManipulation: the map it imitates, on the same (unit-sum) scale as the two maps
         def unit(m):
