@@ -552,11 +552,22 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                 ax.set_ylabel(row_labels[i])
     if show_cb:
         import matplotlib.cm as cm
+        # one colour bar per colour scale: adjacent columns of one group share a bar under both
+        spans: List[List[int]] = []
         for j in map_cols:
+            same = spans and spans[-1][-1] == j - 1 and share == "column" and columns[j].group is not None \
+                and columns[j].group == columns[spans[-1][0]].group and signed[j] == signed[spans[-1][0]]
+            if same:
+                spans[-1].append(j)
+            else:
+                spans.append([j])
+        for span in spans:
+            j = span[0]
             lim = limits[(0, j)]
-            holder = fig.add_subplot(gs[rows, j])
+            holder = fig.add_subplot(gs[rows, span[0]:span[-1] + 1])
             holder.axis("off")
-            cax = holder.inset_axes([0.14, 0.0, 0.72, 1.0])  # narrower than the panel: end labels fit
+            w = 0.72 if len(span) == 1 else 0.6
+            cax = holder.inset_axes([(1 - w) / 2, 0.0, w, 1.0])  # narrower than the panels: end labels fit
             sm = cm.ScalarMappable(norm=norm_for(signed[j], lim), cmap=DIVERGING if signed[j] else SEQUENTIAL)
             cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
             cb.ax.tick_params(labelsize="x-small", length=2, pad=1)
@@ -618,6 +629,17 @@ def as_explanations(explanations) -> "Dict[str, Explanation]":
         return out
     raise TypeError(f"explanations must be an Explanation, a list or a dict of them, got "
                     f"{type(explanations).__name__}")
+
+
+def _budget(attack: str) -> str:
+    """``"ε=0.05"`` from an attack's repr (``"...eps=0.05..."``), else ``""``."""
+    import re
+
+    m = re.search(r"\beps=([0-9.]+(?:e-?[0-9]+)?)", attack or "")
+    try:
+        return f"ε={float(m.group(1)):.3g}" if m else ""
+    except ValueError:
+        return ""
 
 
 def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
@@ -683,10 +705,10 @@ def attack_grid(result: AttackResult, before: Optional[Explanation] = None, afte
         raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
     cols = [Column(result.x, "image", "input", pred=result.pred_clean, conf=result.conf_clean),
             Column(result.x_adv, "image", "adversarial", pred=result.pred_adv, conf=result.conf_adv),
-            Column(result.x_adv - result.x, "perturbation", "perturbation")]
-    for e, t in ((before, "map before"), (after, "map after")):
+            Column(result.x_adv - result.x, "perturbation", f"perturbation {_budget(result.attack)}".strip())]
+    for e, t in ((before, "before"), (after, "after")):
         if e is not None:
-            c = Column(e, "map", t, group="maps")
+            c = Column(e, "map", f"{method_label(e.method)} {t}" if e.method else f"map {t}", group="maps")
             c.pred = c.conf = None
             cols.append(c)
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
@@ -711,11 +733,9 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
     """
     if not isinstance(result, FoolingResult):
         raise TypeError(f"result must be a FoolingResult, got {type(result).__name__}")
-    import re
 
     eb, ea = result.explanation_clean, result.explanation_adv
-    m_eps = re.search(r"\beps=([0-9.e-]+)", result.attack or "")
-    budget = f"ε={float(m_eps.group(1)):.3g}" if m_eps else ""
+    budget = _budget(result.attack)
     cb, ca = Column(eb, "image", "input"), Column(ea, "image", "manipulated")
     cols = [Column(result.x, "image", "input", pred=cb.pred if cb.pred is not None else result.pred_clean,
                    conf=cb.conf),
