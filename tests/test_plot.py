@@ -136,14 +136,18 @@ def test_percentile_clipping_and_sign_handling():
 
 def test_grid_shares_one_scale_per_column_group_and_labels(setup):
     fig = xp.attack_grid(setup["res"], setup["ig"], setup["ig_adv"], n=3)
-    # columns: input, adversarial, perturbation, map before, map after (3 rows) + 2 colorbars
+    # columns: input, adversarial, perturbation, map before, map after (3 rows) + 1 shared colorbar
     map_axes = [ax for ax in fig.axes if ax.images and isinstance(ax.images[-1].norm, matplotlib.colors.TwoSlopeNorm)]
     limits = {round(ax.images[-1].norm.vmax, 12) for ax in map_axes}
     assert len(map_axes) == 6 and len(limits) == 1, "before and after must share one colour scale"
     both = np.concatenate([np.abs(setup["ig"].numpy("sum")).ravel(), np.abs(setup["ig_adv"].numpy("sum")).ravel()])
     assert limits.pop() == pytest.approx(np.percentile(both, 99.5))
     titles = [ax.get_title() for ax in fig.axes]
-    assert any(re.fullmatch(r"perturbation\s\(×\d+(\.\d+)?\)", t) for t in titles)  # may wrap to two lines
+    # the explainer is named, the budget when the result has an attack repr (titles may wrap to two lines)
+    assert any(re.fullmatch(r"perturbation(\sε=[0-9.]+)?\s\(×\d+(\.\d+)?\)", " ".join(t.split())) for t in titles), titles
+    assert "IG before" in [" ".join(t.split()) for t in titles]
+    # before and after share one scale, so they share one colour bar spanning both columns
+    assert sum(len(ax.child_axes) for ax in fig.axes) == 1
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
     p, c = int(setup["res"].pred_clean[0]), float(setup["res"].conf_clean[0])
     assert f"{p} ({100 * c:.0f}%)" in labels
@@ -298,9 +302,11 @@ def test_fooling_grid_of_a_targeted_manipulation_shows_the_target_on_the_maps_sc
     x = torch.rand(2, 1, 8, 8)
     res = TargetedManipulation(torch.rand(8, 8), eps=0.1, steps=3)(net, x)
     fig = xp.fooling_grid(res, n=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[-1] == "target map" and "map after" in titles
-    map_axes = [ax for ax in fig.axes if ax.images and ax.get_title() in ("", "map before", "map after", "target map")
+    titles = [" ".join(ax.get_title().split()) for ax in fig.axes if ax.get_title()]
+    # the explainer and the budget are named in the titles
+    assert titles[-1] == "target map" and "Saliency after" in titles and "perturbation ε=0.1 (×10)" in titles
+    map_axes = [ax for ax in fig.axes if ax.images and " ".join(ax.get_title().split()) in
+                ("", "Saliency before", "Saliency after", "target map")
                 and ax.images[-1].get_array().ndim == 2 and ax.images[-1].get_cmap().name != "gray"]
     # before, after and target: unit-sum maps on one colour scale
     assert len({round(ax.images[-1].norm.vmax, 12) for ax in map_axes}) == 1

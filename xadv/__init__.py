@@ -10,8 +10,8 @@ detectors consume them.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 from . import data, explainers, nn, zoo
 from ._adapter import ModelAdapter, adapt, layer_head
@@ -23,16 +23,16 @@ from .results import AttackResult, DetectionReport, FoolingResult
 _LAZY = ("attacks", "fooling", "detectors", "defenses", "metrics", "plot", "experiments", "cli")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
-        module = importlib.import_module(f".{name}", __name__)
+        module = _importlib.import_module(f".{name}", __name__)
         globals()[name] = module
         return module
     raise AttributeError(f"module 'xadv' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(__all__)
 
 __version__ = "0.1.0"
 

@@ -66,7 +66,88 @@ def _count(value: str) -> int:
 
 
 class CLIError(Exception):
-    """A user error: printed without a traceback, exit status 2."""
+    """A user error: printed as one line without a traceback, exit status 2."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples as written and appends ``(default: X)`` to every option with a default."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "%(default)" in h or any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings or isinstance(action, argparse._HelpAction):
+            return h
+        d = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
+        return f"{h} (default: {d})"
+
+
+# figure labels (what every plot and table calls a method) -> registry names
+_FIGURE_NAMES = {"saliency": "saliency", "inputxgrad": "input_x_gradient", "inputxgradient": "input_x_gradient",
+                 "smoothgrad": "smoothgrad", "ig": "integrated_gradients", "integratedgradients":
+                 "integrated_gradients", "gradcam": "gradcam", "gradcam++": "gradcam_pp", "lime": "lime",
+                 "occlusion": "occlusion", "gradientshap": "gradient_shap", "expectedgradients": "expected_gradients"}
+
+
+def _squash(name: str) -> str:
+    return name.lower().replace("×", "x").replace("-", "").replace("_", "").replace(" ", "")
+
+
+def resolve_method(name: str) -> str:
+    """The registry name of an explainer given as a registry name, an alias or a figure label.
+
+    ``"Grad-CAM"``, ``"grad_cam"`` and ``"gradcam"`` all give ``"gradcam"``; the
+    registry is read at call time, so explainers registered later are found too.
+
+    Examples
+    --------
+    >>> resolve_method("Grad-CAM"), resolve_method("SmoothGrad"), resolve_method("ig")
+    ('gradcam', 'smoothgrad', 'integrated_gradients')
+    """
+    from . import explainers as E
+
+    names = E.names()
+    low = name.lower()
+    if low in names:
+        return low
+    if low in E._ALIASES:
+        return E._ALIASES[low]
+    key = _squash(name)
+    table = {**{_squash(a): b for a, b in E._ALIASES.items()}, **{_squash(n): n for n in names},
+             **{k: v for k, v in _FIGURE_NAMES.items() if v in names}}
+    if key in table:
+        return table[key]
+    raise CLIError(f"unknown explainer {name!r}; choose one of {', '.join(names)}")
+
+
+def _method_help() -> str:
+    from . import explainers as E
+
+    return "explainer: " + ", ".join(E.names()) + " (or an alias / figure label such as ig, Grad-CAM, SmoothGrad)"
+
+
+_FIGURE_FORMATS = (".png", ".pdf", ".svg", ".eps", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def _check_figure_path(out: str) -> None:
+    if Path(out).suffix.lower() not in _FIGURE_FORMATS:
+        raise CLIError(f"--out {out}: cannot write a {Path(out).suffix or 'suffix-less'} figure; "
+                       f"end the name with one of {', '.join(_FIGURE_FORMATS)}")
+
+
+def check_device(device: str):
+    """The torch device named ``device``; a CLIError when it is not available here."""
+    torch = _torch()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {device!r} is not a torch device ({e}); use cpu, cuda, cuda:0 or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available in this installation; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CLIError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
 
 
 def _torch():
@@ -104,12 +185,13 @@ def _parse_params(items: Optional[Sequence[str]]) -> Dict[str, Any]:
 
 
 def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu"):
-    """A model from ``digits`` | ``tabular`` | a TorchScript file | ``module:factory`` (+ weights).
+    """A model from a zoo name | a TorchScript file | ``module:factory`` (+ weights).
 
     Parameters
     ----------
     spec : str
-        ``digits`` (the embedded digits CNN), a TorchScript file written by
+        A zoo name (``digits``/``digits_cnn``, ``tabular``, ``xadv.zoo.list_models()``;
+        ``weights`` replaces the shipped ones), a TorchScript file written by
         ``torch.jit.save``, or ``package.module:factory`` where ``factory()``
         returns an ``nn.Module`` (then ``weights`` is a ``state_dict`` file).
     weights : str, optional
@@ -117,13 +199,21 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu"):
     device : str, default "cpu"
     """
     torch = _torch()
-    if spec in ("digits", "digits_cnn"):
-        from .zoo import digits_cnn
+    from . import zoo
 
+    if weights is not None and not Path(weights).is_file():
+        raise CLIError(f"--weights {weights}: no such file; give a state_dict saved with "
+                       f"torch.save(model.state_dict(), path)")
+    name = _ZOO_ALIASES.get(spec, spec)
+    if name in zoo.list_models():
         try:
-            return digits_cnn(pretrained=weights is None, weights=weights).to(device)
-        except (ValueError, OSError) as e:
-            raise CLIError(str(e))
+            model = zoo.get_model(name, pretrained=True, weights=weights)
+        except ValueError as e:
+            hint = "" if weights is not None else " (train it and pass --weights FILE)"
+            raise CLIError(f"--model {spec}: {e}{hint}")
+        except Exception as e:  # noqa: BLE001 - unreadable weights
+            raise CLIError(f"--weights {weights} is not a readable state_dict file ({type(e).__name__})")
+        return model.to(device).eval()
     path = Path(spec)
     if path.is_file():
         try:
@@ -159,7 +249,17 @@ def load_model(spec: str, weights: Optional[str] = None, device: str = "cpu"):
             except RuntimeError as e:
                 raise CLIError(f"weights {weights} do not fit {spec}: {e}")
         return model.to(device).eval()
-    raise CLIError(f"--model {spec!r}: not 'digits', not an existing TorchScript file, not 'module:factory'")
+    from . import zoo as _z
+
+    raise CLIError(f"--model {spec!r}: not a zoo model ({', '.join(['digits'] + _z.list_models())}), "
+                   f"not an existing TorchScript file, not 'module:factory'")
+
+
+_ZOO_ALIASES = {"digits": "digits_cnn", "tabular": "tabular_mlp"}
+
+
+def _is_digits(spec: str) -> bool:
+    return _ZOO_ALIASES.get(spec, spec) == "digits_cnn"
 
 
 def load_image(path: str, size: Optional[int] = None, channels: Optional[int] = None):
@@ -198,7 +298,7 @@ def load_image(path: str, size: Optional[int] = None, channels: Optional[int] = 
 def _explainer(method: str, fast: bool = False, seed: int = 0, **over):
     from . import explainers as E
 
-    key = E._ALIASES.get(method.lower(), method.lower())
+    key = resolve_method(method)
     defaults = {"smoothgrad": {"n_samples": 16 if fast else 32, "noise": 0.1, "seed": seed},
                 "integrated_gradients": {"steps": 16 if fast else 32},
                 "lime": {"n_samples": 100 if fast else 500, "seed": seed}}.get(key, {})
@@ -250,6 +350,97 @@ def _digits(n: int, split: str = "test", correct_for=None, offset: int = 0, devi
     return x[offset:offset + n], y[offset:offset + n]
 
 
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+def _probe(model, x) -> None:
+    """One forward pass on the first input: a clear error when model and data do not fit."""
+    torch = _torch()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except Exception as e:  # noqa: BLE001 - the user's model rejects the input; say what to change
+        ch = "" if x.dim() != 4 else f" (channels {x.shape[1]}, size {x.shape[2]}x{x.shape[3]})"
+        raise CLIError(f"the model does not accept inputs of shape {tuple(x.shape[1:])}{ch}: "
+                       f"{type(e).__name__}: {_first_line(e)}; adjust --channels / --size or the model")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise CLIError(f"the model must return (N, K) class scores, got "
+                       f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+
+
+def _load_inputs(a, model, n: int, offset: int = 0, split: Optional[str] = None, correct: bool = True):
+    """``n`` inputs and labels from the data options, starting at ``offset`` (``--index``).
+
+    The digits model reads the embedded digits (correctly classified ones for attacks,
+    ``correct=True``); any model reads ``--image`` or ``--input`` (+ ``--labels``; the
+    model's predictions otherwise).
+    """
+    torch = _torch()
+    dev = a.device
+    if getattr(a, "image", None):
+        size = a.size or (28 if _is_digits(a.model) else None)
+        ch = a.channels or (1 if _is_digits(a.model) else None)
+        x = load_image(a.image, size, ch).to(dev)
+        if offset != 0:
+            raise CLIError(f"--index {offset}: an --image holds one input; use --index 0 or --input tensor.pt")
+        y = None
+    elif getattr(a, "input", None):
+        p = Path(a.input)
+        if not p.is_file():
+            raise CLIError(f"--input {a.input}: no such file; give a tensor (N, C, H, W) saved with torch.save")
+        try:
+            from ._io import load_tensor_file
+
+            x = load_tensor_file(p, map_location=dev)  # never unpickles objects
+        except Exception as e:  # noqa: BLE001 - unreadable or unsafe file
+            raise CLIError(f"--input {a.input} is not a tensor file written by torch.save ({type(e).__name__})")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise CLIError(f"--input {a.input} must hold one tensor (N, ...) saved with torch.save")
+        x = x.float()
+        if not 0 <= offset < len(x):
+            raise CLIError(f"--index must be in [0, {len(x) - 1}] for --input {a.input} ({len(x)} inputs), "
+                           f"got {offset}")
+        y = None
+        if getattr(a, "labels", None):
+            try:
+                from ._io import load_tensor_file
+
+                y = load_tensor_file(a.labels, map_location=dev)
+            except Exception as e:  # noqa: BLE001
+                raise CLIError(f"--labels {a.labels} is not a tensor file written by torch.save "
+                               f"({type(e).__name__})")
+            if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
+                raise CLIError(f"--labels must hold a LongTensor of shape ({len(x)},) for --input {a.input}")
+            y = y.long()[offset:offset + n]
+        x = x[offset:offset + n]
+        if getattr(a, "size", None) and x.dim() == 4:
+            x = torch.nn.functional.interpolate(x, size=(a.size, a.size), mode="bilinear", align_corners=False)
+    elif _is_digits(a.model):
+        from .data import load_digits
+
+        split = split or getattr(a, "split", "test")
+        xs, ys = load_digits(split)
+        xs, ys = xs.to(dev), ys.to(dev)
+        if correct:
+            with torch.no_grad():
+                ok = model(xs).argmax(1) == ys
+            xs, ys = xs[ok], ys[ok]
+        if not 0 <= offset < len(xs):
+            what = "correctly classified digits" if correct else "digits"
+            raise CLIError(f"--index must be in [0, {len(xs) - 1}] for the {len(xs)} {what} of the {split} split, "
+                           f"got {offset}")
+        x, y = xs[offset:offset + n], ys[offset:offset + n]
+    else:
+        raise CLIError(f"--model {a.model} needs inputs: --image FILE (PNG/JPEG) or --input tensor.pt "
+                       f"(optionally --labels labels.pt)")
+    _probe(model, x)
+    if y is None:
+        with torch.no_grad():
+            y = model(x).argmax(1)
+    return x, y
+
+
 def _have(module: str) -> bool:
     try:
         importlib.import_module(module)
@@ -263,34 +454,15 @@ def cmd_explain(a) -> int:
     from . import plot as xp
 
     torch = _torch()
+    _check_figure_path(a.out)
     model = load_model(a.model, a.weights, a.device)
-    if a.image:
-        size = a.size or (28 if a.model in ("digits", "digits_cnn") else None)
-        ch = a.channels or (1 if a.model in ("digits", "digits_cnn") else None)
-        x = load_image(a.image, size, ch).to(a.device)
-    elif a.model in ("digits", "digits_cnn"):
-        from .data import load_digits
-
-        xs, _ = load_digits(a.split)
-        if not 0 <= a.index < len(xs):
-            raise CLIError(f"--index must be in [0, {len(xs) - 1}] for the digits {a.split} split, got {a.index}")
-        x = xs[a.index:a.index + 1].to(a.device)
-    elif a.input:
-        from ._io import load_tensor_file
-
-        try:
-            x = load_tensor_file(a.input, map_location=a.device)  # never unpickles objects
-        except (ValueError, OSError) as e:
-            raise CLIError(str(e))
-        x = x[a.index:a.index + 1].float()
-    else:
-        raise CLIError("a user model needs an input: --image FILE (PNG/JPEG) or --input tensor.pt")
+    x, _ = _load_inputs(a, model, 1, a.index, correct=False)
     params = _parse_params(a.param)
     try:
         seed = params.pop("seed", a.seed)
         e = _explainer(a.method, seed=seed, **params)(model, x, a.target)
     except (ValueError, TypeError) as err:
-        raise CLIError(str(err))
+        raise CLIError(_first_line(err))
     probs = torch.softmax(e.output.detach().double(), 1)[0]
     pred = int(probs.argmax())
     title = f"{_SHORT.get(e.method, e.method)} · class {int(e.target[0])}"
@@ -311,37 +483,75 @@ def cmd_explain(a) -> int:
 
 
 # ---------------------------------------------------------------------------- attack / fool / detect
+def _l0_budget(eps: float) -> Dict[str, Any]:
+    if eps >= 1 and float(eps).is_integer():
+        return {"k": int(eps)}
+    if 0 < eps < 1:
+        return {"fraction": float(eps)}
+    raise CLIError(f"--eps {eps:g} for deletion is a number of pixels (an integer >= 1) or a fraction in (0, 1)")
+
+
+# What every attack of `xadv attack` takes. An option outside `norms`, or --eps / --steps for an attack
+# without a budget / iterations, is refused (exit 2) instead of ignored. `build(a, eps, norm, steps)` gets
+# eps/steps as given or None (the attack's own default). New attacks: one row here.
+_ATTACKS: Dict[str, Dict[str, Any]] = {
+    "fgsm": {"norms": ("linf", "l2"), "eps": True, "steps": False,
+             "build": lambda A, a, eps, norm, steps: A.FGSM(**_kw(eps=eps)) if norm == "linf" else
+             A.ProjectedGradient(None, norm="l2", eps=0.5 if eps is None else eps, steps=1,
+                                 step_size=0.5 if eps is None else eps)},
+    "rfgsm": {"norms": ("linf",), "eps": True, "steps": True,
+              "build": lambda A, a, eps, norm, steps: A.RFGSM(seed=a.seed, **_kw(eps=eps, steps=steps))},
+    "pgd": {"norms": ("linf", "l2", "l0"), "eps": True, "steps": True,
+            "build": lambda A, a, eps, norm, steps: A.PGD(norm=norm, seed=a.seed, **_kw(eps=eps, steps=steps))},
+    "explainer-pgd": {"norms": ("linf", "l2", "l0"), "eps": True, "steps": True,
+                      "build": lambda A, a, eps, norm, steps: A.ExplainerPGD(
+                          _explainer(a.explainer, fast=True, seed=a.seed), norm=norm, seed=a.seed,
+                          **_kw(eps=eps, steps=steps))},
+    "apgd": {"norms": ("linf", "l2"), "eps": True, "steps": True,
+             "build": lambda A, a, eps, norm, steps: A.APGD(norm=norm, seed=a.seed, **_kw(eps=eps, steps=steps))},
+    "apgd-t": {"norms": ("linf", "l2"), "eps": True, "steps": True,
+               "build": lambda A, a, eps, norm, steps: A.APGDT(norm=norm, seed=a.seed, **_kw(eps=eps, steps=steps))},
+    # --steps x 50 Square queries
+    "square": {"norms": ("linf", "l2"), "eps": True, "steps": True,
+               "build": lambda A, a, eps, norm, steps: A.Square(
+                   norm=norm, seed=a.seed, **_kw(eps=eps, n_queries=None if steps is None else max(steps, 1) * 50))},
+    "autoattack": {"norms": ("linf", "l2"), "eps": True, "steps": True,
+                   "build": lambda A, a, eps, norm, steps: A.AutoAttack(
+                       norm=norm, seed=a.seed, **_kw(eps=eps, steps=steps,
+                                                     n_queries=None if steps is None else max(steps, 1) * 50))},
+    "deepfool": {"norms": ("l2",), "eps": False, "steps": True,
+                 "build": lambda A, a, eps, norm, steps: A.DeepFool(**_kw(steps=steps))},
+    "cw": {"norms": ("l2",), "eps": False, "steps": True,
+           "build": lambda A, a, eps, norm, steps: A.CarliniWagnerL2(steps=20 if steps is None else steps,
+                                                                     binary_search_steps=3, lr=0.05)},
+    "deletion": {"norms": ("l0",), "eps": True, "steps": True,
+                 "build": lambda A, a, eps, norm, steps: A.DeletionAttack(
+                     _explainer(a.explainer, fast=True, seed=a.seed),
+                     **({"k": 50} if eps is None else _l0_budget(eps)), **_kw(steps=steps))},
+}
+
+
+def _kw(**kw) -> Dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _make_attack(name: str, a):
     from . import attacks as A
 
     n = name.lower().replace("_", "-")
-    kw = {"eps": a.eps} if a.eps is not None else {}
-    if n == "fgsm":
-        return A.FGSM(**kw)
-    if n == "rfgsm":
-        return A.RFGSM(seed=a.seed, **kw)
-    if n == "pgd":
-        return A.PGD(norm=a.norm, steps=a.steps, seed=a.seed, **kw)
-    if n == "explainer-pgd":
-        return A.ExplainerPGD(_explainer(a.explainer, fast=True, seed=a.seed), norm=a.norm, steps=a.steps,
-                              seed=a.seed, **kw)
-    if n in ("apgd", "apgd-t", "square", "autoattack"):
-        if a.norm not in ("linf", "l2"):
-            raise CLIError(f"--attack {n} supports --norm linf or l2, got {a.norm!r}")
-        if n == "apgd":
-            return A.APGD(norm=a.norm, steps=a.steps, seed=a.seed, **kw)
-        if n == "apgd-t":
-            return A.APGDT(norm=a.norm, steps=a.steps, seed=a.seed, **kw)
-        if n == "square":
-            return A.Square(norm=a.norm, n_queries=max(a.steps, 1) * 50, seed=a.seed, **kw)
-        return A.AutoAttack(norm=a.norm, steps=a.steps, n_queries=max(a.steps, 1) * 50, seed=a.seed, **kw)
-    if n == "deepfool":
-        return A.DeepFool()
-    if n == "cw":
-        return A.CarliniWagnerL2(steps=max(a.steps, 20), binary_search_steps=3, lr=0.05)
-    if n == "deletion":
-        return A.DeletionAttack(a.explainer, k=int(a.eps) if a.eps and a.eps >= 1 else 50)
-    raise CLIError(f"unknown attack {name!r}")
+    spec = _ATTACKS.get(n)
+    if spec is None:
+        raise CLIError(f"unknown attack {name!r}; choose one of {', '.join(_ATTACKS)}")
+    norm = a.norm or spec["norms"][0]
+    if norm not in spec["norms"]:
+        raise CLIError(f"--attack {n} runs in {' / '.join(spec['norms'])} only, not --norm {norm}; "
+                       f"drop --norm or use --attack pgd --norm {norm}")
+    if a.eps is not None and not spec["eps"]:
+        raise CLIError(f"--attack {n} finds the smallest perturbation and has no budget; drop --eps "
+                       f"(the perturbation norms are in metrics.json) or use --attack pgd")
+    if a.steps is not None and not spec["steps"]:
+        raise CLIError(f"--attack {n} is a single step; drop --steps or use --attack pgd / rfgsm")
+    return spec["build"](A, a, a.eps, norm, a.steps)
 
 
 def cmd_attack(a) -> int:
@@ -350,15 +560,14 @@ def cmd_attack(a) -> int:
 
         return ex.main((["--out", a.out] if a.out else []) + ["--n", str(a.n), "--seed", str(a.seed), "--progress"])
     from . import plot as xp
-    from .zoo import digits_cnn
 
-    model = digits_cnn().to(a.device)
-    x, y = _digits(a.n, correct_for=model, device=a.device)
+    atk = _make_attack(a.attack, a)
+    model = load_model(a.model, a.weights, a.device)
+    x, y = _load_inputs(a, model, a.n, a.index)
     try:
-        atk = _make_attack(a.attack, a)
         res = atk(model, x, y)
     except (ValueError, TypeError) as err:
-        raise CLIError(str(err))
+        raise CLIError(_first_line(err))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summ = res.summary()
@@ -366,11 +575,11 @@ def cmd_attack(a) -> int:
     k = min(4, len(x))
     with xp.style("paper", columns=2):
         eb, ea = ex(model, res.x[:k], res.y[:k]), ex(model, res.x_adv[:k], res.y[:k])
-        figs = _save_both(xp.attack_grid(_first(res, k), eb, ea, n=k), out, "attack", a.formats,
+        figs = _save_both(xp.attack_grid(res[:k], eb, ea, n=k), out, "attack", a.formats,
                           attributions={"before": eb, "after": ea})
     res.save(out / "attack_result.pt")
     _write_text(out / "metrics.json", json.dumps(_jsonable({"attack": repr(atk), **summ}), indent=1))
-    print(f"{atk!r}: success rate {summ['success_rate']:.3f} on {len(x)} digits; wrote {', '.join(figs)}")
+    print(f"{atk!r}: success rate {summ['success_rate']:.3f} on {len(x)} inputs; wrote {', '.join(figs)}")
     return 0
 
 
@@ -405,14 +614,15 @@ def cmd_fool(a) -> int:
 
         return ex.main((["--out", a.out] if a.out else []))
     from . import plot as xp
-    from .zoo import digits_cnn
 
-    model = digits_cnn().to(a.device)
-    x, y = _digits(a.n, correct_for=model, device=a.device)
+    if a.attack != "targeted" and "target" in a._given:
+        raise CLIError(f"--target applies to --attack targeted only; drop it for --attack {a.attack}")
+    model = load_model(a.model, a.weights, a.device)
+    x, y = _load_inputs(a, model, a.n, a.index)
     try:
         res = _make_fooling(a.attack, a, model, x, y)(model, x, y)
     except (ValueError, TypeError) as err:
-        raise CLIError(str(err))
+        raise CLIError(_first_line(err))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with xp.style("paper", columns=2):
@@ -468,28 +678,34 @@ def cmd_detect(a) -> int:
         return ex.main(["--progress"] + (["--json", str(Path(a.out) / "detection.json")] if a.out else []))
     from . import detectors as D
     from . import plot as xp
-    from .data import load_digits
-    from .zoo import digits_cnn
 
     torch = _torch()
-    model = digits_cnn().to(a.device)
+    model = load_model(a.model, a.weights, a.device)
     dets, train, test = _detect_setup(a.detector, a.seed, a.eps)
-    xtr, ytr = load_digits("train")
-    xte, yte = load_digits("test")
-    g = torch.Generator().manual_seed(a.seed)
-    itr = torch.randperm(len(xtr), generator=g)[:a.n_train]
-    ite = torch.randperm(len(xte), generator=g)[:a.n_test]
+    if a.input or a.image:
+        x, y = _load_inputs(a, model, a.n_train + a.n_test, a.index)
+        if len(x) < a.n_train + a.n_test:
+            raise CLIError(f"--input holds {len(x)} inputs from --index {a.index}, fewer than --n-train {a.n_train} "
+                           f"+ --n-test {a.n_test}; lower them or give more inputs")
+        g = torch.Generator().manual_seed(a.seed)
+        perm = torch.randperm(len(x), generator=g).to(x.device)
+        tr, te = perm[:a.n_train], perm[a.n_train:]
+        train_set, test_set = (x[tr], y[tr]), (x[te], y[te])
+    else:
+        xtr, ytr = _load_inputs(a, model, 10 ** 9, 0, split="train", correct=False)
+        xte, yte = _load_inputs(a, model, 10 ** 9, 0, split="test", correct=False)
+        g = torch.Generator().manual_seed(a.seed)
+        itr = torch.randperm(len(xtr), generator=g)[:a.n_train].to(xtr.device)
+        ite = torch.randperm(len(xte), generator=g)[:a.n_test].to(xte.device)
+        train_set, test_set = (xtr[itr], ytr[itr]), (xte[ite], yte[ite])
     try:
-        dev = a.device
-        rep = D.evaluate(dets, model, (xtr[itr].to(dev), ytr[itr].to(dev)), (xte[ite].to(dev), yte[ite].to(dev)),
-                         train_attacks=train,
-                         test_attacks=test, progress=True)
+        rep = D.evaluate(dets, model, train_set, test_set, train_attacks=train, test_attacks=test, progress=True)
     except (ValueError, TypeError) as err:
-        raise CLIError(str(err))
+        raise CLIError(_first_line(err))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with xp.style("paper", columns=1):
-        figs = _save_both(xp.roc_curve(rep), out, "roc", a.formats)
+        figs = _save_both(xp.roc_curve(rep, log_fpr=True), out, "roc", a.formats)
     rep.save(out / "detection_report.pt")
     _write_text(out / "metrics.json", json.dumps(_jsonable({"rows": rep.rows}), indent=1))
     print(D.to_markdown(rep))
@@ -568,7 +784,7 @@ class _Demo:
         with xp.style("paper", columns=2):
             import matplotlib.pyplot as plt
 
-            fig, axes = plt.subplots(1, 2, figsize=(xp.COLUMN_WIDTHS[2], xp.COLUMN_WIDTHS[2] * 0.36))
+            fig, axes = plt.subplots(2, 1, figsize=(xp.COLUMN_WIDTHS[2] * 0.75, xp.COLUMN_WIDTHS[2] * 0.8))
             xp.deletion_curve(ff, curves_d, kind="deletion", ax=axes[0])
             xp.deletion_curve(ff, curves_i, kind="insertion", ax=axes[1])
             fig.tight_layout()
@@ -644,7 +860,7 @@ class _Demo:
         eb = ig(self.model, keep.x[:k], keep.y[:k])
         ea = ig(self.model, keep.x_adv[:k], keep.y[:k])
         with xp.style("paper", columns=2):
-            names_g = self.fig(xp.attack_grid(_first(keep, k), eb, ea, n=k), "attack_examples",
+            names_g = self.fig(xp.attack_grid(keep[:k], eb, ea, n=k), "attack_examples",
                                attributions={"before": eb, "after": ea})
         self.latex.append(xp.to_latex([{"attack": kk, **{f"eps={b:g}": v for b, v in zip(budgets, vs)}}
                                        for kk, vs in rates.items()],
@@ -710,7 +926,9 @@ class _Demo:
         self.report += [
             "## 3. Fooling explanations\n",
             f"TopKAttack (Ghorbani et al., 2019) on {n} digits, {steps} steps: move the attribution mass off the "
-            "top-10% pixels while the prediction stays the same. Lower top-k intersection = more fooled.\n",
+            "top-10% pixels while the prediction stays the same. Lower top-k intersection = more fooled. "
+            "The examples show Saliency at ε=0.05; the last column is the change of the map (after − before, "
+            "each map scaled to unit maximum).\n",
             self._img(names_g, "fooling examples"), "",
             *( [self._img(names_c, "fooling vs budget"), ""] if names_c else []),
             xp.to_markdown(rows, columns=cols), "",
@@ -740,15 +958,15 @@ class _Demo:
         bar.update(1)
         bar.close()
         with xp.style("paper", columns=1):
-            keys = [k for k in rep.roc if "PGD" in k]
-            names_r = self.fig(xp.roc_curve(rep, keys=keys or None), "detection_roc")
+            names_r = self.fig(xp.roc_curve(rep, log_fpr=True), "detection_roc")
         cols = ["detector", "attack", "budget", "held_out", "auroc", "tpr_at_5fpr", "accuracy"]
         self.metrics["detect"] = {"rows": rep.rows, "n_train": len(itr), "n_test": len(ite)}
         self.report += [
             "## 4. Detecting adversarial inputs with explanations\n",
             f"Detectors fitted on PGD (ε=0.2) examples of {len(itr)} training digits, evaluated on {len(ite)} "
             "test digits against FGSM and PGD, at the seen and a held-out budget (`held_out`). "
-            "AUROC: adversarial = positive.\n",
+            "AUROC: adversarial = positive. The ROC axis is logarithmic in the false positive rate, "
+            "where a detector is used (TPR at 1% and 5% FPR).\n",
             self._img(names_r, "ROC curves"), "",
             xp.to_markdown(rep.rows, columns=[c for c in cols if c in rep.rows[0]]), "",
         ]
@@ -782,27 +1000,13 @@ class _Demo:
         if self.latex:
             _write_text(self.out / "tables.tex", "% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n")
             head.append("LaTeX (booktabs) versions of the main tables: `tables.tex`.\n")
-        _write_text(self.out / "report.md", "\n".join(head + self.report) + "\n")
+        md = "\n".join(head + self.report) + "\n"
+        _write_text(self.out / "report.md", md)
+        from .plot import html_report
+
+        html_report(md, self.out / "report.html", title="xadv demo", settings=self.metrics["setting"])
         _write_text(self.out / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1) + "\n")
         return self.metrics
-
-
-def _first(res, k: int):
-    """The first ``k`` samples of an AttackResult."""
-    import dataclasses
-
-    torch = _torch()
-    kw = {}
-    n = len(res)
-    for f in dataclasses.fields(res):
-        v = getattr(res, f.name)
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
-            v = v[:k]
-        elif isinstance(v, dict):
-            v = {kk: (w[:k] if isinstance(w, torch.Tensor) and w.dim() > 0 and w.shape[0] == n else w)
-                 for kk, w in v.items()}
-        kw[f.name] = v
-    return type(res)(**kw)
 
 
 def cmd_demo(a) -> int:
@@ -811,7 +1015,7 @@ def cmd_demo(a) -> int:
     stages = a.stages or ["explain", "attack", "fool", "detect"]
     demo = _Demo(out, a.fast, a.seed, a.formats, not a.no_progress, a.device)
     m = demo.run(stages)
-    print(f"wrote {out / 'report.md'}, {out / 'metrics.json'} and {len(m['figures'])} figure files "
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'metrics.json'} and {len(m['figures'])} figure files "
           f"in {m['seconds']['total']:.0f} s")
     for k, v in m["skipped"].items():
         print(f"left out {k}: {v}")
@@ -819,8 +1023,48 @@ def cmd_demo(a) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _model_options(sp) -> None:
+    from . import zoo
+
+    sp.add_argument("--model", default="digits", help="a zoo name (digits, " + ", ".join(zoo.list_models()) +
+                    "), a TorchScript file, or package.module:factory (with --weights). RUNS CODE: "
+                    "module:factory imports and calls Python code, and a TorchScript (.ts) file is a program; "
+                    "use only files and modules you trust")
+    sp.add_argument("--weights", help="state_dict file for module:factory or a zoo model: safetensors or "
+                                      "torch.save, read without running code (torch.load(weights_only=True))")
+
+
+def _data_options(sp, many: bool) -> None:
+    g = sp.add_argument_group("data (the digits model reads the embedded digits; other models --image or --input)")
+    g.add_argument("--image", help="an image file (PNG; JPEG with Pillow) as the input")
+    g.add_argument("--input", help="a tensor (N, C, H, W) saved with torch.save")
+    if many:
+        g.add_argument("--labels", help="LongTensor (N,) of labels for --input (default: the model's predictions)")
+    g.add_argument("--index", type=int, default=0,
+                   help="first sample: index into the digits split or --input" if many else
+                        "sample index in the digits split or --input")
+    if not many:
+        g.add_argument("--split", default="test", choices=["train", "test"], help="digits split")
+    g.add_argument("--size", type=int, help="resize to SIZE x SIZE (digits images: 28)")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="convert an --image to gray (1) or RGB (3)")
+
+
+def _common(sp, out_help="output directory") -> None:
+    sp.add_argument("--out", required=True, help=out_help)
+    sp.add_argument("--seed", type=int, default=0, help="random seed")
+    sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    sp.add_argument("--threads", type=int, default=1, help="torch threads")
+
+
+_FORMATS = ["png", "pdf", "svg"]
+# with --table the experiment's grid is fixed: only these options apply
+_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads"},
+                  "detect": {"out", "table", "threads"}}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
+    """The argument parser of the ``xadv`` command (every option with help and its default)."""
+    fmt = _Formatter
     p = argparse.ArgumentParser(prog="xadv", description=_DESCRIPTION,
                                 epilog=_EPILOG, formatter_class=fmt)
     from . import __version__
@@ -828,116 +1072,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"xadv {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(sp, out_default=None, out_help="output directory"):
-        sp.add_argument("--out", default=out_default, required=out_default is None, help=out_help)
-        sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0 (default cpu)")
-        sp.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    def parser(name, **kw):
+        return sub.add_parser(name, formatter_class=fmt, allow_abbrev=False, **kw)
 
-    d = sub.add_parser("demo", help="explain, attack, fool and detect on the embedded digits CNN",
-                       formatter_class=fmt, description=(
-                           "The main job on the embedded default: every explainer, attacks from explanations, "
-                           "fooling explanations and explanation-based detection. Writes figures (PNG + PDF), "
-                           "report.md and metrics.json into --out; a progress bar per stage."),
-                       epilog="example:\n  xadv demo --out demo-out\n  xadv demo --out demo-out --fast --stages "
-                              "explain attack")
-    common(d)
+    d = parser("demo", help="explain, attack, fool and detect on the embedded digits CNN", description=(
+        "The main job on the embedded default: every explainer, attacks from explanations, "
+        "fooling explanations and explanation-based detection. Writes figures (PNG + PDF), "
+        "report.md, report.html and metrics.json into --out; a progress bar per stage."),
+        epilog="example:\n  xadv demo --out demo-out\n  xadv demo --out demo-out --fast --stages explain attack")
+    _common(d)
     d.add_argument("--fast", action="store_true", help="small setting (~20 s): fewer images, steps and budgets")
     d.add_argument("--stages", nargs="+", choices=["explain", "attack", "fool", "detect"],
-                   help="run only these stages (default all)")
-    d.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
-                   help="figure formats (default png pdf)")
+                   help="run only these stages (default: all)")
+    d.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("explain", help="explain one input of the digits model or of your own model",
-                       formatter_class=fmt, description=(
-                           "Explain one input and draw the map next to it. The figure format follows the "
-                           "extension of --out (.png, .pdf, .svg)."),
-                       epilog=("examples:\n"
-                               "  xadv explain --model digits --method ig --index 0 --out fig.pdf\n"
-                               "  xadv explain --model digits --image my_digit.png --method gradcam --out g.png\n"
-                               "  xadv explain --model net.ts --image cat.png --size 32 --out cat.pdf\n"
-                               "  xadv explain --model pkg.mod:make_net --weights w.pt --image x.png "
-                               "--method smoothgrad --param n_samples=50 --out x.svg"))
-    e.add_argument("--model", default="digits",
-                   help="'digits', a TorchScript file, or module:factory (with --weights) (default digits). "
-                        "RUNS CODE: module:factory imports and calls Python code, and a TorchScript (.ts) "
-                        "file is a program; use only files and modules you trust")
-    e.add_argument("--weights", help="state_dict file for module:factory (or other digits weights): safetensors or "
-                                     "torch.save, read without running code (torch.load(weights_only=True))")
-    e.add_argument("--method", default="integrated_gradients",
-                   help="explainer name or alias: saliency, input_x_gradient, smoothgrad, ig, gradcam, "
-                        "gradcam_pp, lime (default ig)")
+    e = parser("explain", help="explain one input of the digits model or of your own model", description=(
+        "Explain one input and draw the map next to it. The figure format follows the "
+        "extension of --out (.png, .pdf, .svg, .eps, .jpg, .tif)."),
+        epilog=("examples:\n"
+                "  xadv explain --model digits --method ig --index 0 --out fig.pdf\n"
+                "  xadv explain --model digits --image my_digit.png --method Grad-CAM --out g.png\n"
+                "  xadv explain --model net.ts --image cat.png --size 32 --out cat.pdf\n"
+                "  xadv explain --model pkg.mod:make_net --weights w.pt --image x.png "
+                "--method smoothgrad --param n_samples=50 --out x.svg"))
+    _model_options(e)
+    e.add_argument("--method", default="integrated_gradients", help=_method_help())
     e.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="explainer parameter, repeatable: --param steps=64 --param baseline='\"blur\"'")
-    e.add_argument("--index", type=int, default=0, help="sample index in the digits split or --input (default 0)")
-    e.add_argument("--split", default="test", choices=["train", "test"], help="digits split (default test)")
-    e.add_argument("--image", help="image file (PNG; JPEG with Pillow) instead of a digit")
-    e.add_argument("--input", help="a torch.save'd tensor (N, C, H, W) of inputs for a user model")
-    e.add_argument("--size", type=int, help="resize the image to SIZE x SIZE (digits: 28)")
-    e.add_argument("--channels", type=int, choices=[1, 3], help="convert the image to gray (1) or RGB (3)")
+    _data_options(e, many=False)
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     e.add_argument("--overlay", action="store_true", help="draw the map over the image")
-    e.add_argument("--percentile", type=float, default=99.5, help="colour limit percentile (default 99.5)")
-    e.add_argument("--style", default="paper", choices=["paper", "notebook"])
+    e.add_argument("--percentile", type=float, default=99.5, help="colour limit percentile of |map|")
+    e.add_argument("--style", default="paper", choices=["paper", "notebook"],
+                   help="figure style: paper (column width, embedded fonts) or notebook (larger)")
     e.add_argument("--npz", action="store_true", help="also write the raw attributions next to the figure")
-    common(e, out_help="figure file (.png, .pdf, .svg)")
+    _common(e, out_help="figure file (.png, .pdf, .svg, .eps, .jpg, .tif)")
     e.set_defaults(func=cmd_explain)
 
-    at = sub.add_parser("attack", help="attack the digits model, with or without explanations", formatter_class=fmt,
-                        description="Run one attack on correctly classified test digits; writes attack.png/.pdf "
-                                    "(input | adversarial | perturbation | maps), metrics.json and the result.",
-                        epilog=("examples:\n  xadv attack --attack pgd --eps 0.1 --out out\n"
-                                "  xadv attack --attack explainer-pgd --explainer ig --eps 0.2 --out out\n"
-                                "  xadv attack --attack deletion --explainer saliency --eps 50 --out out"
-                                "   (k = 50 pixels)\n"
-                                "  xadv attack --table --out tables   (the full results table, minutes)"))
-    at.add_argument("--attack", default="pgd",
-                    choices=["fgsm", "rfgsm", "pgd", "explainer-pgd", "apgd", "apgd-t", "square", "autoattack",
-                             "deepfool", "cw", "deletion"],
-                    help="attack (square and autoattack: --steps x 50 Square queries)")
+    at = parser("attack", help="attack a model, with or without explanations",
+                description="Run one attack on correctly classified inputs; writes attack.png/.pdf "
+                            "(input | adversarial | perturbation | maps), metrics.json and the result. Options an "
+                            "attack does not use are refused: DeepFool and C&W have no budget (--eps), FGSM "
+                            "takes no --steps, deletion is an L0 attack.",
+                epilog=("examples:\n  xadv attack --attack pgd --eps 0.1 --out out\n"
+                        "  xadv attack --attack fgsm --norm l2 --eps 1.0 --out out\n"
+                        "  xadv attack --attack explainer-pgd --explainer ig --eps 0.2 --out out\n"
+                        "  xadv attack --attack deletion --explainer saliency --eps 50 --out out"
+                        "   (50 pixels; --eps 0.1 = 10% of them)\n"
+                        "  xadv attack --model m.ts --input x.pt --labels y.pt --attack deepfool --out out\n"
+                        "  xadv attack --table --out tables   (the full results table, minutes)"))
+    _model_options(at)
+    at.add_argument("--attack", default="pgd", choices=list(_ATTACKS), help="attack")
     at.add_argument("--explainer", default="integrated_gradients",
-                    help="explainer for explainer-pgd / deletion and for the maps in the figure (default ig)")
-    at.add_argument("--eps", type=float, default=None, help="budget (L-inf/L2 radius; pixels for deletion)")
-    at.add_argument("--norm", default="linf", choices=["linf", "l2", "l0"])
-    at.add_argument("--steps", type=int, default=10)
-    at.add_argument("--n", type=_count, default=64, help="number of test digits (default 64)")
-    at.add_argument("--table", action="store_true", help="run xadv.experiments.attacks instead")
-    at.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
-    common(at)
+                    help="explainer for explainer-pgd / deletion and for the maps in the figure")
+    at.add_argument("--eps", type=float, default=None,
+                    help="budget: L-inf/L2 radius (default 8/255 L-inf, 0.5 L2), pixels or a fraction for deletion "
+                         "(default 50); refused by deepfool and cw")
+    at.add_argument("--norm", default=None, choices=["linf", "l2", "l0"],
+                    help="threat model (default: linf; l2 for deepfool/cw; l0 for deletion)")
+    at.add_argument("--steps", type=int, default=None,
+                    help="iterations (default: 10 for PGD, 1 for RFGSM, 50 for DeepFool, 20 for C&W); refused by fgsm")
+    at.add_argument("--n", type=_count, default=64, help="number of inputs")
+    _data_options(at, many=True)
+    at.add_argument("--table", action="store_true", help="run xadv.experiments.attacks instead (takes --n --seed)")
+    at.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
+    _common(at)
     at.set_defaults(func=cmd_attack)
 
-    fo = sub.add_parser("fool", help="change explanations while keeping the prediction", formatter_class=fmt,
-                        description="Interpretation-fooling attack on test digits; writes fooling.png/.pdf "
-                                    "(maps before/after on one scale), metrics.json and the result.",
-                        epilog="examples:\n  xadv fool --attack topk --explainer saliency --eps 0.05 --out out\n"
-                               "  xadv fool --attack targeted --target inside --eps 0.0314 --out out")
-    fo.add_argument("--attack", default="topk", choices=["topk", "mass-center", "random-sign", "targeted"])
+    fo = parser("fool", help="change explanations while keeping the prediction",
+                description="Interpretation-fooling attack; writes fooling.png/.pdf (maps before/after on one "
+                            "scale, their difference), metrics.json and the result.",
+                epilog="examples:\n  xadv fool --attack topk --explainer saliency --eps 0.05 --out out\n"
+                       "  xadv fool --attack targeted --target inside --eps 0.0314 --out out")
+    _model_options(fo)
+    fo.add_argument("--attack", default="topk", choices=["topk", "mass-center", "random-sign", "targeted"],
+                    help="fooling attack")
     fo.add_argument("--target", default="inside", choices=["inside", "other"],
-                    help="targeted only: a map the model produces inside the eps ball (default), or the map of "
-                         "another digit of a different class")
-    fo.add_argument("--explainer", default="saliency", help="differentiable explainer to fool (default saliency)")
-    fo.add_argument("--eps", type=float, default=0.05, help="L-inf budget (default 0.05)")
-    fo.add_argument("--steps", type=int, default=None, help="attack steps (default 60; 400 for targeted)")
-    fo.add_argument("--n", type=_count, default=16)
+                    help="targeted only: a map the model produces inside the eps ball, or the map of "
+                         "another input of a different class")
+    fo.add_argument("--explainer", default="saliency", help="differentiable explainer to fool")
+    fo.add_argument("--eps", type=float, default=0.05, help="L-inf budget")
+    fo.add_argument("--steps", type=int, default=None, help="attack steps (default: 60; 400 for targeted)")
+    fo.add_argument("--n", type=_count, default=16, help="number of inputs")
+    _data_options(fo, many=True)
     fo.add_argument("--table", action="store_true", help="run xadv.experiments.fooling instead")
-    fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
-    common(fo)
+    fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
+    _common(fo)
     fo.set_defaults(func=cmd_fool)
 
-    de = sub.add_parser("detect", help="detect adversarial inputs from their explanations", formatter_class=fmt,
-                        description="Fit detectors on PGD examples of training digits and evaluate them on FGSM/PGD "
-                                    "at the seen and a held-out budget; writes roc.png/.pdf and metrics.json.",
-                        epilog="example:\n  xadv detect --detector saliency ml-loo --out out\n"
-                               "  xadv detect --table --out out   (xadv.experiments.detection, with adaptive attacks)")
-    de.add_argument("--detector", nargs="+", default=["saliency"], choices=list(_DETECTORS))
-    de.add_argument("--eps", type=float, default=0.2, help="training budget; eps/2 is the held-out one")
-    de.add_argument("--n-train", type=_count, default=300)
-    de.add_argument("--n-test", type=_count, default=150)
+    de = parser("detect", help="detect adversarial inputs from their explanations",
+                description="Fit detectors on PGD examples of training inputs and evaluate them on FGSM/PGD "
+                            "at the seen and a held-out budget; writes roc.png/.pdf and metrics.json. A user "
+                            "model's --input is split at random into --n-train and --n-test inputs.",
+                epilog="example:\n  xadv detect --detector saliency ml-loo --out out\n"
+                       "  xadv detect --table --out out   (xadv.experiments.detection, with adaptive attacks)")
+    _model_options(de)
+    de.add_argument("--detector", nargs="+", default=["saliency"], choices=list(_DETECTORS), help="detectors")
+    de.add_argument("--eps", type=float, default=0.2, help="L-inf training budget; eps/2 is the held-out one")
+    de.add_argument("--n-train", type=_count, default=300, help="training inputs (clean; as many adversarial)")
+    de.add_argument("--n-test", type=_count, default=150, help="test inputs")
+    _data_options(de, many=True)
     de.add_argument("--table", action="store_true", help="run xadv.experiments.detection instead")
-    de.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
-    common(de)
+    de.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
+    _common(de)
     de.set_defaults(func=cmd_detect)
     _register_sweep(sub)
     return p
@@ -954,30 +1193,46 @@ def _register_sweep(sub) -> None:
 _FOLDER_COMMANDS = ("demo", "attack", "fool", "detect")
 
 
+def _given(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> set:
+    """Destinations of the options written on the command line (abbreviations are off)."""
+    sp = parser._subparsers._group_actions[0].choices[command]
+    flags = {o: act.dest for act in sp._actions for o in act.option_strings}
+    return {flags[t.split("=", 1)[0]] for t in argv if t.split("=", 1)[0] in flags}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``xadv`` command."""
     import os
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     p = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
     if not getattr(a, "command", None):
         p.print_help()
         return 0
+    a._given = _given(p, a.command, argv)
     _threads(getattr(a, "threads", None))
     from ._io import FolderError
 
     try:
+        check_device(a.device)
+        if getattr(a, "table", False):
+            extra = sorted(a._given - _TABLE_OPTIONS[a.command])
+            if extra:
+                raise CLIError(f"--table runs a fixed experiment grid; {', '.join('--' + x.replace('_', '-') for x in extra)} "
+                               f"do not apply (allowed: {', '.join('--' + x for x in sorted(_TABLE_OPTIONS[a.command]))})")
         if a.command in _FOLDER_COMMANDS and getattr(a, "out", None):
             from ._io import OutputFolder
 
-            skip = {"out", "func", "command", "no_progress", "progress", "threads", "device", "stages", "formats"}
+            skip = {"out", "func", "command", "no_progress", "progress", "threads", "device", "stages", "formats",
+                    "_given"}
             settings = {k: v for k, v in sorted(vars(a).items()) if k not in skip}
             with OutputFolder(a.out, "xadv " + a.command, seed=getattr(a, "seed", None), settings=settings):
                 return int(a.func(a) or 0)
         return int(a.func(a) or 0)
     except (CLIError, FolderError) as err:
-        print(f"xadv {a.command}: error: {err}", file=sys.stderr)
+        print(f"xadv {a.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, read-only folder, --out naming a file, ...
         import errno

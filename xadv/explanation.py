@@ -214,20 +214,16 @@ class Explanation:
         Per-sample tensors (first dimension N), including those in ``extras``, are
         indexed; everything else is kept as it is.
         """
-        n = len(self)
-        if isinstance(idx, bool):
-            raise TypeError("index an Explanation with an int, a slice, a LongTensor or a bool mask, not a bool")
-        if isinstance(idx, int):
-            from ._validation import check_index
+        from . import _views as V
 
-            idx = check_index(idx, n)
-            idx = slice(idx, idx + 1)
+        n = len(self)
+        idx = V.check_index(idx, n, "samples")
 
         def pick(v):
             if isinstance(v, tuple):
                 return tuple(pick(u) for u in v)
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
-                return v[idx]
+                return v[idx.to(v.device) if isinstance(idx, torch.Tensor) else idx]
             return v
 
         kw = {f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -266,10 +262,42 @@ class Explanation:
         return cls(**{k: v for k, v in payload.items() if k in names})
 
     def __repr__(self) -> str:
+        t = self.target.tolist() if self.target.numel() <= 8 else f"{self.target[:8].tolist()[:-1]}+…"
         shape = tuple(tuple(a.shape) for a in self.attributions) if isinstance(self.attributions, tuple) \
             else tuple(self.attributions.shape)
-        return (
-            f"Explanation(method={self.method!r}, shape={shape}, "
-            f"target={self.target.tolist() if self.target.numel() <= 8 else '...'}, "
-            f"params={self.params})"
-        )
+        params = ", ".join(f"{k}={v!r}" for k, v in list(self.params.items())[:6])
+        return f"Explanation(method={self.method!r}, shape={shape}, target={t}, " \
+               f"params={{{params[:160]}}})"
+
+    def to_frame(self):
+        """One row per sample: target, predicted class, attribution sum / max |a| (and IG's delta) (pandas)."""
+        from . import _views as V
+
+        parts = self.attributions if isinstance(self.attributions, tuple) else (self.attributions,)
+        flat = torch.cat([a.detach().reshape(len(self), -1).float() for a in parts], dim=1)
+        cols = {"target": self.target, "attribution_sum": flat.sum(1), "attribution_abs_max": flat.abs().max(1).values}
+        if self.output is not None:
+            cols["pred"] = self.output.detach().argmax(1)
+        if self.delta is not None:
+            cols["delta"] = self.delta
+        return V.frame(cols)
+
+    def _repr_html_(self) -> str:
+        from . import _views as V
+
+        rows = []
+        if isinstance(self.attributions, tuple) or not isinstance(self.inputs, torch.Tensor) \
+                or self.attributions.shape != self.inputs.shape:
+            return None  # several inputs or a layer: no image thumbnails, the plain repr
+        maps = self.saliency_map("sum" if self.method not in ("saliency", "smoothgrad") else "abs")
+        maps = maps.detach().float().cpu().numpy()
+        for i in range(min(len(self), V._THUMBS)):
+            img = V.image_np(self.inputs[i])
+            if img is None or maps.ndim != 3:
+                break
+            rows.append([str(i), V.to_png(img), V.to_png(maps[i], signed=bool((maps[i] < 0).any())),
+                         str(int(self.target[i]))])
+        s = {"method": self.method, "samples": len(self), "shape": V.shape(self.attributions),
+             **{k: V.short(repr(v), 60) for k, v in list(self.params.items())[:8]}}
+        return V.html_table(f"Explanation ({self.method}, {len(self)} samples)", s, rows,
+                            ["#", "input", "map", "target"])

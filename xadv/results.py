@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
+from . import _views as V
 from .explanation import Explanation
 
 
@@ -51,7 +52,7 @@ class _Saveable:
         return cls(**{k: v for k, v in payload.items() if k in names})
 
 
-@dataclass
+@dataclass(repr=False)
 class AttackResult(_Saveable):
     """What an attack returns.
 
@@ -108,8 +109,46 @@ class AttackResult(_Saveable):
     def __len__(self) -> int:
         return self.x_adv.shape[0]
 
+    # ---------------------------------------------------------------- views
+    def __getitem__(self, idx) -> "AttackResult":
+        """The samples ``idx`` (int, slice, list of ints or boolean mask) as a new AttackResult.
 
-@dataclass
+        An int keeps the batch axis (``res[0]`` has one sample); an index outside
+        ``-len(res)..len(res)-1`` raises IndexError naming the valid range.
+        """
+        return V.subset(self, idx)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        norms = ", ".join(f"mean_{k}={V.fmt(s[f'mean_{k}'])}" for k in self.norms)
+        return (f"AttackResult(n={len(self)}, x={V.shape(self.x)}, success_rate={V.fmt(self.success_rate)}"
+                f"{', ' + norms if norms else ''}, targeted={self.targeted}, attack={V.short(self.attack)!r})")
+
+    def to_frame(self):
+        """One row per sample: label, predictions, confidences, success, norms, queries, steps (pandas)."""
+        n = len(self)
+        cols = {"y": self.y, "pred_clean": self.pred_clean, "pred_adv": self.pred_adv, "success": self.success,
+                "conf_clean": self.conf_clean, "conf_adv": self.conf_adv, **V.per_sample(self.norms, n)}
+        cols.update(V.per_sample({"queries": self.queries, "steps": self.steps}, n))
+        return V.frame(cols)
+
+    def _repr_html_(self) -> str:
+        s = {"samples": len(self), "input shape": V.shape(self.x[0]) if len(self) else "-", **{
+            k: v for k, v in self.summary().items() if k != "n"}, "targeted": self.targeted,
+            "attack": V.short(self.attack, 200)}
+        rows = []
+        for i in range(min(len(self), V._THUMBS)):
+            a, b = V.image_np(self.x[i]), V.image_np(self.x_adv[i])
+            d = V.image_np(self.x_adv[i] - self.x[i])
+            thumbs = [V.to_png(a), V.to_png(b), V.to_png(d if d.ndim == 2 else d.sum(-1), signed=True)] \
+                if a is not None else ["", "", ""]
+            rows.append([str(i), *thumbs, f"{int(self.y[i])}", f"{int(self.pred_adv[i])}",
+                         "yes" if bool(self.success[i]) else "no"])
+        return V.html_table(f"AttackResult ({len(self)} samples)", s, rows,
+                            ["#", "input", "adversarial", "perturbation", "label", "adv. pred", "success"])
+
+
+@dataclass(repr=False)
 class FoolingResult(_Saveable):
     """What an interpretation-fooling attack returns.
 
@@ -151,8 +190,44 @@ class FoolingResult(_Saveable):
     def __len__(self) -> int:
         return self.x_adv.shape[0]
 
+    # ---------------------------------------------------------------- views
+    def __getitem__(self, idx) -> "FoolingResult":
+        """The samples ``idx`` (int, slice, list of ints or boolean mask) as a new FoolingResult.
 
-@dataclass
+        Both explanations are indexed too; an int keeps the batch axis.
+        """
+        return V.subset(self, idx)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        sim = ", ".join(f"{k}={V.fmt(s[k])}" for k in list(self.similarity)[:4])
+        return (f"FoolingResult(n={len(self)}, x={V.shape(self.x)}, method={self.explanation_clean.method!r}, "
+                f"kept_rate={V.fmt(s['kept_rate'])}{', ' + sim if sim else ''}, attack={V.short(self.attack)!r})")
+
+    def to_frame(self):
+        """One row per sample: label, predictions, kept, every similarity and norm (pandas)."""
+        n = len(self)
+        return V.frame({"y": self.y, "pred_clean": self.pred_clean, "pred_adv": self.pred_adv, "kept": self.kept,
+                        **V.per_sample(self.similarity, n), **V.per_sample(self.norms, n)})
+
+    def _repr_html_(self) -> str:
+        s = {"samples": len(self), "explainer": self.explanation_clean.method,
+             **{k: v for k, v in self.summary().items() if k != "n"}, "attack": V.short(self.attack, 200)}
+        rows = []
+        before = self.explanation_clean.saliency_map("abs").detach().float().cpu().numpy()
+        after = self.explanation_adv.saliency_map("abs").detach().float().cpu().numpy()
+        for i in range(min(len(self), V._THUMBS)):
+            a = V.image_np(self.x[i])
+            if a is None or before.ndim != 3:
+                thumbs = ["", "", ""]
+            else:
+                thumbs = [V.to_png(a), V.to_png(before[i]), V.to_png(after[i])]
+            rows.append([str(i), *thumbs, "yes" if bool(self.kept[i]) else "no"])
+        return V.html_table(f"FoolingResult ({len(self)} samples)", s, rows,
+                            ["#", "input", "map before", "map after", "kept"])
+
+
+@dataclass(repr=False)
 class DetectionReport(_Saveable):
     """Evaluation of one or more detectors (see ``xadv.detectors.evaluate``).
 
@@ -172,3 +247,47 @@ class DetectionReport(_Saveable):
     rows: List[Dict[str, Any]] = field(default_factory=list)
     roc: Dict[str, Any] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- views
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> "DetectionReport":
+        """Rows by position (int, slice, list) or by detector name: ``rep["saliency"]``.
+
+        The ROC curves of the kept rows come along; ``meta`` is shared.
+        """
+        if isinstance(idx, str):
+            keep = [i for i, r in enumerate(self.rows) if r.get("detector") == idx]
+            if not keep:
+                names = sorted({str(r.get("detector")) for r in self.rows})
+                raise KeyError(f"no detector {idx!r} in this report; detectors: {', '.join(names)}")
+        else:
+            n = len(self.rows)
+            sel = V.check_index(idx, n, "rows")
+            keep = torch.arange(n)[sel].tolist()
+        rows = [self.rows[i] for i in keep]
+        keys = {"|".join(str(r.get(k)) for k in ("detector", "attack", "budget", "adaptive")) for r in rows}
+        roc = {k: v for k, v in self.roc.items() if k in keys}
+        return DetectionReport(rows=rows, roc=roc, meta=self.meta)
+
+    def __repr__(self) -> str:
+        dets = sorted({str(r.get("detector")) for r in self.rows})
+        atks = sorted({str(r.get("attack")) for r in self.rows})
+        au = [r["auroc"] for r in self.rows if isinstance(r.get("auroc"), float) and r["auroc"] == r["auroc"]]
+        rng = f", auroc={min(au):.3f}..{max(au):.3f}" if au else ""
+        return f"DetectionReport(rows={len(self.rows)}, detectors={dets}, attacks={atks}{rng}, roc_curves={len(self.roc)})"
+
+    def to_frame(self):
+        """The rows as a pandas DataFrame (one row per detector, attack, budget, adaptive)."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover
+            raise ImportError("to_frame() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.rows)
+
+    def _repr_html_(self) -> str:
+        cols = [c for c in ("detector", "attack", "budget", "held_out", "adaptive", "auroc", "tpr_at_5fpr")
+                if any(c in r for r in self.rows)]
+        rows = [[V.html.escape(V.fmt(r.get(c, ""))) for c in cols] for r in self.rows[:40]]
+        return V.html_table(f"DetectionReport ({len(self.rows)} rows)", {"ROC curves": len(self.roc)}, rows, cols)

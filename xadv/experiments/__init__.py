@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Union
 
 
 def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Dict[str, Any]) -> None:
-    """Write ``<out>/<name>.md`` (the printed report) and ``<out>/<name>.json`` (rows and
+    """Write ``<out>/<name>.md`` (the printed report), ``<out>/<name>.html`` (the same, self-contained) and ``<out>/<name>.json`` (rows and
     per-section seconds of ``res``); nothing when ``out`` is None."""
     if not out:
         return
@@ -20,6 +20,9 @@ def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Di
     from .._io import write_text
 
     write_text(out / f"{name}.md", text)
+    from ..plot import html_report
+
+    html_report(text, out / f"{name}.html", title=f"xadv experiment: {name}")
     write_text(out / f"{name}.json", json.dumps({"rows": res["rows"], "seconds": res["seconds"]}, indent=1))
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 from ._curves import budget_curve, deletion_curve, fooling_curve, roc_curve, success_curve
 from ._maps import (DIVERGING, SEQUENTIAL, Column, attack_grid, bar, color_limit, default_reduce,
                     explanation_grid, fooling_grid, grid, heatmap, norm_for, overlay, to_image, to_map)
+from ._html import html_report, markdown_to_html
 from ._style import COLUMN_WIDTHS, export_attributions, figure, save, style
 from ._tables import latex_escape, save_table, to_latex, to_markdown
 from ._text import text, text_html
 
 __all__ = [
+    "html_report", "markdown_to_html",
     "style", "figure", "save", "export_attributions", "COLUMN_WIDTHS",
     "heatmap", "overlay", "bar", "grid", "Column", "explanation_grid", "attack_grid", "fooling_grid",
     "to_image", "to_map", "color_limit", "norm_for", "default_reduce", "DIVERGING", "SEQUENTIAL",

@@ -31,6 +31,12 @@ def _ax(ax, aspect=0.75):
     return ax.figure, ax
 
 
+def _legend_outside(ax):
+    """The legend right of the axes, so it never covers a curve (saved figures grow to hold it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+                     handlelength=1.8)
+
+
 def _series(values) -> Dict[str, np.ndarray]:
     if isinstance(values, Mapping):
         return {str(k): v for k, v in values.items()}
@@ -185,7 +191,7 @@ def deletion_curve(fractions: Sequence[float], scores, *, kind: str = "deletion"
     ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} AUC is better)")
     ax.grid(True, linewidth=0.3, alpha=0.5)
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(loc="best")
+        _legend_outside(ax)
     return fig
 
 
@@ -200,6 +206,9 @@ def _roc_label(key: str) -> str:
     if adaptive.lower() in ("true", "1"):
         out += " (adaptive)"
     return out
+
+
+_LOG_FPR_MIN = 1e-3
 
 
 def roc_curve(curves: Union[DetectionReport, Mapping[str, Any]], *, keys: Optional[Sequence[str]] = None,
@@ -260,16 +269,20 @@ def roc_curve(curves: Union[DetectionReport, Mapping[str, Any]], *, keys: Option
         text = (labels or {}).get(name, _roc_label(name))
         st = _cycle(i)
         st["marker"] = None
+        if log_fpr:     # FPR 0 has no place on a log axis: draw it at the left edge
+            fpr = np.clip(fpr, _LOG_FPR_MIN, 1.0)
         ax.plot(fpr, tpr, label=f"{text} (AUROC {auroc:.3f})", drawstyle="steps-post", **st)
-    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":", label="chance")
+    diag = np.logspace(np.log10(_LOG_FPR_MIN), 0, 50) if log_fpr else np.array([0.0, 1.0])
+    ax.plot(diag, diag, color="0.6", linewidth=0.8, linestyle=":", label="chance")
     if log_fpr:
         ax.set_xscale("log")
-        ax.set_xlim(1e-3, 1)
+        ax.set_xlim(_LOG_FPR_MIN, 1)
     else:
         ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
+    ax.set_xlabel("false positive rate" + (" (log scale)" if log_fpr else ""))
     ax.grid(True, linewidth=0.3, alpha=0.5)
-    ax.legend(loc="lower right")
+    _legend_outside(ax)
     return fig

@@ -138,6 +138,25 @@ def color_limit(maps: Sequence[np.ndarray], signed: bool, percentile: float = 99
     return lim
 
 
+def mark_constant(ax, m: np.ndarray, what: str = "map") -> bool:
+    """Warn about and visibly mark a constant map (e.g. an all-zero Grad-CAM, a one-segment LIME map).
+
+    Returns True when ``m`` is constant: its colours would otherwise suggest structure
+    that is not there (the colour scale of a constant map is arbitrary).
+    """
+    m = np.asarray(m, dtype=float)
+    if m.size == 0 or not np.isfinite(m).all() or np.ptp(m) > 0:
+        return False
+    import warnings
+
+    warnings.warn(f"{what} is constant ({float(m.flat[0]):g} everywhere): it carries no ranking of the input; "
+                  f"the panel is marked 'constant'", UserWarning, stacklevel=3)
+    ax.text(0.5, 0.5, f"constant\n({float(m.flat[0]):.2g})", transform=ax.transAxes, ha="center", va="center",
+            fontsize="small", color="0.15", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
+                                                  "edgecolor": "0.4", "linewidth": 0.6})
+    return True
+
+
 def norm_for(signed: bool, limit: float):
     """Color normalisation: ``TwoSlopeNorm`` centred at 0 on [-limit, limit] for signed
     maps (so zero is white in :data:`DIVERGING`), ``Normalize(0, limit)`` otherwise."""
@@ -217,6 +236,7 @@ def heatmap(attributions: Union[Explanation, ArrayLike], *, index: int = 0, redu
     lim = limit if limit is not None else color_limit([m], s, percentile)
     im = ax.imshow(m, cmap=cmap or (DIVERGING if s else SEQUENTIAL), norm=norm_for(s, lim),
                    interpolation="nearest")
+    mark_constant(ax, m, title or "the map")
     _clean_axes(ax)
     if title:
         ax.set_title(title)
@@ -520,6 +540,7 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                                    alpha=alpha * np.clip(np.abs(m) / lim, 0, 1))
                 else:
                     im = ax.imshow(m, cmap=cm_, norm=norm_for(s, lim), interpolation="nearest")
+                mark_constant(ax, p["map"], f"{c.title or 'map'} of sample {i}")
                 mappables[j] = im
             _clean_axes(ax)
             if i == 0:
@@ -531,11 +552,22 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                 ax.set_ylabel(row_labels[i])
     if show_cb:
         import matplotlib.cm as cm
+        # one colour bar per colour scale: adjacent columns of one group share a bar under both
+        spans: List[List[int]] = []
         for j in map_cols:
+            same = spans and spans[-1][-1] == j - 1 and share == "column" and columns[j].group is not None \
+                and columns[j].group == columns[spans[-1][0]].group and signed[j] == signed[spans[-1][0]]
+            if same:
+                spans[-1].append(j)
+            else:
+                spans.append([j])
+        for span in spans:
+            j = span[0]
             lim = limits[(0, j)]
-            holder = fig.add_subplot(gs[rows, j])
+            holder = fig.add_subplot(gs[rows, span[0]:span[-1] + 1])
             holder.axis("off")
-            cax = holder.inset_axes([0.14, 0.0, 0.72, 1.0])  # narrower than the panel: end labels fit
+            w = 0.72 if len(span) == 1 else 0.6
+            cax = holder.inset_axes([(1 - w) / 2, 0.0, w, 1.0])  # narrower than the panels: end labels fit
             sm = cm.ScalarMappable(norm=norm_for(signed[j], lim), cmap=DIVERGING if signed[j] else SEQUENTIAL)
             cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
             cb.ax.tick_params(labelsize="x-small", length=2, pad=1)
@@ -569,14 +601,56 @@ def _short_formatter():
     return FuncFormatter(f)
 
 
-def explanation_grid(explanations: Mapping[str, Explanation], *, n: Optional[int] = 4, kind: str = "map",
+_LABELS = {"saliency": "Saliency", "input_x_gradient": "Input×Grad", "smoothgrad": "SmoothGrad",
+           "integrated_gradients": "IG", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++", "lime": "LIME",
+           "occlusion": "Occlusion", "gradient_shap": "GradientSHAP", "expected_gradients": "Expected gradients"}
+
+
+def method_label(method: str) -> str:
+    """How figures name an explainer: ``"gradcam"`` -> ``"Grad-CAM"`` (unknown names pass through)."""
+    return _LABELS.get(method, method)
+
+
+def as_explanations(explanations) -> "Dict[str, Explanation]":
+    """One Explanation, a list of them or a dict name -> Explanation, as a dict (labels from the methods)."""
+    if isinstance(explanations, Explanation):
+        return {method_label(explanations.method): explanations}
+    if isinstance(explanations, Mapping):
+        return dict(explanations)
+    if isinstance(explanations, (list, tuple)):
+        out: Dict[str, Explanation] = {}
+        for e in explanations:
+            if not isinstance(e, Explanation):
+                raise TypeError(f"a list of explanations must hold Explanation objects, got {type(e).__name__}")
+            name, i = method_label(e.method), 2
+            while name in out:
+                name, i = f"{method_label(e.method)} ({i})", i + 1
+            out[name] = e
+        return out
+    raise TypeError(f"explanations must be an Explanation, a list or a dict of them, got "
+                    f"{type(explanations).__name__}")
+
+
+def _budget(attack: str) -> str:
+    """``"ε=0.05"`` from an attack's repr (``"...eps=0.05..."``), else ``""``."""
+    import re
+
+    m = re.search(r"\beps=([0-9.]+(?:e-?[0-9]+)?)", attack or "")
+    try:
+        return f"ε={float(m.group(1)):.3g}" if m else ""
+    except ValueError:
+        return ""
+
+
+def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
                      share: str = "column", class_names=None, **kw):
     """Input | one column per method, for explanations of the same batch.
 
     Parameters
     ----------
-    explanations : dict name -> Explanation
-        All of the same inputs (the first one's inputs are drawn).
+    explanations : Explanation, list of Explanation or dict name -> Explanation
+        All of the same inputs (the first one's inputs are drawn). Lists and single
+        explanations are labelled as figures name the methods (``Grad-CAM``, ``IG``).
     kind : {"map", "overlay"}, default "map"
     n, share, class_names, **kw : see :func:`grid`
 
@@ -591,6 +665,7 @@ def explanation_grid(explanations: Mapping[str, Explanation], *, n: Optional[int
     >>> x = torch.rand(2, 1, 8, 8)
     >>> fig = xp.explanation_grid({m: xadv.explain(net, x, method=m) for m in ["saliency", "ig"]})
     """
+    explanations = as_explanations(explanations)
     if not explanations:
         raise ValueError("explanations is empty")
     first = next(iter(explanations.values()))
@@ -630,18 +705,22 @@ def attack_grid(result: AttackResult, before: Optional[Explanation] = None, afte
         raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
     cols = [Column(result.x, "image", "input", pred=result.pred_clean, conf=result.conf_clean),
             Column(result.x_adv, "image", "adversarial", pred=result.pred_adv, conf=result.conf_adv),
-            Column(result.x_adv - result.x, "perturbation", "perturbation")]
-    for e, t in ((before, "map before"), (after, "map after")):
+            Column(result.x_adv - result.x, "perturbation", f"perturbation {_budget(result.attack)}".strip())]
+    for e, t in ((before, "before"), (after, "after")):
         if e is not None:
-            c = Column(e, "map", t, group="maps")
+            c = Column(e, "map", f"{method_label(e.method)} {t}" if e.method else f"map {t}", group="maps")
             c.pred = c.conf = None
             cols.append(c)
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
 
 
 def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "column", kind: str = "map",
-                 class_names=None, **kw):
-    """Input | manipulated input | perturbation | map before | map after for a fooling attack.
+                 class_names=None, difference: bool = True, **kw):
+    """Input | manipulated input | perturbation | map before | map after | difference for a fooling attack.
+
+    Column titles name the explainer (``Saliency before``) and the budget
+    (``perturbation ε=0.05``); ``difference=True`` adds ``after − before`` of the two
+    maps, each scaled to unit max first (red: attribution gained, blue: lost).
 
     For a :class:`~xadv.fooling.TargetedManipulation` result a last column shows the
     target map, and the three maps are drawn as unit-sum absolute maps (the scale the
@@ -654,18 +733,28 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
     """
     if not isinstance(result, FoolingResult):
         raise TypeError(f"result must be a FoolingResult, got {type(result).__name__}")
+
     eb, ea = result.explanation_clean, result.explanation_adv
+    budget = _budget(result.attack)
     cb, ca = Column(eb, "image", "input"), Column(ea, "image", "manipulated")
     cols = [Column(result.x, "image", "input", pred=cb.pred if cb.pred is not None else result.pred_clean,
                    conf=cb.conf),
             Column(result.x_adv, "image", "manipulated", pred=ca.pred if ca.pred is not None else result.pred_adv,
                    conf=ca.conf),
-            Column(result.x_adv - result.x, "perturbation", "perturbation")]
-    for e, t in ((eb, "map before"), (ea, "map after")):
+            Column(result.x_adv - result.x, "perturbation", f"perturbation {budget}".strip())]
+    label = method_label(eb.method)
+    for e, t in ((eb, f"{label} before"), (ea, f"{label} after")):
         c = Column(e, kind, t, group="maps", images=e.inputs)
         c.pred = c.conf = None
         cols.append(c)
     target = result.extras.get("target_map") if isinstance(result.extras, dict) else None
+    if difference and target is None:
+        # after - before, each map scaled to unit max |map| first: where the attribution moved
+        def unit_max(e):
+            m = e.saliency_map(default_reduce(e.method) if kind == "map" else "abs").detach().float()
+            return m / m.abs().reshape(m.shape[0], -1).max(1).values.clamp_min(1e-12).view(-1, *[1] * (m.dim() - 1))
+        cols.append(Column(unit_max(ea) - unit_max(eb), "map", "after − before", group="difference",
+                           sign="signed"))
     if target is not None:
         # TargetedManipulation: the map it imitates, on the same (unit-sum) scale as the two maps
         def unit(m):
