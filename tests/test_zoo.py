@@ -88,7 +88,7 @@ def test_pretrained_false_is_random_and_registry():
     assert not torch.equal(a.features.conv1.weight, zoo.digits_cnn().features.conv1.weight)
     assert zoo.list_models() == ["cifar_cnn", "digits_cnn", "mnist_cnn", "mnist_cnn_pgd", "tabular_mlp"]
     assert isinstance(zoo.get_model("tabular_mlp", pretrained=False), zoo.TabularMLP)
-    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, tabular_mlp"):
+    with pytest.raises(ValueError, match="available: cifar_cnn, digits_cnn, mnist_cnn, mnist_cnn_pgd, tabular_mlp"):
         zoo.get_model("resnet")
 
 
