@@ -135,7 +135,8 @@ def test_detection_experiment_runs_end_to_end_small():
     assert ("CW-L2", "kappa=5", True, False) in attacks
     assert ("black-box (surrogate)", "eps=0.2", True, False) in attacks
     assert ("adaptive PGD", "eps=0.2", True, True) in attacks
-    assert len(rep.rows) == 2 * (8 + 2)
+    assert ("AutoAttack", "eps=0.1", True, False) in attacks
+    assert len(rep.rows) == 2 * (9 + 2)
     assert res["markdown"].startswith("| detector |")
     assert set(detection.summary(rep)) == {"Saliency-CNN"}
 

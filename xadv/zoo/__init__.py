@@ -104,7 +104,8 @@ def mnist_cnn_pgd(pretrained: bool = True, weights: Optional[PathLike] = None) -
     """The same CNN as :func:`mnist_cnn`, PGD-adversarially trained (Madry et al.) at L-inf 0.1.
 
     Trained by ``python -m xadv.zoo.train mnist_pgd`` (PGD-7 examples from a random
-    start on every batch); accuracies in ``model_info("mnist_cnn_pgd")``.
+    start on every batch): 97.8 % on the 1,000 held-out digits, 97.0 % under AutoAttack at
+    L-inf 0.1 on the first 200 (``mnist_cnn``: 97.7 % and 23.5 %); ``model_info("mnist_cnn_pgd")``.
 
     Parameters
     ----------
