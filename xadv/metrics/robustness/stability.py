@@ -11,8 +11,8 @@ Every metric here takes ``mode``:
   draws sample the ball; the attack searches it, a tighter lower bound on the worst
   case. It needs a differentiable explainer (gradients, IG, SmoothGrad, Grad-CAM).
 
-Inputs whose prediction changes under a perturbation are excluded (NaN when
-every draw changed it, ``nan_on_change=True``), as Quantus does.
+A sample whose prediction changes under any draw scores NaN (``nan_on_change=True``),
+as in Quantus.
 
 >>> import torch
 >>> from xadv.metrics import avg_sensitivity
@@ -119,13 +119,10 @@ def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturba
                 vals.append(obj(xp, ap, outp))
             keep.append(outp.argmax(1) == out0.argmax(1))
         v, k = torch.stack(vals, 1), torch.stack(keep, 1)
-        if not nan_on_change:
-            k = torch.ones_like(k)
-        nan = torch.full_like(v, float("nan"))
-        if reduce == "mean":
-            return torch.where(k, v, nan).nanmean(1)
-        vm = torch.where(k, v, torch.full_like(v, -float("inf"))).amax(1)
-        return torch.where(k.any(1), vm, nan[:, 0])
+        r = v.mean(1) if reduce == "mean" else v.amax(1)
+        if nan_on_change:  # as Quantus: one draw that changes the prediction makes the sample NaN
+            r = torch.where(k.all(1), r, torch.full_like(r, float("nan")))
+        return r
 
 
 _DOC_COMMON = """
@@ -146,7 +143,7 @@ _DOC_COMMON = """
         Use these draws instead.
     seed : int, optional
     nan_on_change : bool, default True
-        Exclude draws that change the prediction.
+        NaN for a sample when a draw changes its prediction.
     attack : dict, optional
         ``eps`` (8/255), ``steps`` (20), ``step_size``, ``bounds``, ``beta`` of the
         worst-case search (``mode="attack"``).
@@ -324,7 +321,7 @@ def translate(x: torch.Tensor, dx: int, fill: torch.Tensor) -> torch.Tensor:
 @metric("robustness", "lower", needs=("model", "explainer"))
 @_doc
 def continuity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
-               mode: str = "random", n_steps: int = 28, nan_on_change: bool = True,
+               mode: str = "random", n_steps: int = 28, nan_on_change: bool = False,
                attack: Optional[dict] = None) -> torch.Tensor:
     """Continuity (Montavon et al., 2018): the largest ``||e(x) - e(x')||_1 / ||x - x'||_2``
     over horizontal translations ``x'`` of the image (filled with its minimum), or
@@ -339,7 +336,9 @@ def continuity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLi
     mode : {"random", "attack"}, default "random"
         ``"random"`` here means the deterministic sweep of translations.
     n_steps : int, default 28
-    nan_on_change : bool, default True
+    nan_on_change : bool, default False
+        NaN for a sample when a translation changes its prediction (Quantus' default
+        is False here: large translations usually do).
     attack : dict, optional
 
     Returns
