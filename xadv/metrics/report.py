@@ -184,6 +184,7 @@ def evaluate(model, x: torch.Tensor, y=None, explainers: Union[Sequence, Mapping
                 if fn.needs == ():
                     v = fn(a, **kw)
                 elif "mask" in fn.needs:
+                    kw.setdefault("abs", True)  # localisation scores relevance magnitude
                     if mname == "focus":
                         if quadrants is None:
                             raise ValueError("metric 'focus' needs quadrants=(N, 4)")
