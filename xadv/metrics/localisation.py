@@ -283,7 +283,7 @@ def focus(a, quadrants, *, abs: bool = False, normalise: bool = False) -> torch.
     >>> import torch
     >>> a = torch.zeros(1, 1, 4, 4); a[..., :2, :2] = 1.0
     >>> focus(a, torch.tensor([[1, 0, 0, 1]]))
-    tensor([1.0000])
+    tensor([1.])
     """
     a = check_attributions(a)
     if a.dim() != 4:

@@ -17,7 +17,7 @@ as in Quantus.
 >>> import torch
 >>> from xadv.metrics import avg_sensitivity
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
->>> avg_sensitivity(net, torch.rand(2, 4), 0, explainer="saliency", seed=0)  # constant gradient
+>>> avg_sensitivity(net, torch.rand(2, 4), 0, explainer="saliency", seed=0, nan_on_change=False)  # constant gradient
 tensor([0., 0.])
 """
 from __future__ import annotations
