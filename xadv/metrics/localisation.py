@@ -11,7 +11,7 @@ dataset with such masks.
 >>> mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool); mask[..., :2, :2] = True
 >>> a = mask.float() + 0.1
 >>> pointing_game(a, mask), relevance_mass_accuracy(a, mask)
-(tensor([1.]), tensor([0.7143]))
+(tensor([1.]), tensor([0.7857]))
 """
 from __future__ import annotations
 
