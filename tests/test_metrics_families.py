@@ -117,3 +117,15 @@ def test_metadata_complete():
     for name, fn in M.REGISTRY.items():
         assert fn.family in M.FAMILIES and fn.direction in ("higher", "lower"), name
         assert fn.__doc__ and "Returns" in fn.__doc__, name
+
+
+def test_evaluation_experiment_small():
+    from xadv.experiments.evaluation import planted_evidence, run
+
+    x, y, mask = planted_evidence(3, seed=1)
+    assert mask.any() and mask.shape == x.shape
+    assert torch.equal(planted_evidence(3, seed=1)[0], x)  # deterministic
+    res = run(n=3, explainers=("saliency", "input_x_gradient", "smoothgrad"), models=("digits_cnn",))
+    s = res["rows"]["digits_cnn"]["sanity"]
+    assert s["saliency"]["passes_invariance"] == 1.0 and s["input_x_gradient"]["passes_invariance"] == 0.0
+    assert "Sanity checks" in res["markdown"] and "Warnecke" in res["markdown"]
