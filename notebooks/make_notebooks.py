@@ -306,6 +306,38 @@ fig = xp.text(tokens, per_token, labels=[f"class {int(v)}" for v in labels])""")
         ("code", """from IPython.display import HTML
 HTML(xp.text_html(tokens[:3], per_token[:3]))"""),
     ],
+    "07_evaluating_explanations.ipynb": [
+        ("md", """# 07 · Evaluating explanations
+
+Sanity checks (model-parameter randomisation, input invariance) and the metric families of
+`xadv.metrics` for several explainers on the digits CNN, as one report card. Localisation uses the
+digit strokes as planted evidence (`xadv.experiments.evaluation.planted_evidence`)."""),
+        ("code", """import matplotlib
+matplotlib.use("Agg")
+import torch, xadv, xadv.metrics as M
+from xadv.experiments.evaluation import planted_evidence, sanity_table
+model = xadv.zoo.digits_cnn()
+x, y, mask = planted_evidence(6, seed=0)
+explainers = {"saliency": xadv.explainers.get("saliency"),
+              "input_x_gradient": xadv.explainers.get("input_x_gradient"),
+              "smoothgrad": xadv.explainers.get("smoothgrad", n_samples=8, seed=0),
+              "ig": xadv.explainers.get("ig", steps=16),
+              "gradcam": xadv.explainers.get("gradcam")}"""),
+        ("md", "Sanity table: MPRT below 0.5 and input invariance below 1e-3 count as passed."),
+        ("code", """sanity = sanity_table(model, x, y, list(explainers.values()))
+sanity.values = dict(zip(explainers, sanity.values.values()))
+print(sanity.to_markdown())"""),
+        ("md", "The report card: one row per explainer, arrows give the direction of better."),
+        ("code", """card = M.evaluate(model, x, y, explainers,
+                  ["faithfulness_estimate", "pixel_flipping", "avg_sensitivity", "sparseness",
+                   "pointing_game", "relevance_rank_accuracy", "auc"], mask=mask,
+                  params={"faithfulness_estimate": {"features_in_step": 28},
+                          "pixel_flipping": {"features_in_step": 28},
+                          "avg_sensitivity": {"radius": 0.05, "n_samples": 3, "seed": 0}})
+print(card.to_markdown())
+print("ranking:", card.ranking())
+fig = card.figure()"""),
+    ],
 }
 
 

@@ -14,7 +14,8 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_quickstart", "02_attacks_from_explanations", "03_fooling_explanations",
-            "04_detecting_adversarial_inputs", "05_paper_figures", "06_your_own_models"]
+            "04_detecting_adversarial_inputs", "05_paper_figures", "06_your_own_models",
+            "07_evaluating_explanations"]
 
 
 def test_all_notebooks_present_and_stored_without_outputs():

@@ -26,11 +26,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .._model import preserved
-from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
-from ..explainers.base import forward
-from ..explainers.integrated_gradients import gaussian_blur
-from ..explanation import Explanation
+from ..._model import preserved
+from ..._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from ...explainers.base import forward
+from ...explainers.integrated_gradients import gaussian_blur
+from ...explanation import Explanation
 
 __all__ = [
     "FILLS", "fill_values", "feature_maps", "removal_order", "remove_features", "deletion_curve",

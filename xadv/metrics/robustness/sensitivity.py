@@ -16,9 +16,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .._model import preserved
-from .._validation import check_inputs, check_model, check_positive_int, resolve_target
-from ..explanation import Explanation
+from ..._model import preserved
+from ..._validation import check_inputs, check_model, check_positive_int, resolve_target
+from ...explanation import Explanation
 
 __all__ = ["max_sensitivity", "infidelity", "local_lipschitz", "worst_case_sensitivity", "uniform_perturbations",
            "gaussian_perturbations"]
@@ -27,7 +27,7 @@ ExplainerLike = Union[str, Callable]
 
 
 def _explainer(explainer):
-    from ..explainers import Explainer, get
+    from ...explainers import Explainer, get
 
     if isinstance(explainer, Explainer):
         return explainer
@@ -287,7 +287,7 @@ def worst_case_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, tar
     ----------
     Ghorbani, Abid, Zou. Interpretation of Neural Networks Is Fragile. AAAI 2019.
     """
-    from .. import fooling
+    from ... import fooling
 
     attacks = {"topk": fooling.TopKAttack, "mass_center": fooling.MassCenterAttack,
                "random_sign": fooling.RandomSignAttack}

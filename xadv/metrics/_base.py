@@ -1,0 +1,215 @@
+"""Machinery shared by the metric families: metadata, explanation sources, checks.
+
+Every metric is a plain function returning one value per sample, a tensor (N,),
+with metadata as function attributes set by :func:`metric`:
+
+* ``family`` -- one of :data:`FAMILIES`,
+* ``direction`` -- ``"higher"`` or ``"lower"`` (which way is better),
+* ``needs`` -- what the report card must pass: a subset of
+  ``("model", "explainer", "mask", "retrain")``; every metric takes the
+  attributions ``a``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .._validation import check_inputs, check_model, resolve_target
+from ..explainers.base import forward
+
+FAMILIES = ("similarity", "randomisation", "axiomatic", "faithfulness", "robustness", "complexity", "localisation")
+
+ExplainerLike = Union[str, Callable]
+ExplainFn = Callable[..., torch.Tensor]
+
+#: every function decorated with :func:`metric`, by name
+REGISTRY = {}
+
+
+def metric(family: str, direction: str, needs: Sequence[str] = ("model",), name: Optional[str] = None):
+    """Attach ``family``, ``direction`` (of "better") and ``needs`` to a metric function."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
+
+    def deco(fn):
+        fn.family = family
+        fn.direction = direction
+        fn.higher_is_better = direction == "higher"
+        fn.needs = tuple(needs)
+        fn.metric_name = name or fn.__name__
+        REGISTRY[fn.metric_name] = fn
+        return fn
+
+    return deco
+
+
+def explanation_fn(explainer: ExplainerLike) -> ExplainFn:
+    """Turn an explanation source into ``f(model, x, y) -> Tensor`` (detached, shaped like ``x``).
+
+    ``explainer`` is a registry name (``"ig"``), an :class:`xadv.explainers.Explainer`
+    or a plain function ``f(model, x, y)`` returning a tensor or an array of
+    attributions (an :class:`~xadv.explanation.Explanation` is accepted too).
+    """
+    from ..explainers import Explainer, get
+    from ..explanation import Explanation
+
+    if isinstance(explainer, str):
+        explainer = get(explainer)
+    if isinstance(explainer, Explainer):
+        e = explainer
+
+        def f(model, x, y, create_graph: bool = False):
+            out = e(model, x, y, create_graph=create_graph).attributions
+            return out if create_graph else out.detach()
+
+        f.explainer = e  # type: ignore[attr-defined]
+        f.differentiable = e.differentiable  # type: ignore[attr-defined]
+        return f
+    if callable(explainer):
+        fn = explainer
+
+        def g(model, x, y, create_graph: bool = False):
+            out = fn(model, x, y)
+            if isinstance(out, Explanation):
+                out = out.attributions
+            if isinstance(out, np.ndarray):
+                out = torch.as_tensor(out, device=x.device, dtype=x.dtype)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"the explanation function must return a tensor or an array, got {type(out).__name__}")
+            return out if create_graph else out.detach()
+
+        g.explainer = fn  # type: ignore[attr-defined]
+        g.differentiable = False  # type: ignore[attr-defined]
+        return g
+    raise TypeError(f"explainer must be a registry name, an xadv Explainer or a function f(model, x, y), "
+                    f"got {type(explainer).__name__}")
+
+
+def check_attributions(a, x: Optional[torch.Tensor] = None, name: str = "attributions") -> torch.Tensor:
+    """A finite float tensor (N, ...); broadcast to ``x``'s shape when ``x`` is given."""
+    from ..explanation import Explanation
+
+    if isinstance(a, Explanation):
+        a = a.attributions
+    if isinstance(a, np.ndarray):
+        a = torch.as_tensor(a)
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (N, ...), an array or an Explanation, got {type(a).__name__}")
+    if not a.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {a.dtype}")
+    if a.dim() < 2:
+        raise ValueError(f"{name} must be batch-first (N, ...), got shape {tuple(a.shape)}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{name} contain NaN or Inf values; check the explainer (e.g. a zero baseline "
+                         f"divided by zero) before evaluating it")
+    if x is not None:
+        if a.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} have {a.shape[0]} samples but x has {x.shape[0]}")
+        if a.shape != x.shape:
+            try:
+                a = torch.broadcast_to(a, x.shape)
+            except RuntimeError:
+                raise ValueError(f"{name} of shape {tuple(a.shape)} do not broadcast to the inputs "
+                                 f"{tuple(x.shape)}") from None
+        a = a.to(device=x.device, dtype=x.dtype)
+    return a.detach()
+
+
+def check_nonnegative(value, name: str) -> float:
+    """A finite number >= 0 (radii, thresholds, eps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def prepare(a: torch.Tensor, abs: bool = False, normalise: bool = False) -> torch.Tensor:
+    """Optional preprocessing: divide by the per-sample max of ``|a|`` (Quantus'
+    ``normalise_by_max``; all-zero maps kept), then take absolute values."""
+    if normalise:
+        m = a.reshape(a.shape[0], -1).abs().amax(1)
+        m = torch.where(m == 0, torch.ones_like(m), m)
+        a = a / m.reshape((-1,) + (1,) * (a.dim() - 1))
+    if abs:
+        a = a.abs()
+    return a
+
+
+def setup(model, x: torch.Tensor, y, min_dim: int = 2) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check model and inputs; return ``(x detached, logits on x, target (N,))``."""
+    check_model(model)
+    check_inputs(x, model, min_dim=min_dim)
+    x = x.detach()
+    with torch.no_grad():
+        out = forward(model, x)
+    return x, out, resolve_target(y, out)
+
+
+def attributions_or_explain(a, explain: Optional[ExplainFn], model, x, y) -> torch.Tensor:
+    if a is None:
+        if explain is None:
+            raise ValueError("give the attributions a or an explainer to compute them")
+        a = explain(model, x, y)
+    return check_attributions(a, x)
+
+
+def predict(model, xs: torch.Tensor, batch_size: Optional[int] = None, softmax: bool = False) -> torch.Tensor:
+    """Model scores of a (M, ...) batch in chunks of ``batch_size`` rows, no grad: (M, K)."""
+    rows = batch_size or max(1, 2 ** 22 // max(1, xs[0].numel()))
+    outs = []
+    with torch.no_grad():
+        for i in range(0, xs.shape[0], rows):
+            o = forward(model, xs[i:i + rows])
+            outs.append(torch.softmax(o, 1) if softmax else o)
+    return torch.cat(outs)
+
+
+def target_scores(model, xs: torch.Tensor, t: torch.Tensor, batch_size=None, softmax: bool = False) -> torch.Tensor:
+    """Score of class ``t`` (len M) for each row of ``xs`` (M, ...): (M,)."""
+    return predict(model, xs, batch_size, softmax).gather(1, t[:, None]).squeeze(1)
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the rows of two (N, S) tensors: (N,) (NaN for a constant row,
+    like ``scipy.stats.pearsonr``)."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    den = a.norm(dim=-1) * b.norm(dim=-1)
+    return (a * b).sum(-1) / den
+
+
+def rank_rows(f: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share the mean rank) along the last dimension."""
+    n = f.shape[-1]
+    s, idx = torch.sort(f, dim=-1, stable=True)
+    ranks = torch.arange(1, n + 1, dtype=f.dtype, device=f.device).expand_as(s)
+    # average over runs of equal values
+    new = torch.ones_like(s, dtype=torch.bool)
+    new[..., 1:] = s[..., 1:] != s[..., :-1]
+    grp = new.cumsum(-1) - 1
+    sums = torch.zeros_like(s).scatter_add_(-1, grp, ranks)
+    cnt = torch.zeros_like(s).scatter_add_(-1, grp, torch.ones_like(s))
+    avg = (sums / cnt.clamp_min(1)).gather(-1, grp)
+    return torch.empty_like(avg).scatter_(-1, idx, avg)
+
+
+def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of the rows of two (N, S) tensors: (N,)."""
+    return pearson_rows(rank_rows(a), rank_rows(b))
+
+
+def flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def generator(seed: Optional[int], device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
