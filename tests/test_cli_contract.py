@@ -45,7 +45,7 @@ USER_ERRORS = [
     (["explain", "--device", "cuda:0"], "CUDA is not available"),
     (["explain", "--device", "nodevice"], "not a torch device"),
     (["explain", "--weights", "{d}/missing.pt"], "no such file"),
-    (["explain", "--weights", "{d}/junk.pt"], "not a readable state_dict"),
+    (["explain", "--weights", "{d}/junk.pt"], "state_dict file"),
     (["explain", "--method", "nope"], "unknown explainer"),
     (["explain", "--index", "99999"], "--index must be in [0, 449]"),
     (["explain", "--input", "{d}/rgb.pt"], "does not accept inputs of shape (3, 12, 12)"),

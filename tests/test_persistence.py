@@ -230,3 +230,15 @@ def test_cli_negative_n_refused(capsys):
         cli_main(["attack", "--n", "-5", "--out", "unused"])
     assert e.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_a_refused_command_leaves_no_claim_on_its_folder(tmp_path, capsys):
+    from xadv.cli import main
+
+    out = tmp_path / "o"
+    # refused before anything is written (deepfool has no budget): no manifest is left behind ...
+    assert main(["attack", "--attack", "deepfool", "--eps", "0.1", "--out", str(out)]) == 2
+    assert not (out / "manifest.json").exists()
+    # ... so the same folder takes another command's (equally refused) run and says why
+    assert main(["attack", "--attack", "fgsm", "--steps", "3", "--out", str(out)]) == 2
+    assert "single step" in capsys.readouterr().err

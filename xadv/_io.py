@@ -549,6 +549,7 @@ class OutputFolder:
         self.settings = json.loads(json.dumps(settings or {}, default=str))
         self.done: list = []
         self._lock_fd = None
+        self._fresh = True
 
     def __enter__(self) -> "OutputFolder":
         if self.out.exists() and not self.out.is_dir():
@@ -568,6 +569,9 @@ class OutputFolder:
             self._lock_fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.write(self._lock_fd, str(os.getpid()).encode())
         old = self.read()
+        if old is not None and not old.get("complete") and not old.get("done") and not self._results():
+            old = None  # an earlier run that stopped before writing anything: nothing to mix with
+        self._fresh = old is None
         if old is not None:
             if old.get("seed") != self.seed or old.get("settings") != self.settings or old.get("command") != self.command:
                 self._release()
@@ -592,14 +596,18 @@ class OutputFolder:
             self.done.append(stage)
         self._write(complete=False)
 
+    def _results(self) -> list:
+        """The result files in the folder (everything but the manifest, the lock and temporaries)."""
+        return [p for p in sorted(self.out.rglob("*"))
+                if p.is_file() and p.name not in (self.MANIFEST, self.LOCK) and not p.name.endswith(".tmp")]
+
     def _write(self, complete: bool) -> None:
         from . import __version__
 
         files = {}
         if complete:
-            for p in sorted(self.out.rglob("*")):
-                if p.is_file() and p.name not in (self.MANIFEST, self.LOCK) and not p.name.endswith(".tmp"):
-                    files[str(p.relative_to(self.out))] = sha256(p)
+            for p in self._results():
+                files[str(p.relative_to(self.out))] = sha256(p)
         man = {"command": self.command, "xadv_version": __version__, "seed": self.seed, "settings": self.settings,
                "done": self.done, "complete": complete, "files": files}
         write_text(self.out / self.MANIFEST, json.dumps(man, indent=1) + "\n")
@@ -615,6 +623,10 @@ class OutputFolder:
         try:
             if exc_type is None:
                 self._write(complete=True)
+            elif self._fresh and not self.done and not self._results():
+                # refused or failed before writing anything: leave no claim on the folder
+                with contextlib.suppress(OSError):
+                    (self.out / self.MANIFEST).unlink()
         finally:
             self._release()
 

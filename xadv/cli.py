@@ -393,6 +393,8 @@ def _load_inputs(a, model, n: int, offset: int = 0, split: Optional[str] = None,
             from ._io import load_tensor_file
 
             x = load_tensor_file(p, map_location=dev)  # never unpickles objects
+        except ValueError:  # readable, but not one tensor (a dict, several tensors, ...)
+            raise CLIError(f"--input {a.input} must hold one tensor (N, ...) saved with torch.save or safetensors")
         except Exception as e:  # noqa: BLE001 - unreadable or unsafe file
             raise CLIError(f"--input {a.input} is not a tensor file written by torch.save ({type(e).__name__})")
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
@@ -1216,7 +1218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._io import FolderError
 
     try:
-        check_device(a.device)
+        if getattr(a, "device", None) is not None:
+            check_device(a.device)
         if getattr(a, "table", False):
             extra = sorted(a._given - _TABLE_OPTIONS[a.command])
             if extra:

@@ -50,7 +50,7 @@ def uniform_perturbations(x: torch.Tensor, n_samples: int, radius: float, seed: 
 
     (captum's ``default_perturb_func`` for ``sensitivity_max`` draws the same law.)
     """
-    from .._validation import check_finite
+    from ..._validation import check_finite
 
     check_finite(radius, "radius")
     if not float(radius) > 0:
