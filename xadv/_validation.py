@@ -164,15 +164,6 @@ def check_finite(value, name: str):
     return value
 
 
-def check_index(i, n: int, what: str = "sample") -> int:
-    """An int index into ``n`` items (negative counts from the end); IndexError names the valid range."""
-    if isinstance(i, bool) or not isinstance(i, int):
-        raise ParameterTypeError(f"{what} index must be an int, got {type(i).__name__}")
-    if not -n <= i < n:
-        raise IndexError(f"{what} index {i} is out of range for {n} {what}s (valid: 0..{n - 1} or -{n}..-1)")
-    return i % n
-
-
 def find_module(model: torch.nn.Module, layer) -> torch.nn.Module:
     """Return ``layer`` itself if it is a submodule, else the submodule with that dotted name."""
     from ._adapter import unwrap
