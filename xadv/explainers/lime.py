@@ -219,6 +219,21 @@ def _relabel(seg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(segs), torch.tensor(counts, dtype=torch.long, device=seg.device)
 
 
+def set_surrogate_options(est, *, kernel_width, alpha, score, batch_size, seed, generator) -> None:
+    """Check and store the options of the weighted-ridge surrogate that LIME and FeatureLIME share:
+    ``kernel_width`` > 0, ``alpha`` >= 0, the score, ``batch_size`` and the random source."""
+    if not float(kernel_width) > 0:
+        raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
+    est.kernel_width = float(kernel_width)
+    if not float(alpha) >= 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+    est.alpha = float(alpha)
+    est.score = check_score(score)
+    est.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+    est.seed = seed
+    est.generator = generator
+
+
 # --------------------------------------------------------------------------- image LIME
 class LIME(Explainer):
     """LIME for images: a weighted linear surrogate over superpixels.
@@ -350,16 +365,8 @@ class LIME(Explainer):
         if sampling not in _SAMPLINGS:
             raise ValueError(f"sampling must be one of {_SAMPLINGS}, got {sampling!r}")
         self.sampling = sampling
-        if not float(kernel_width) > 0:
-            raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
-        self.kernel_width = float(kernel_width)
-        if not float(alpha) >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.score = check_score(score)
-        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
-        self.seed = seed
-        self.generator = generator
+        set_surrogate_options(self, kernel_width=kernel_width, alpha=alpha, score=score, batch_size=batch_size,
+                              seed=seed, generator=generator)
         self.progress = progress
 
     # ---------------------------------------------------------------- pieces

@@ -10,8 +10,8 @@ from .._adapter import sample_rows
 from .._common import make_generator
 from .._validation import check_positive_int, resolve_target
 from ..explanation import Explanation
-from .base import Explainer, balanced_slices, check_score, forward, select_score
-from .lime import exponential_kernel, weighted_ridge
+from .base import Explainer, balanced_slices, forward, select_score
+from .lime import exponential_kernel, set_surrogate_options, weighted_ridge
 
 
 class FeatureLIME(Explainer):
@@ -77,16 +77,8 @@ class FeatureLIME(Explainer):
         if sampling not in ("uniform_count", "bernoulli"):
             raise ValueError(f"sampling must be 'uniform_count' or 'bernoulli', got {sampling!r}")
         self.sampling = sampling
-        if not float(kernel_width) > 0:
-            raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
-        self.kernel_width = float(kernel_width)
-        if not float(alpha) >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.score = check_score(score)
-        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
-        self.seed = seed
-        self.generator = generator
+        set_surrogate_options(self, kernel_width=kernel_width, alpha=alpha, score=score, batch_size=batch_size,
+                              seed=seed, generator=generator)
 
     def _groups(self, x: torch.Tensor) -> torch.Tensor:
         """Group index per feature, 0..S-1, shape (N, ...)."""
