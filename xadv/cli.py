@@ -1107,8 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     e.add_argument("--overlay", action="store_true", help="draw the map over the image")
     e.add_argument("--percentile", type=float, default=99.5, help="colour limit percentile of |map|")
-    e.add_argument("--style", default="paper", choices=["paper", "notebook"],
-                   help="figure style: paper (column width, embedded fonts) or notebook (larger)")
+    e.add_argument("--style", default="paper", choices=["paper", "notebook", "dark"],
+                   help="figure style: paper (column width, embedded fonts), notebook (larger) or dark "
+                        "(notebook sizes on black)")
     e.add_argument("--npz", action="store_true", help="also write the raw attributions next to the figure")
     _common(e, out_help="figure file (.png, .pdf, .svg, .eps, .jpg, .tif)")
     e.set_defaults(func=cmd_explain)
