@@ -139,6 +139,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
             def __enter__(self_):
                 self_.t = time.perf_counter()
                 rows.mark()
+                torch.manual_seed(seed)     # every section starts from the seed: a section alone gives its rows
 
             def __exit__(self_, *a):
                 secs[name] = round(time.perf_counter() - self_.t, 1)
@@ -268,6 +269,29 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
                                      note="targeted, trained on train split"))
 
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+
+
+SECTIONS = ("gradient", "suite", "explainer", "deletion", "blackbox", "universal")
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "attacks"``)
+PARTS = SECTIONS
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n", "n_slow", "full", "n_explainer", "n_suite")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one section (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    The rows of all parts, in :data:`PARTS` order, are the rows of ``run(seed=seed, **settings)``:
+    each section starts from ``torch.manual_seed(seed)``. Used by the ``experiment`` cells of
+    :mod:`xadv.sweep` (grid ``xadv/sweep/grids/attacks-experiment.toml``).
+
+    Examples
+    --------
+    >>> rows = part_rows("gradient", n=4, n_slow=2)      # doctest: +SKIP
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the attacks experiment; parts: {', '.join(PARTS)}")
+    return list(run(seed=seed, sections=[part], **settings)["rows"])
 
 
 def _fmt(v, digits=3):

@@ -138,6 +138,26 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
     return {"report": report, "markdown": to_markdown(report), "rows": report.rows, "seconds": secs}
 
 
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "detection"``): one per detector
+PARTS = ("Saliency-CNN", "XEnsemble", "ML-LOO", "SHAP-signature", "Expl-AE", "Mahalanobis", "KD+BU")
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n_train", "n_test", "n_adaptive", "adaptive_steps", "adaptive_eps", "adaptive")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one detector (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    Each detector is fitted and attacked on its own; the test attacks are seeded, so the
+    rows of all parts, in :data:`PARTS` order, are the rows of ``run(seed=seed, **settings)``.
+    Used by the ``experiment`` cells of :mod:`xadv.sweep` (grid ``xadv/sweep/grids/detection.toml``).
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the detection experiment; parts: {', '.join(PARTS)}")
+    if "adaptive_eps" in settings:
+        settings["adaptive_eps"] = tuple(settings["adaptive_eps"])
+    return list(run(seed=seed, detectors={part: default_detectors(seed)[part]}, **settings)["rows"])
+
+
 def summary(report) -> Dict[str, float]:
     """Best explanation-based AUROC on held-out non-adaptive gradient attacks (min over them, max over detectors)."""
     grad = ("FGSM", "PGD", "CW-L2", "AutoAttack")

@@ -58,6 +58,7 @@ def _input_rows(model, x, steps: Optional[int], n_heavy: int, seed: int, check_s
     for name, (e, n) in ex.items():
         if explainers_only and name.split(" ")[0] not in explainers_only:
             continue
+        torch.manual_seed(seed)     # each explainer's rows depend only on the seed (a sweep runs them apart)
         for aname, cls in (("random sign", RandomSignAttack), ("top-k", TopKAttack),
                            ("center of mass", MassCenterAttack)):
             t = time.perf_counter()
@@ -409,6 +410,7 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     secs: Dict[str, float] = {}
     for s in sections:
         t = time.perf_counter()
+        torch.manual_seed(seed)     # every section starts from the seed: a section alone gives its rows
         if s == "input":
             rows += _input_rows(model, x, steps, n_heavy, seed, check_strength, explainers)
         elif s == "targeted":
@@ -427,6 +429,30 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
         if verbose:
             print(f"[fooling] section {s}: {secs[s]} s", file=sys.stderr, flush=True)
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+
+
+#: explainers of the input section, as ``explainers=`` names them
+INPUT_EXPLAINERS = ("saliency", "input_x_gradient", "gradcam", "integrated_gradients", "smoothgrad", "deeplift")
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "fooling"``):
+#: the input section per explainer, then the other sections
+PARTS = tuple(f"input:{e}" for e in INPUT_EXPLAINERS) + SECTIONS[1:]
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n", "n_heavy", "steps", "n_explain", "n_shap", "check_strength", "model_name")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one part (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    ``"input:<explainer>"`` is the input section for one explainer, the others are whole
+    sections. The rows of all parts, in :data:`PARTS` order, are the rows of
+    ``run(seed=seed, **settings)``. Used by the ``experiment`` cells of :mod:`xadv.sweep`
+    (grid ``xadv/sweep/grids/fooling.toml``).
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the fooling experiment; parts: {', '.join(PARTS)}")
+    if part.startswith("input:"):
+        return list(run(seed=seed, sections=["input"], explainers=[part[6:]], **settings)["rows"])
+    return list(run(seed=seed, sections=[part], **settings)["rows"])
 
 
 def _f(v, d=3) -> str:
