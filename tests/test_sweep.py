@@ -325,7 +325,10 @@ def test_detection_experiment_grid_gives_the_experiment_rows(tmp_path):
     torch.set_num_threads(1)
     dets = X.default_detectors(0)
     want = X.run(seed=0, detectors={k: dets[k] for k in parts}, **settings)
-    _same_rows(rows, _clean_rows(want["rows"]))       # one cell per detector = the detectors evaluated together
+    # one cell per detector = the detectors evaluated together (the experiment lists rows attack by attack,
+    # the grid detector by detector)
+    got = _clean_rows(want["rows"])
+    _same_rows(rows, [r for d in parts for r in got if r["detector"] == d])
     md = Path(sw.report(db, tmp_path / "rep")["markdown"]).read_text()
     assert "| Mahalanobis |" in md and "| ML-LOO |" in md
 
@@ -349,3 +352,23 @@ def test_shipped_experiment_grids_expand_and_bad_blocks_are_refused():
     with pytest.raises(sw.GridError, match="'experiment' must be one of"):
         sw.expand({**base, "experiment": "evaluation"})
     assert len(sw.expand(base)) == len(fooling.PARTS)          # parts default to all of them
+
+
+def test_yaml_grids_use_the_safe_loader_and_need_pyyaml(tmp_path, monkeypatch):
+    yaml = pytest.importorskip("yaml")      # declared in the sweep and test extras
+
+    y = tmp_path / "g.yaml"
+    y.write_text(yaml.safe_dump(TINY))
+    assert [c["key"] for c in sw.expand(y)] == [c["key"] for c in sw.expand(TINY)]
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\nkind: attack\n")
+    with pytest.raises(sw.GridError, match="tags such as"):
+        sw.expand(bad)
+    assert not marker.exists()                # nothing in a grid file runs
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(sw.GridError, match="mapping at the top level"):
+        sw.expand(tmp_path / "list.yaml")
+    monkeypatch.setitem(sys.modules, "yaml", None)       # PyYAML not installed
+    with pytest.raises(sw.GridError, match="needs PyYAML.*TOML or JSON"):
+        sw.expand(y)

@@ -102,14 +102,24 @@ def load_grid(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise GridError(f"{path}: reading YAML grids needs PyYAML (pip install pyyaml); "
-                            f"or write the grid as TOML") from None
-        data = yaml.safe_load(text)
+            raise GridError(f"{path}: reading YAML grids needs PyYAML: pip install 'xadv[sweep]' (or pyyaml); "
+                            f"or write the grid as TOML or JSON") from None
+        try:
+            data = yaml.safe_load(text)     # the safe loader only: no tags that build Python objects
+        except yaml.YAMLError as e:
+            raise GridError(f"{path}: not a valid YAML grid (only plain YAML is read; tags such as "
+                            f"!!python/... are refused): {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise GridError(f"{path}: a grid is a mapping at the top level, got {type(data).__name__}")
         return data
     if ext == ".json":
-        return json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GridError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise GridError(f"{path}: a grid is a mapping at the top level, got {type(data).__name__}")
+        return data
     raise GridError(f"{path}: grids are .toml, .yaml/.yml or .json files, got {ext or 'no extension'!r}")
 
 
@@ -170,7 +180,7 @@ def expand(grid: Union[str, Path, Mapping[str, Any]]) -> List[Dict[str, Any]]:
         kind0 = b.get("kind", defaults.get("kind"))
         # grid-level axes are defaults for the blocks they apply to (models do not apply to experiment cells)
         blk = {**{k: v for k, v in defaults.items() if k != "name" and not (
-            k in _SINGULAR and kind0 in _AXES and k not in _AXES[kind0])}, **b}
+            g.get("blocks") and k in _SINGULAR and kind0 in _AXES and k not in _AXES[kind0])}, **b}
         unknown = set(blk) - _BLOCK_KEYS
         if unknown:
             raise GridError(f"block {bi}: unknown keys {sorted(unknown)}; a block has "
