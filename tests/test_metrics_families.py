@@ -105,6 +105,10 @@ def test_report_card():
     matplotlib.use("Agg")
     fig = card.figure()
     assert fig.axes
+    before = dict(matplotlib.rcParams)
+    dark = card.figure(style="dark")              # a style for this figure only
+    assert dark.get_facecolor()[:3] == (0.0, 0.0, 0.0) and fig.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert dict(matplotlib.rcParams) == before
     best, bh = M.bhatt_aggregate(net, x, None, ["saliency", "input_x_gradient"], n_samples=3)
     assert len(bh.values) == 3 and best
     w = M.warnecke_criteria(net, x, None, ["saliency"], attack={"steps": 3})

@@ -89,8 +89,17 @@ class ReportCard:
         r = self.ranks()
         return sorted(r, key=lambda e: sum(r[e].values()) / max(1, len(r[e])))
 
-    def figure(self, ax=None):
-        """Heat map of the ranks (1 = best) with the values written in the cells; returns the Figure."""
+    def figure(self, ax=None, style=None):
+        """Heat map of the ranks (1 = best) with the values written in the cells; returns the Figure.
+
+        ``style``: a style for this figure only, as ``style=`` of :mod:`xadv.plot`'s functions
+        (``"paper"``, ``"notebook"``, ``"dark"``, a matplotlib style, a ``.mplstyle`` file or a
+        dict of rcParams); default the current settings.
+        """
+        if style is not None:
+            from ..plot._style import styled
+
+            return styled(type(self).figure)(self, ax=ax, style=style)
         import matplotlib.pyplot as plt
         import numpy as np
 
