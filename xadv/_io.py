@@ -688,6 +688,16 @@ class OutputFolder:
             self._release()
 
 
+def os_error_message(err: OSError) -> str:
+    """One line for a failed write: what went wrong, where, and what to do."""
+    what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EEXIST: "a file is in the way", errno.EISDIR: "a folder is in the way",
+            errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return f"cannot write output: {what}{where}; free space or pick another --out"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

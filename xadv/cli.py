@@ -677,7 +677,7 @@ def cmd_detect(a) -> int:
     if a.table:
         from .experiments import detection as ex
 
-        return ex.main(["--progress"] + (["--json", str(Path(a.out) / "detection.json")] if a.out else []))
+        return ex.main(["--progress"] + (["--out", str(a.out)] if a.out else []))
     from . import detectors as D
     from . import plot as xp
 
@@ -1299,15 +1299,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"xadv {a.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, read-only folder, --out naming a file, ...
-        import errno
+        from ._io import os_error_message
 
-        what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
-                errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is a file, not a folder",
-                errno.EEXIST: "a file is in the way", errno.EISDIR: "a folder is in the way",
-                errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"xadv {a.command}: error: cannot write output: {what}{where}; free space or pick another --out",
-              file=sys.stderr)
+        print(f"xadv {a.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 
