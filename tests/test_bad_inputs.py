@@ -447,3 +447,21 @@ def test_heatmap_of_an_array_batch_draws_the_indexed_sample():
         fig = xp.heatmap(a, index=i)
         assert np.allclose(fig.axes[0].images[0].get_array(), a[i].sum(0))
     plt.close("all")
+
+
+class _TwoInputs(nn.Module):
+    """A Conv2d on the image and a Linear on a (N, 3) side input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.side, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(3, 2), nn.Linear(2 * 36 + 2, 3)
+
+    def forward(self, img, side):
+        return self.fc(torch.cat([self.conv(img).relu().flatten(1), self.side(side)], 1))
+
+
+def test_first_layer_check_leaves_several_inputs_alone():
+    """A 2-D side input of a model whose first layer is a Conv2d: not checked against that layer."""
+    x = (torch.rand(2, 1, 6, 6), torch.rand(2, 3))
+    e = xadv.explain(_TwoInputs().eval(), x, method="integrated_gradients", steps=4, target=0)
+    assert [a.shape for a in e.attributions] == [x[0].shape, x[1].shape]

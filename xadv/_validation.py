@@ -23,7 +23,8 @@ def model_device(model) -> Optional[torch.device]:
     return None
 
 
-def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_integer: bool = False) -> torch.Tensor:
+def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_integer: bool = False,
+                 whole_input: bool = True) -> torch.Tensor:
     """Check a batch-first float tensor: rank, dtype, finiteness and device.
 
     Raises
@@ -31,8 +32,10 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_inte
     TypeError
         ``x`` is not a tensor or not floating point.
     ValueError
-        Rank below ``min_dim``, empty batch, NaN/Inf values, or a device different
-        from the model's.
+        Rank below ``min_dim``, empty batch, NaN/Inf values, a device different
+        from the model's, or (``whole_input=True``, ``x`` being the model's only
+        input) a shape or dtype the model's first layer cannot take
+        (:func:`check_fits_model`).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
@@ -60,7 +63,7 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_inte
             )
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
-    if isinstance(model, torch.nn.Module):
+    if whole_input and isinstance(model, torch.nn.Module):
         check_fits_model(x, model, name)
     return x
 
