@@ -200,11 +200,11 @@ def test_demo_resumes_finished_stages_after_a_fault(demo_out, tmp_path, monkeypa
     assert man["complete"] and man["done"] == ["explain", "attack", "fool", "detect"]
 
     # a finished stage whose file changed is redone; the others are still reused
-    (out / "attack_success.png").write_bytes(b"not the figure")
+    (out / "fooling_examples.png").write_bytes(b"not the figure")
     assert main(argv) == 0
-    assert calls == {"explain": 1, "attack": 2, "fool": 1, "detect": 2}
-    assert (out / "attack_success.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((out / "metrics.json").read_text())["resumed"] == ["explain", "fool", "detect"]
+    assert calls == {"explain": 1, "attack": 1, "fool": 2, "detect": 2}
+    assert (out / "fooling_examples.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["resumed"] == ["explain", "attack", "detect"]
     assert _demo_numbers(out) == _demo_numbers(demo_out)
 
 
