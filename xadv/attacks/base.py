@@ -178,6 +178,7 @@ class Attack(ParamsMixin):
                     counter.take()
                     labels = resolve_target(None, out_clean)
                 else:  # range-checked against the model's classes once its output is known
+                    _check_nonnegative_labels(y, "target labels" if self.targeted else "labels")
                     labels = resolve_target(y, x0.new_zeros(1, 1).expand(x0.shape[0], 1 << 30))  # no memory: stride 0
                 ctx = AttackContext(self, counter, x0, labels, out_clean)
                 if out_clean is not None:
@@ -212,6 +213,23 @@ class Attack(ParamsMixin):
 
         args = ", ".join(f"{k}={fmt(v)}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _check_nonnegative_labels(y, what: str) -> None:
+    """Negative class indices, named before the model's class count is known."""
+    if isinstance(y, bool):
+        return
+    if isinstance(y, int):
+        bad = y < 0
+    elif isinstance(y, torch.Tensor):
+        bad = y.numel() > 0 and not y.is_floating_point() and y.dtype != torch.bool and bool((y < 0).any())
+    elif isinstance(y, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+        bad = any(v < 0 for v in y)
+    else:
+        return
+    if bad:
+        vals = y.tolist() if isinstance(y, torch.Tensor) else y
+        raise ValueError(f"target out of range: {what} are class indices >= 0, got {vals}")
 
 
 class AttackContext:

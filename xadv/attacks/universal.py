@@ -253,31 +253,37 @@ class DataFreeUAP(_Universal):
         lo, hi = self.bounds
         gen = make_generator(self.seed, self.generator, x.device)
 
+        # half precision (float16/bfloat16): Adam's state and the log-norms underflow or overflow
+        # there (NaN perturbations), so the perturbation and the loss live in float32 and only
+        # the model's forward pass runs in its own dtype
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
         def run(m):
             acts: List[torch.Tensor] = []
             hooks = [mod.register_forward_hook(lambda _m, _i, o: acts.append(o)) for mod in mods]
             try:
                 shape = (1,) + tuple(x.shape[1:])
-                kw = dict(generator=gen, device=x.device, dtype=x.dtype)
+                kw = dict(generator=gen, device=x.device, dtype=work)
                 z = ((torch.rand(shape, **kw) * 2 - 1)).requires_grad_(True)  # delta / eps
                 opt = torch.optim.Adam([z], lr=self.lr)
                 for _ in range(self.steps):
                     if self.prior == "range":
                         p = lo + (hi - lo) * torch.rand((self.n_samples,) + shape[1:], **kw)
                     else:
-                        p = torch.full(shape, 0.5 * (lo + hi), device=x.device, dtype=x.dtype)
+                        p = torch.full(shape, 0.5 * (lo + hi), device=x.device, dtype=work)
                     acts.clear()
                     with torch.enable_grad():
                         delta = project(z * self.eps, self.norm, self.eps)
-                        forward(m, (p + delta).clamp(lo, hi))
-                        loss = -sum(torch.log(a.reshape(a.shape[0], -1).norm(dim=1) + 1e-12).mean() for a in acts)
+                        forward(m, (p + delta).clamp(lo, hi).to(x.dtype))
+                        loss = -sum(torch.log(a.reshape(a.shape[0], -1).float().norm(dim=1) + 1e-12).mean()
+                                    for a in acts)
                         opt.zero_grad()
                         (g,) = torch.autograd.grad(loss, z)
                     z.grad = g
                     opt.step()
                     with torch.no_grad():
                         z.copy_(project(z * self.eps, self.norm, self.eps) / self.eps)
-                return project(z.detach() * self.eps, self.norm, self.eps)
+                return project(z.detach() * self.eps, self.norm, self.eps).to(x.dtype)
             finally:
                 for h in hooks:
                     h.remove()
@@ -405,7 +411,11 @@ class AdversarialPatch(_Universal):
 
         def run(m):
             with torch.no_grad():
-                labels = resolve_target(y, forward(m, x))
+                out0 = forward(m, x)
+            labels = resolve_target(y, out0)
+            if self.target is not None and self.target >= out0.shape[1]:
+                raise ValueError(f"target {self.target} out of range: the model has {out0.shape[1]} classes "
+                                 f"(0..{out0.shape[1] - 1})")
             patch = (lo + (hi - lo) * torch.rand((c, s, s), generator=gen, device=x.device,
                                                  dtype=x.dtype)).requires_grad_(True)
             opt = torch.optim.Adam([patch], lr=self.lr)

@@ -27,7 +27,7 @@ import torch
 
 from .. import attacks as A
 from .. import explainers as E
-from . import write_outputs
+from . import run_in_folder, write_outputs
 
 
 def _load(n: int, seed: int = 0):
@@ -349,6 +349,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--progress", action="store_true", help="print the seconds of every section and row")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    return run_in_folder("attacks", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     t = time.perf_counter()
     res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
               n_explainer=a.n_explainer, n_suite=a.n_suite)

@@ -180,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "over the strongest configurations, 100 steps each (the docs table; ~12 min)")
     p.add_argument("--adaptive-steps", type=int, default=None, help="override the steps of every adaptive run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="save the DetectionReport (.pt) here")
+    p.add_argument("--out", help="folder for detection.md, detection.html, detection.json and the DetectionReport "
+                                 "(detection_report.pt, read with DetectionReport.load)")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--latex", action="store_true", help="print a LaTeX table too")
     p.add_argument("--progress", action="store_true")
@@ -188,6 +189,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="torch threads (default 1: small convolutions gain little from more and suffer on a busy machine)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    from . import run_in_folder
+
+    return run_in_folder("detection", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress,
               adaptive=a.adaptive)
     rep = res["report"]
@@ -208,11 +215,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"total {res['seconds']:.1f} s")
     if a.latex:
         print(to_latex(rep, caption="Detectors on the digits CNN"))
-    if a.out:
-        rep.save(a.out)
-    if a.json:
-        from .._io import write_text
+    from .._io import write_text
 
+    if a.out:
+        from pathlib import Path
+
+        from ..plot import html_report
+
+        out = Path(a.out)
+        rep.save(out / "detection_report.pt")
+        write_text(out / "detection.md", res["markdown"] + "\n")
+        html_report(res["markdown"], out / "detection.html", title="xadv experiment: detection")
+        write_text(out / "detection.json", json.dumps(to_dict(rep), indent=1))
+    if a.json:
         write_text(a.json, json.dumps(to_dict(rep), indent=1))
     return 0
 

@@ -175,6 +175,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for evaluation.md / evaluation.json")
     a = p.parse_args(argv)
+    from . import run_in_folder
+
+    return run_in_folder("evaluation", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     res = run(n=a.n, seed=a.seed)
     print(res["markdown"])
     print("seconds:", {k: round(v, 1) for k, v in res["seconds"].items()})

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import strength, write_outputs
+from . import run_in_folder, strength, write_outputs
 
 SECTIONS = ("input", "targeted", "joint", "defense", "training", "model", "tabular")
 EPS = 8 / 255
@@ -535,6 +535,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="torch threads (default 1: the per-step work is small, extra threads mostly wait)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    return run_in_folder("fooling", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     t = time.perf_counter()
     res = run(n=a.n, n_heavy=a.n_heavy, steps=a.steps, seed=a.seed, sections=a.sections, verbose=True,
               check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model)

@@ -191,7 +191,7 @@ class Explainer(ParamsMixin):
         allow_int = layer_mode or self.accepts_integer_inputs
         for i, t in enumerate(inputs):
             check_inputs(t, model, min_dim=2 if multi else self.min_dim, name=f"x[{i}]" if multi else "x",
-                         allow_integer=allow_int)
+                         allow_integer=allow_int, whole_input=not multi)
         if multi and len({t.shape[0] for t in inputs}) > 1:
             raise ValueError(f"the inputs have different batch sizes {[t.shape[0] for t in inputs]}")
         if target is not None and self._explains_neuron():

@@ -314,7 +314,15 @@ class FoolingAttack:
         with torch.enable_grad():
             e = expl(twin, xa, self.target_for(ctx), create_graph=True)
             loss = self.loss(e, ctx)
-            (g,) = torch.autograd.grad(loss.sum(), xa)
+            g = None
+            if loss.requires_grad:
+                (g,) = torch.autograd.grad(loss.sum(), xa, allow_unused=True)
+        if g is None:
+            raise ValueError(
+                f"{type(self).__name__}: the {type(self.explainer).__name__} map of this model does not depend on "
+                f"the input (a model that is linear in x, e.g. Flatten + Linear, has the same gradient map for "
+                f"every input), so no input change can fool it; attack a model with non-linearities, or an "
+                f"explainer whose map changes with x (e.g. input_x_gradient or integrated_gradients)")
         if self.optimizer == "sign":
             d = -g.sign()
         else:

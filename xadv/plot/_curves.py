@@ -83,6 +83,10 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
     """
     fig, ax = _ax(ax)
     b = np.asarray(budgets, dtype=float)
+    if b.ndim != 1 or b.size == 0:
+        raise ValueError(f"budgets must be a non-empty sequence of numbers, got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"budgets must be finite numbers, got {b.tolist()}")
     bands = _series(band) if band is not None else {}
     for i, (name, vals) in enumerate(_series(values).items()):
         y = np.array([_value(v, key) for v in vals], dtype=float)

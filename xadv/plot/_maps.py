@@ -90,8 +90,10 @@ def to_map(attributions: Union[Explanation, ArrayLike], index: int = 0, reduce: 
     else:
         m = _np(attributions).astype(np.float64)
         if m.ndim == 4:
-            if m.shape[0] != 1:
-                raise ValueError(f"expected one map, got a batch of {m.shape[0]}; select one, e.g. a[0]")
+            if m.shape[0] != 1:  # a batch (N, C, H, W): sample ``index``
+                from .._views import check_index
+
+                m = m[check_index(index, m.shape[0], "maps")]
             m = m[0]
         if m.ndim == 3:
             if m.shape[-1] in (1, 3) and m.shape[0] not in (1, 3):
@@ -294,7 +296,7 @@ def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanatio
     if isinstance(image, Explanation):
         if attributions is None:
             attributions = image
-        img = to_image(image.inputs[index])
+        img = to_image(image[index].inputs[0])  # Explanation[index]: IndexError naming the valid range
     else:
         if attributions is None:
             raise TypeError("overlay needs attributions: pass an Explanation, or an image and a map")

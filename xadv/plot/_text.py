@@ -15,6 +15,9 @@ def _rows(tokens: TokensLike, scores) -> tuple:
     s = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores, dtype=float)
     s = np.asarray(s, dtype=float)
     if tokens and isinstance(tokens[0], str):
+        if s.size != len(tokens):
+            raise ValueError(f"one sequence of {len(tokens)} tokens needs {len(tokens)} scores, got {s.size} "
+                             f"(shape {s.shape}); pass one score per token")
         tokens, s = [list(tokens)], s.reshape(1, -1)
     tokens = [list(t) for t in tokens]
     if s.ndim != 2 or s.shape[0] != len(tokens):
