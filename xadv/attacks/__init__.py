@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .base import Attack, perturbation_norms, project
 from .gradient import FGSM, PGD, RFGSM, ExplainerPGD, ProjectedGradient
-from .apgd import APGD, APGDT
+from .apgd import APGD, APGDT, apgd_checkpoints
 from .square import Square
 from .autoattack import AutoAttack, GradientMaskingWarning
 from .blackbox import SurrogateAttack, TransferAttack, train_substitute
@@ -29,6 +29,6 @@ __all__ = [
     "Attack", "ProjectedGradient", "FGSM", "PGD", "RFGSM", "ExplainerPGD", "CarliniWagnerL2", "DeepFool",
     "DeletionAttack", "JSMA", "SurrogateAttack", "TransferAttack", "train_substitute",
     "ClassVisualizationPerturbation", "DataFreeUAP", "AdversarialPatch",
-    "APGD", "APGDT", "Square", "AutoAttack", "GradientMaskingWarning",
+    "APGD", "APGDT", "apgd_checkpoints", "Square", "AutoAttack", "GradientMaskingWarning",
     "perturbation_norms", "project",
 ]

@@ -13,7 +13,7 @@ torchattacks), so on a deterministic model the successes agree exactly.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,45 @@ def dlr_loss_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     zs, _ = logits.sort(dim=1)
     u = torch.arange(logits.shape[0], device=logits.device)
     return -(logits[u, y] - logits[u, target]) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
+
+
+def apgd_checkpoints(steps: int) -> List[int]:
+    """APGD's checkpoints ``w_j = ceil(p_j * steps)`` (Croce & Hein, 2020, section 3.2).
+
+    ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``,
+    up to ``p_j <= 1``: the intervals between checkpoints shrink from 22% of the budget
+    to 6%. The fractions are multiples of 0.01, so they are computed in integer hundredths
+    (no rounding error in the ceiling). At each checkpoint after the first, APGD decides
+    whether to halve the step size.
+
+    Parameters
+    ----------
+    steps : int
+        The iteration budget ``N_iter``.
+
+    Returns
+    -------
+    list of int
+        Increasing iteration indices, starting with 0 (duplicates removed for tiny budgets).
+
+    Examples
+    --------
+    >>> apgd_checkpoints(100)
+    [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    steps = check_positive_int(steps, "steps")
+    p = [0, 22]  # hundredths
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
+        if nxt > 100:
+            break
+        p.append(nxt)
+    out: List[int] = []
+    for q in p:
+        w = -(-q * steps // 100)  # exact ceil(q * steps / 100)
+        if not out or w > out[-1]:
+            out.append(w)
+    return out
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:

