@@ -210,7 +210,7 @@ class AdaptiveAttack:
     seed : int, default 0
     batch_size : int, default 64
         Inputs attacked at a time (the graph through the explainer is kept per batch).
-    progress : bool, default False
+    progress : bool or None, default None
         tqdm bar over restarts x batches.
 
     References
@@ -240,7 +240,7 @@ class AdaptiveAttack:
                  restarts: int = 1, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
                  smooth_beta: Optional[float] = 10.0, surrogate: Union[str, Callable] = "detector",
                  temperature: float = 0.1, random_start: bool = True, bounds=(0.0, 1.0),
-                 seed: Optional[int] = 0, batch_size: int = 64, progress: bool = False, runner_ups: int = 0):
+                 seed: Optional[int] = 0, batch_size: int = 64, progress: Optional[bool] = None, runner_ups: int = 0):
         if not isinstance(detector, Detector):
             raise TypeError(f"detector must be an xadv Detector, got {type(detector).__name__}")
         if not getattr(detector, "fitted_", False):
@@ -280,7 +280,7 @@ class AdaptiveAttack:
         self.bounds = check_bounds(bounds)
         self.seed = seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.progress = bool(progress)
+        self.progress = progress
         if isinstance(runner_ups, bool) or not isinstance(runner_ups, int) or runner_ups < 0:
             raise ValueError(f"runner_ups must be an int >= 0, got {runner_ups!r}")
         self.runner_ups = runner_ups
@@ -431,10 +431,10 @@ class AdaptiveAttack:
                 for p in grad_model.parameters():
                     p.requires_grad_(False)
             starts = range(0, len(x), self.batch_size)
-            bar = None
-            if self.progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=(self.restarts + self.runner_ups) * len(starts), desc=repr(self), leave=False)
+            from .._progress import bar as progress_bar
+
+            bar = progress_bar((self.restarts + self.runner_ups) * len(starts), type(self).__name__,
+                               progress=self.progress, unit="batch")
             x_adv = score = found = restart = step = None
             ranked = out.argsort(dim=1, descending=True)
             k = out.shape[1]
@@ -450,8 +450,7 @@ class AdaptiveAttack:
                     parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
                                                     y[i:i + self.batch_size], gen,
                                                     None if target is None else target[i:i + self.batch_size]))
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
                 xr, sr, fr, tr = (torch.cat(c) for c in zip(*parts))
                 if x_adv is None:
                     x_adv, score, found, step = xr, sr, fr, tr

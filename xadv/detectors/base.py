@@ -103,7 +103,7 @@ def seeded_module(factory, seed: Optional[int], device, dtype) -> nn.Module:
 
 
 def train_binary(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                 weight_decay: float, batch_size: int, seed: Optional[int], progress: bool = False,
+                 weight_decay: float, batch_size: int, seed: Optional[int], progress: Optional[bool] = None,
                  desc: str = "training detector") -> None:
     """Train ``net`` (x -> (N,) logits) with balanced binary cross-entropy and Adam."""
     g = make_generator(seed)
@@ -113,11 +113,9 @@ def train_binary(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epoch
     pos_weight = torch.tensor(neg / max(pos, 1.0), dtype=x.dtype, device=x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     net.train()
-    it = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=desc, leave=False)
-    for _ in it:
+    from .._progress import track
+
+    for _ in track(range(epochs), desc, progress=progress, unit="epoch"):
         perm = torch.randperm(x.shape[0], generator=g).to(x.device)
         for i in range(0, x.shape[0], batch_size):
             idx = perm[i:i + batch_size]
@@ -195,7 +193,7 @@ class Detector:
         Inputs per chunk when scoring without a graph.
     seed : int, default 0
         Seeds the split, network initialisation and shuffling: same seed, same detector.
-    progress : bool, default False
+    progress : bool or None, default None
         tqdm bars while training.
 
     Class attributes: ``differentiable`` (``score(..., create_graph=True)`` is the exact
@@ -211,7 +209,7 @@ class Detector:
     surrogate_note: ClassVar[str] = ""
 
     def __init__(self, *, fpr: float = 0.05, val_fraction: float = 0.2, batch_size: int = 256,
-                 seed: Optional[int] = 0, progress: bool = False):
+                 seed: Optional[int] = 0, progress: Optional[bool] = None):
         if not 0.0 < float(fpr) < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -220,7 +218,7 @@ class Detector:
         self.val_fraction = float(val_fraction)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
 
     # ------------------------------------------------------------------ API
     def fit(self, model, x_clean: torch.Tensor, x_adv: Optional[torch.Tensor] = None) -> "Detector":

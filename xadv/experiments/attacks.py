@@ -76,7 +76,7 @@ def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -
 class _TimedRows(list):
     """Rows that record the seconds spent since the previous row (``"seconds"``; JSON only)."""
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: Optional[bool] = None):
         super().__init__()
         self.progress = progress
         self.mark()
@@ -93,7 +93,7 @@ class _TimedRows(list):
         super().append(row)
 
 
-def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: bool = False,
+def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Optional[bool] = None,
         sections: Optional[Sequence[str]] = None, full: bool = False,
         n_explainer: Optional[int] = None, n_suite: int = 64) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
@@ -110,7 +110,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     n_slow : int, optional
         Digits for the per-sample-heavy attacks (CW, LIME deletion, SurrogateAttack and the
         substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
-    progress : bool, default False
+    progress : bool or None, default None
         Print the seconds of every section and row.
     sections : optional subset of {"gradient", "suite", "explainer", "deletion", "blackbox", "universal"}
     n_suite : int, default 64

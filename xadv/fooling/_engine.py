@@ -22,7 +22,7 @@ import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-from tqdm.auto import tqdm
+from .._progress import bar as progress_bar
 
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, check_positive_int
@@ -252,7 +252,7 @@ class FoolingAttack:
                  steps: int = 300, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (30.0, 300.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "sign", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
+                 progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1):
         self.explainer = resolve_explainer(explainer)
         check_explainer_differentiable(self.explainer)
         if not float(eps) > 0:
@@ -273,7 +273,9 @@ class FoolingAttack:
         pool_schedule(pool_beta, [1.0, 1.0])
         self.pool_beta = pool_beta if isinstance(pool_beta, (tuple, list)) or pool_beta is None else float(pool_beta)
         self.seed = seed
-        self.progress = bool(progress)
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
+        self.progress = progress
         if schedule not in _SCHEDULES:
             raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
@@ -374,6 +376,7 @@ class FoolingAttack:
             accepted = torch.zeros(n, dtype=torch.long, device=x.device)
             view = (-1,) + (1,) * (x.dim() - 1)
             gen = None
+            bar = progress_bar(self.restarts * self.steps, type(self).__name__, progress=self.progress, unit="step")
             for r in range(self.restarts):
                 step = torch.full((n,), base_step, dtype=x.dtype, device=x.device)
                 x_cur = x.clone()
@@ -387,10 +390,7 @@ class FoolingAttack:
                         ok0 = self.accept(self.explainer(model, start, self.target_for(ctx)).output.argmax(1), ctx)
                     x_cur = torch.where(ok0.view(view), start, x)
                 state: Dict[str, Any] = {}
-                it = range(self.steps)
-                if self.progress:
-                    it = tqdm(it, desc=type(self).__name__, leave=False)
-                for t in it:
+                for t in range(self.steps):
                     if smoothed and betas is not None:
                         # pooling sharpens with the softplus so the copy converges to the model
                         set_beta(twin, betas[t], None if pools is None else pools[t])
@@ -408,8 +408,12 @@ class FoolingAttack:
                     best_c = torch.where(better, c, best_c)
                     best_x = torch.where(better.view(view), cand, best_x)
                     self.after_step(pred, ctx)
-                    history.append(float(best_c[torch.isfinite(best_c)].mean()) if torch.isfinite(best_c).any()
-                                   else float("nan"))
+                    # the mean finite criterion, on the device (nan when none is finite): no host sync per step
+                    finite = torch.isfinite(best_c)
+                    history.append(torch.where(finite, best_c, torch.zeros_like(best_c)).sum() / finite.sum())
+                    bar.update(1)
+            bar.close()
+            history = torch.stack(history).tolist() if history else []
             e_adv = self.explainer(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
                                    else yt).detach()
             pred_adv = e_adv.output.argmax(1)

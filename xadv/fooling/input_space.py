@@ -49,7 +49,7 @@ _COMMON = """
         ReLU's). A number is the start value, sharpened in proportion to ``beta``; a
         pair ``(start, end)`` anneals geometrically; ``None`` keeps max pooling.
     seed : int, optional
-    progress : bool, default False
+    progress : bool or None, default None
 """
 
 
@@ -286,7 +286,7 @@ class TargetedManipulation(FoolingAttack):
                  eps: float = 8 / 255, steps: int = 400, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (10.0, 1000.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "adam", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
+                 progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
                          schedule=schedule, restarts=restarts)
@@ -436,7 +436,7 @@ class JointAttack(FoolingAttack):
                  beta: BetaLike = (30.0, 300.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
                  c_max: float = 1e3,
                  k: Union[int, float] = 0.1, reduce: str = "abs", optimizer: str = "sign",
-                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: bool = False,
+                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: Optional[bool] = None,
                  schedule: str = "cosine", restarts: int = 1):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
