@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from .. import explainers as _explainers
-from .._validation import check_bounds, check_positive_int, resolve_target
+from .._validation import check_bounds, check_positive_int, checked_inputs, resolve_target
 from ..explainers import Explainer, Saliency
 from ..explainers.base import forward, select_score
 from .base import (Attack, AttackContext, check_batch_size, check_nonneg, check_norm, make_generator, map_rows,
@@ -318,7 +318,8 @@ class ProjectedGradient(Attack):
         if self._loss_direction():  # the loss gradient, without building an Explanation
             score = self.explainer.score
             return map_rows(lambda a, b: loss_gradient(ctx.model, a, b, score, self.amp, first), ctx.rows, xs, ys)
-        return map_rows(lambda a, b: self._direction(ctx, a, b), ctx.rows, xs, ys)
+        with contextlib.nullcontext() if first else checked_inputs():  # labels checked at the first step
+            return map_rows(lambda a, b: self._direction(ctx, a, b), ctx.rows, xs, ys)
 
     # ------------------------------------------------------------------ loop
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:

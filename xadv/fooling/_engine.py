@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from .._progress import bar as progress_bar
+from .._validation import checked_inputs
 
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, check_positive_int
@@ -390,28 +391,29 @@ class FoolingAttack:
                         ok0 = self.accept(self.explainer(model, start, self.target_for(ctx)).output.argmax(1), ctx)
                     x_cur = torch.where(ok0.view(view), start, x)
                 state: Dict[str, Any] = {}
-                for t in range(self.steps):
-                    if smoothed and betas is not None:
-                        # pooling sharpens with the softplus so the copy converges to the model
-                        set_beta(twin, betas[t], None if pools is None else pools[t])
-                    cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
-                                          t, ctx, state).detach()
-                    cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
-                    ec = self.explainer(model, cand, self.target_for(ctx))
-                    pred = ec.output.argmax(1)
-                    ok = self.accept(pred, ctx)
-                    x_cur = torch.where(ok.view(view), cand, x_cur)
-                    step = torch.where(ok, step, step * 0.5)
-                    accepted += ok.long()
-                    c = self.criterion(ec.detach(), ctx)
-                    better = ok & self.valid(pred, ctx) & (c < best_c)
-                    best_c = torch.where(better, c, best_c)
-                    best_x = torch.where(better.view(view), cand, best_x)
-                    self.after_step(pred, ctx)
-                    # the mean finite criterion, on the device (nan when none is finite): no host sync per step
-                    finite = torch.isfinite(best_c)
-                    history.append(torch.where(finite, best_c, torch.zeros_like(best_c)).sum() / finite.sum())
-                    bar.update(1)
+                with checked_inputs():  # x and the targets were checked above: no host sync per step
+                    for t in range(self.steps):
+                        if smoothed and betas is not None:
+                            # pooling sharpens with the softplus so the copy converges to the model
+                            set_beta(twin, betas[t], None if pools is None else pools[t])
+                        cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
+                                              t, ctx, state).detach()
+                        cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
+                        ec = self.explainer(model, cand, self.target_for(ctx))
+                        pred = ec.output.argmax(1)
+                        ok = self.accept(pred, ctx)
+                        x_cur = torch.where(ok.view(view), cand, x_cur)
+                        step = torch.where(ok, step, step * 0.5)
+                        accepted += ok.long()
+                        c = self.criterion(ec.detach(), ctx)
+                        better = ok & self.valid(pred, ctx) & (c < best_c)
+                        best_c = torch.where(better, c, best_c)
+                        best_x = torch.where(better.view(view), cand, best_x)
+                        self.after_step(pred, ctx)
+                        # the mean finite criterion, on the device (nan when none is finite): no host sync per step
+                        finite = torch.isfinite(best_c)
+                        history.append(torch.where(finite, best_c, torch.zeros_like(best_c)).sum() / finite.sum())
+                        bar.update(1)
             bar.close()
             history = torch.stack(history).tolist() if history else []
             e_adv = self.explainer(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
