@@ -129,3 +129,26 @@ def test_amp_bfloat16_on_cpu():
         A.PGD(amp="half")
     with pytest.raises(ValueError, match="loss gradient"):
         A.ProjectedGradient("ig", amp=True)
+
+
+def test_no_host_sync_per_step_adaptive(monkeypatch):
+    import xadv.detectors as D
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+                              torch.nn.Linear(144, 5)).eval()
+    xtr = torch.rand(40, 3, 6, 6)
+    det = D.SaliencyDetector(epochs=1, seed=0).fit(net, xtr, (xtr + 0.1 * torch.randn_like(xtr)).clamp(0, 1))
+    x, y = torch.rand(6, 3, 6, 6), torch.arange(6) % 5
+
+    def run(steps):
+        D.AdaptiveAttack(det, eps=0.1, steps=steps, seed=0)(net, x, y)
+
+    run(2)
+    counts = []
+    for steps in (10, 20):
+        with monkeypatch.context() as m:
+            c = SyncCounter(m)
+            run(steps)
+            counts.append(c.n)
+    assert counts[1] - counts[0] == 0, f"AdaptiveAttack: {(counts[1] - counts[0]) / 10} host syncs per step"

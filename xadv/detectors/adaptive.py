@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._model import preserved
-from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target, checked_inputs
 from ..attacks.gradient import schedule_factor
 from ..explainers.base import forward
 from ..nn import smooth_relu
@@ -381,10 +381,10 @@ class AdaptiveAttack:
                 with torch.enable_grad():
                     margin = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
             sd = det.score(model, xa.detach())  # the exact score picks the best iterate
-            better = fooled & (sd < best_score)
-            best[better] = xa.detach()[better]
-            best_score[better] = sd[better]
-            best_step[better] = t
+            better = fooled & (sd < best_score)  # torch.where: boolean indexing would synchronise
+            best = torch.where(better.reshape((-1,) + (1,) * (x.dim() - 1)), xa.detach(), best)
+            best_score = torch.where(better, sd, best_score)
+            best_step = torch.where(better, torch.full_like(best_step, t), best_step)
             found |= fooled
             if t == self.steps:
                 break
@@ -447,9 +447,10 @@ class AdaptiveAttack:
                     target = torch.where(target == y, ranked[:, 0], target)
                 parts = []
                 for i in starts:
-                    parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
-                                                    y[i:i + self.batch_size], gen,
-                                                    None if target is None else target[i:i + self.batch_size]))
+                    with checked_inputs():  # x and y were checked: no host-side checks inside the step loop
+                        parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
+                                                        y[i:i + self.batch_size], gen,
+                                                        None if target is None else target[i:i + self.batch_size]))
                     bar.update(1)
                 xr, sr, fr, tr = (torch.cat(c) for c in zip(*parts))
                 if x_adv is None:

@@ -111,7 +111,8 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
         Digits for the per-sample-heavy attacks (CW, LIME deletion, SurrogateAttack and the
         substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
     progress : bool or None, default None
-        Print the seconds of every section and row.
+        A bar over the sections (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`); True also prints the seconds of every section and row.
     sections : optional subset of {"gradient", "suite", "explainer", "deletion", "blackbox", "universal"}
     n_suite : int, default 64
         Digits for the standard suite (APGD, APGD-T, Square, AutoAttack at their default budgets).
@@ -134,6 +135,10 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
     secs: Dict[str, float] = {}
     want = set(sections or ("gradient", "suite", "explainer", "deletion", "blackbox", "universal"))
 
+    from .._progress import bar as progress_bar
+
+    bar = progress_bar(len(want), "attacks experiment", progress=progress, unit="section", leave=True)
+
     def timed(name):
         class _T:
             def __enter__(self_):
@@ -142,6 +147,8 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
 
             def __exit__(self_, *a):
                 secs[name] = round(time.perf_counter() - self_.t, 1)
+                bar.update(1)
+                bar.set_postfix_str(f"{name} {secs[name]} s")
                 if progress:
                     print(f"[attacks] {name}: {secs[name]} s", flush=True)
         return _T()
@@ -267,6 +274,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
                     rows.append(_row("universal", f"Patch -> 3, {label}", f"{size}x{size}", res,
                                      note="targeted, trained on train split"))
 
+    bar.close()
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
 
 
