@@ -81,6 +81,19 @@ def forward_rows(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
         return map_rows(lambda z: forward(model, z).detach(), rows, x)
 
 
+def evaluation_pass(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
+    """The outputs for the result (predictions, confidences, success): a forward pass only,
+    channels-last for image batches on a CPU, where PyTorch's convolution and pooling kernels
+    are about twice as fast (values equal to float rounding); NCHW for a model that rejects
+    channels-last inputs (a ``.view`` of a conv activation) and on other devices."""
+    if x.dim() == 4 and x.device.type == "cpu":
+        try:
+            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows)
+        except RuntimeError:
+            pass
+    return forward_rows(model, x, rows)
+
+
 def perturbation_norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
     """``l0`` (count of changed features), ``l2`` and ``linf`` of each sample's perturbation."""
     flat = delta.detach().reshape(delta.shape[0], -1)
@@ -229,12 +242,12 @@ class Attack(ParamsMixin):
                 out_adv = ctx.adv_logits  # evaluated by the attack, or here
                 if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
                     if ctx._logits is None:  # clean and adversarial outputs in one pass (fewer, larger calls)
-                        both = forward_rows(model, torch.cat([x0, x_adv.to(memory_format=torch.contiguous_format)]),
-                                            rows)
+                        both = evaluation_pass(model, torch.cat([x0, x_adv.to(memory_format=torch.contiguous_format)]),
+                                               rows)
                         ctx.provide_logits(both[: x0.shape[0]])
                         out_adv = both[x0.shape[0]:]
                     else:
-                        out_adv = forward_rows(model, x_adv, rows)
+                        out_adv = evaluation_pass(model, x_adv, rows)
                 out_clean = ctx.logits
                 if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
                     x_adv = torch.empty_like(x0).copy_(x_adv)
