@@ -152,3 +152,34 @@ def test_no_host_sync_per_step_adaptive(monkeypatch):
             run(steps)
             counts.append(c.n)
     assert counts[1] - counts[0] == 0, f"AdaptiveAttack: {(counts[1] - counts[0]) / 10} host syncs per step"
+
+
+def _smooth_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 5)).double().eval()
+
+
+FOOLING = {
+    "TopKAttack": lambda bs: __import__("xadv.fooling", fromlist=["x"]).TopKAttack(
+        eps=0.05, steps=4, restarts=2, seed=0, batch_size=bs),
+    "MassCenterAttack": lambda bs: __import__("xadv.fooling", fromlist=["x"]).MassCenterAttack(
+        eps=0.05, steps=4, optimizer="adam", batch_size=bs),
+    "RandomSignAttack": lambda bs: __import__("xadv.fooling", fromlist=["x"]).RandomSignAttack(
+        eps=0.05, steps=4, seed=0, batch_size=bs),
+    "JointAttack": lambda bs: __import__("xadv.fooling", fromlist=["x"]).JointAttack(
+        eps=0.05, steps=4, target=1, batch_size=bs),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOOLING))
+def test_fooling_batch_size_bounds_rows_and_keeps_results(name):
+    net = _smooth_net()
+    x = torch.rand(7, 3, 6, 6, dtype=torch.float64)
+    whole, chunked = RowCounter(net), RowCounter(net)
+    r0 = FOOLING[name](None)(whole, x)
+    r1 = FOOLING[name](3)(chunked, x)
+    assert max(whole.rows) >= 7 and max(chunked.rows) <= 3, chunked.rows
+    torch.testing.assert_close(r1.x_adv, r0.x_adv, rtol=0, atol=1e-10)
+    torch.testing.assert_close(r1.explanation_adv.attributions, r0.explanation_adv.attributions)
+    assert torch.equal(r1.kept, r0.kept)
