@@ -83,6 +83,11 @@ def explain_batched(explainer: Explainer, model, x: torch.Tensor, *, create_grap
     """
     if create_graph:
         return explainer(model, x, None, create_graph=True).attributions
+    if getattr(explainer, "batch_size", False) is None:  # its internal passes (IG steps, samples) bounded too
+        import copy
+
+        explainer = copy.copy(explainer)
+        explainer.batch_size = batch_size
     parts = [explainer(model, x[i:i + batch_size], None).attributions.detach()
              for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts)
@@ -190,7 +195,9 @@ class Detector:
         Fraction of the clean (and adversarial) inputs held out from fitting; the
         threshold and ``fit_info_["val_auroc"]`` come from them. 0 uses the fitting data.
     batch_size : int, default 256
-        Inputs per chunk when scoring without a graph.
+        Rows per model call when fitting and scoring without a graph (an explainer
+        built by name, or one whose ``batch_size`` is None, gets it for its internal
+        passes too); ``score(..., create_graph=True)`` runs the batch in one call.
     seed : int, default 0
         Seeds the split, network initialisation and shuffling: same seed, same detector.
     progress : bool or None, default None
@@ -422,8 +429,18 @@ class Detector:
         return obj
 
 
-def batched_apply(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+def batched_apply(fn, x: torch.Tensor, batch_size: int):
+    """``fn`` on row chunks of ``x``; tensors, or tuples/lists of tensors, concatenated."""
+    outs = [fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    if isinstance(outs[0], (tuple, list)):
+        return type(outs[0])(batched_apply_join(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+def batched_apply_join(parts):
+    if isinstance(parts[0], (tuple, list)):
+        return type(parts[0])(batched_apply_join(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 def check_fraction(value, name: str) -> float:
