@@ -334,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     t = time.perf_counter()
-    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
+    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress or None, sections=a.sections, full=a.full,
               n_explainer=a.n_explainer, n_suite=a.n_suite)
     total = time.perf_counter() - t
     text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "

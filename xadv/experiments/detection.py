@@ -168,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="torch threads (default 1: small convolutions gain little from more and suffer on a busy machine)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress,
+    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress or None,
               adaptive=a.adaptive)
     rep = res["report"]
     print(res["markdown"])
