@@ -1,11 +1,30 @@
 """Input checks and the single target resolver shared by every part of xadv."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 TargetLike = Union[None, int, Sequence[int], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+# inside a step loop whose inputs and targets were checked once before the loop
+_CHECKED: contextvars.ContextVar = contextvars.ContextVar("xadv_checked_inputs", default=False)
+
+
+@contextlib.contextmanager
+def checked_inputs() -> Iterator[None]:
+    """Inside: the value checks that need the host (NaN/Inf in inputs, target range) are
+    skipped; for step loops whose inputs (clamped iterates of checked inputs) and targets
+    (validated LongTensors) were checked before the loop, so a GPU step does not wait.
+    Shapes, dtypes and devices are still checked."""
+    token = _CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
 
 
 def check_model(model) -> None:
@@ -61,7 +80,7 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_inte
                 f"{name} is on {x.device} but the model is on {dev}; move one of them, e.g. "
                 f"{name}.to({str(dev)!r})"
             )
-    if x.is_floating_point() and not torch.isfinite(x).all():
+    if x.is_floating_point() and not _CHECKED.get() and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     if whole_input and isinstance(model, torch.nn.Module):
         check_fits_model(x, model, name)
@@ -173,7 +192,7 @@ def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
             t = t.expand(n)  # one target for the whole batch
     if t.shape[0] != n:
         raise ValueError(f"target has {t.shape[0]} entries but the batch has {n} samples")
-    if n and (int(t.min()) < 0 or int(t.max()) >= k):
+    if n and not _CHECKED.get() and (int(t.min()) < 0 or int(t.max()) >= k):
         raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1}), got {t.tolist()}")
     return t.clone()
 

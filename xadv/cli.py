@@ -163,11 +163,12 @@ def _threads(n: Optional[int]) -> None:
     torch.set_num_threads(int(n) if n else 1)
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def _bar(total: int, desc: str, enabled: Optional[bool]):
+    """A demo stage's bar (xadv._progress: ``--no-progress``, ``XADV_PROGRESS=0`` or no terminal: none)."""
+    from ._progress import bar
 
-    return tqdm(total=total, desc=f"{desc:<8}", disable=not enabled, leave=True, file=sys.stderr,
-                bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}] {postfix}", dynamic_ncols=True)
+    return bar(total, f"{desc:<8}", progress=None if enabled else False, leave=True,
+               bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
 
 def _parse_params(items: Optional[Sequence[str]]) -> Dict[str, Any]:
@@ -701,7 +702,7 @@ def cmd_detect(a) -> int:
         ite = torch.randperm(len(xte), generator=g)[:a.n_test].to(xte.device)
         train_set, test_set = (xtr[itr], ytr[itr]), (xte[ite], yte[ite])
     try:
-        rep = D.evaluate(dets, model, train_set, test_set, train_attacks=train, test_attacks=test, progress=True)
+        rep = D.evaluate(dets, model, train_set, test_set, train_attacks=train, test_attacks=test, progress=None)
     except (ValueError, TypeError) as err:
         raise CLIError(_first_line(err))
     out = Path(a.out)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._model import preserved
-from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
+from .._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target, checked_inputs
 from ..attacks.apgd import apgd_checkpoints
 from ..attacks.gradient import schedule_factor
 from ..explainers.base import forward
@@ -231,7 +231,7 @@ class AdaptiveAttack:
     seed : int, default 0
     batch_size : int, default 64
         Inputs attacked at a time (the graph through the explainer is kept per batch).
-    progress : bool, default False
+    progress : bool or None, default None
         tqdm bar over restarts x batches.
 
     References
@@ -261,7 +261,7 @@ class AdaptiveAttack:
                  restarts: int = 1, mode: str = "selective", lam: float = 1.0, kappa: float = 0.0,
                  smooth_beta: Optional[float] = 10.0, surrogate: Union[str, Callable] = "detector",
                  temperature: float = 0.1, random_start: bool = True, bounds=(0.0, 1.0),
-                 seed: Optional[int] = 0, batch_size: int = 64, progress: bool = False, runner_ups: int = 0,
+                 seed: Optional[int] = 0, batch_size: int = 64, progress: Optional[bool] = None, runner_ups: int = 0,
                  rho: float = 0.75, momentum: float = 0.75):
         if not isinstance(detector, Detector):
             raise TypeError(f"detector must be an xadv Detector, got {type(detector).__name__}")
@@ -310,7 +310,7 @@ class AdaptiveAttack:
         self.bounds = check_bounds(bounds)
         self.seed = seed
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.progress = bool(progress)
+        self.progress = progress
         if isinstance(runner_ups, bool) or not isinstance(runner_ups, int) or runner_ups < 0:
             raise ValueError(f"runner_ups must be an int >= 0, got {runner_ups!r}")
         self.runner_ups = runner_ups
@@ -440,10 +440,10 @@ class AdaptiveAttack:
         for t in range(self.steps + 1):
             xa = (x + delta).detach().requires_grad_(True)
             margin, fooled, sd = self._evaluate(model, xa, y, target)
-            better = fooled & (sd < best_score)
-            best[better] = xa.detach()[better]
-            best_score[better] = sd[better]
-            best_step[better] = t
+            better = fooled & (sd < best_score)  # torch.where: boolean indexing would synchronise
+            best = torch.where(better.reshape((-1,) + (1,) * (x.dim() - 1)), xa.detach(), best)
+            best_score = torch.where(better, sd, best_score)
+            best_step = torch.where(better, torch.full_like(best_step, t), best_step)
             found |= fooled
             if t == self.steps:
                 break
@@ -451,8 +451,8 @@ class AdaptiveAttack:
             delta = self._project(delta - self._step(g, t))
             delta = (x + delta).clamp(lo, hi) - x
         last = (x + delta).detach()
-        best[~found] = last[~found]
-        best_step[~found] = self.steps
+        best = torch.where(found.reshape((-1,) + (1,) * (x.dim() - 1)), best, last)
+        best_step = torch.where(found, best_step, torch.full_like(best_step, self.steps))
         final = self.step_size * schedule_factor(self.schedule, self.steps - 1, self.steps)
         return best, best_score, found, best_step, torch.full((len(x),), final, dtype=x.dtype, device=x.device)
 
@@ -510,19 +510,20 @@ class AdaptiveAttack:
             ups += _lex_better(fooled, sd, m, prev_f, prev_s, prev_m).to(x.dtype)
             prev_f, prev_s, prev_m = fooled, sd, m
             better = _lex_better(fooled, sd, m, best_f, best_s, best_m)
-            best[better], best_g[better] = cur[better], g[better]
+            # torch.where throughout: boolean indexing and .any() would synchronise with the host
+            bx = better.reshape(shape)
+            best, best_g = torch.where(bx, cur, best), torch.where(bx, g, best_g)
             best_f, best_s, best_m = (torch.where(better, fooled, best_f), torch.where(better, sd, best_s),
                                       torch.where(better, m, best_m))
-            best_step[better] = t
+            best_step = torch.where(better, torch.full_like(best_step, t), best_step)
             improved |= better
             if t in checkpoints and t < self.steps:
                 red = (ups < self.rho * (t - last_cp)) | (~reduced_last & ~improved)
-                if bool(red.any()):
-                    step[red] /= 2.0
-                    cur = cur.clone()
-                    cur[red], g[red] = best[red], best_g[red]
-                    prev_f, prev_s, prev_m = (torch.where(red, best_f, prev_f), torch.where(red, best_s, prev_s),
-                                              torch.where(red, best_m, prev_m))
+                rx = red.reshape(shape)
+                step = torch.where(red, step / 2.0, step)
+                cur, g = torch.where(rx, best, cur), torch.where(rx, best_g, g)
+                prev_f, prev_s, prev_m = (torch.where(red, best_f, prev_f), torch.where(red, best_s, prev_s),
+                                          torch.where(red, best_m, prev_m))
                 reduced_last = red
                 improved = torch.zeros_like(improved)
                 ups.zero_()
@@ -555,10 +556,10 @@ class AdaptiveAttack:
                 for p in grad_model.parameters():
                     p.requires_grad_(False)
             starts = range(0, len(x), self.batch_size)
-            bar = None
-            if self.progress:
-                from tqdm.auto import tqdm
-                bar = tqdm(total=(self.restarts + self.runner_ups) * len(starts), desc=repr(self), leave=False)
+            from .._progress import bar as progress_bar
+
+            bar = progress_bar((self.restarts + self.runner_ups) * len(starts), type(self).__name__,
+                               progress=self.progress, unit="batch")
             x_adv = score = found = restart = step = None
             ranked = out.argsort(dim=1, descending=True)
             k = out.shape[1]
@@ -571,11 +572,11 @@ class AdaptiveAttack:
                     target = torch.where(target == y, ranked[:, 0], target)
                 parts = []
                 for i in starts:
-                    parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
-                                                    y[i:i + self.batch_size], gen,
-                                                    None if target is None else target[i:i + self.batch_size]))
-                    if bar is not None:
-                        bar.update(1)
+                    with checked_inputs():  # x and y were checked: no host-side checks inside the step loop
+                        parts.append(self._attack_batch(model, grad_model, x[i:i + self.batch_size],
+                                                        y[i:i + self.batch_size], gen,
+                                                        None if target is None else target[i:i + self.batch_size]))
+                    bar.update(1)
                 xr, sr, fr, tr, hr = (torch.cat(c) for c in zip(*parts))
                 if x_adv is None:
                     x_adv, score, found, step, size = xr, sr, fr, tr, hr

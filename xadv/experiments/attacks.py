@@ -76,7 +76,7 @@ def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -
 class _TimedRows(list):
     """Rows that record the seconds spent since the previous row (``"seconds"``; JSON only)."""
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: Optional[bool] = None):
         super().__init__()
         self.progress = progress
         self.mark()
@@ -93,7 +93,7 @@ class _TimedRows(list):
         super().append(row)
 
 
-def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: bool = False,
+def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Optional[bool] = None,
         sections: Optional[Sequence[str]] = None, full: bool = False,
         n_explainer: Optional[int] = None, n_suite: int = 64) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
@@ -110,8 +110,9 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     n_slow : int, optional
         Digits for the per-sample-heavy attacks (CW, LIME deletion, SurrogateAttack and the
         substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
-    progress : bool, default False
-        Print the seconds of every section and row.
+    progress : bool or None, default None
+        A bar over the sections (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`); True also prints the seconds of every section and row.
     sections : optional subset of {"gradient", "suite", "explainer", "deletion", "blackbox", "universal"}
     n_suite : int, default 64
         Digits for the standard suite (APGD, APGD-T, Square, AutoAttack at their default budgets).
@@ -134,6 +135,10 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     secs: Dict[str, float] = {}
     want = set(sections or ("gradient", "suite", "explainer", "deletion", "blackbox", "universal"))
 
+    from .._progress import bar as progress_bar
+
+    bar = progress_bar(len(want), "attacks experiment", progress=progress, unit="section", leave=True)
+
     def timed(name):
         class _T:
             def __enter__(self_):
@@ -143,6 +148,8 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
 
             def __exit__(self_, *a):
                 secs[name] = round(time.perf_counter() - self_.t, 1)
+                bar.update(1)
+                bar.set_postfix_str(f"{name} {secs[name]} s")
                 if progress:
                     print(f"[attacks] {name}: {secs[name]} s", flush=True)
         return _T()
@@ -268,6 +275,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
                     rows.append(_row("universal", f"Patch -> 3, {label}", f"{size}x{size}", res,
                                      note="targeted, trained on train split"))
 
+    bar.close()
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
 
 
@@ -354,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(a) -> int:
     t = time.perf_counter()
-    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
+    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress or None, sections=a.sections, full=a.full,
               n_explainer=a.n_explainer, n_suite=a.n_suite)
     total = time.perf_counter() - t
     text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "

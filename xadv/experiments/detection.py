@@ -107,7 +107,7 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
 
 def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_steps: Optional[int] = None,
         adaptive_eps: Sequence[float] = (0.1, 0.2), seed: int = 0, detectors: Optional[Dict[str, Any]] = None,
-        progress: bool = False, adaptive: str = "single") -> Dict[str, Any]:
+        progress: Optional[bool] = None, adaptive: str = "single") -> Dict[str, Any]:
     """Run the experiment; returns ``{"report": DetectionReport, "markdown": str, "rows": list, "seconds": float}``.
 
     ``adaptive``: ``"single"`` (default, one 20-step run per budget, a few minutes in all)
@@ -195,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(a) -> int:
-    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress,
+    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress or None,
               adaptive=a.adaptive)
     rep = res["report"]
     print(res["markdown"])

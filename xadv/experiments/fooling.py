@@ -392,7 +392,7 @@ def _tabular_rows(seed: int, n_explain: int, n_shap: int) -> List[Dict[str, Any]
 def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int = 0,
         sections: Optional[Sequence[str]] = None, n_explain: int = 50, n_shap: int = 10, verbose: bool = False,
         check_strength: bool = True, explainers: Optional[Sequence[str]] = None,
-        model_name: str = "digits_cnn", n_defense: int = 32) -> Dict[str, Any]:
+        model_name: str = "digits_cnn", n_defense: int = 32, progress: Optional[bool] = None) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
 
     Parameters
@@ -411,6 +411,8 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     sections : subset of ``SECTIONS``, default all
     n_explain, n_shap : rows explained by LIME / by SHAP in the tabular section
     verbose : bool, default False   print each section's time to stderr
+    progress : bool or None, default None   a bar over the sections (None: in terminals and
+                                   notebooks, see :func:`xadv.set_progress`)
     """
     from ..data import load_digits
 
@@ -428,7 +430,9 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     x, y = x[idx], y[idx]
     rows: List[Dict[str, Any]] = []
     secs: Dict[str, float] = {}
-    for s in sections:
+    from .._progress import track
+
+    for s in track(sections, "fooling experiment", progress=progress, unit="section", leave=True):
         t = time.perf_counter()
         torch.manual_seed(seed)     # every section starts from the seed: a section alone gives its rows
         if s == "input":

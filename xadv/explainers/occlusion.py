@@ -7,10 +7,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._adapter import repeat_rows, sample_rows
+from .._progress import bar as progress_bar
 from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, default_batch_rows, forward, input_leaf, select_score
 from .integrated_gradients import _blocks
+
+#: with progress=None, a bar only for at least this many occluded rows (a few seconds)
+_BAR_ROWS = 2000
 
 #: rows (window positions x samples) per forward pass when ``batch_size`` is None;
 #: None picks them from the device and the input size (``base.default_batch_rows``)
@@ -91,6 +95,10 @@ class Occlusion(Explainer):
         tokens); the features of one group are replaced together and each gets the
         group's score drop. ``window`` and ``stride`` are then not used. Several inputs:
         a tuple of masks; equal ids in different inputs form one group.
+    progress : bool or None, default None
+        Progress bar over the occluded rows (windows x samples, integer counts). None:
+        shown in terminals and notebooks for 2000 rows or more (off in tests and pipes;
+        see :func:`xadv.set_progress`).
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...). One forward pass per window
     position (or group) and sample (``extras["windows"]`` per sample), no backward pass.
@@ -128,7 +136,7 @@ class Occlusion(Explainer):
 
     def __init__(self, window: SizeLike = None, stride: SizeLike = None,
                  baseline: Union[float, torch.Tensor, str] = 0.0, batch_size: Optional[int] = None,
-                 score="logit", feature_mask: Optional[torch.Tensor] = None):
+                 score="logit", feature_mask: Optional[torch.Tensor] = None, progress: Optional[bool] = None):
         self.window = _check_size(window, "window")
         self.stride = _check_size(stride, "stride")
         if isinstance(baseline, str):
@@ -149,6 +157,9 @@ class Occlusion(Explainer):
                     or feature_mask.dtype == torch.bool:
                 raise TypeError("feature_mask must be an integer tensor of group ids broadcastable to x")
         self.feature_mask = feature_mask
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
+        self.progress = progress
 
     # ------------------------------------------------------------ geometry
     def geometry(self, shape: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
@@ -267,8 +278,10 @@ class Occlusion(Explainer):
             s0 = s0.detach()
         rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         parts = {}
+        bar = progress_bar(n * total, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for p0, p1, i0, i1 in _blocks(n, total, rows):
             k, m = p1 - p0, i1 - i0
+            bar.update(k * m)
             mask = self._masks(covers, positions, p0, p1, s0.dtype)          # (k, ...)
             xs = xi[None, i0:i1]
             with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
@@ -281,6 +294,7 @@ class Occlusion(Explainer):
                 parts[i0] = parts[i0] + part if create_graph else parts[i0].add_(part)
             else:
                 parts[i0] = part
+        bar.close()
         summed = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
         attr = summed / count
         if not create_graph:
@@ -305,8 +319,10 @@ class Occlusion(Explainer):
         rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         attr = None
         parts = {}
+        bar = progress_bar(n * G, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for g0, g1, i0, i1 in _blocks(n, G, rows):
             k, m = g1 - g0, i1 - i0
+            bar.update(k * m)
             sel = fm if fm.shape[0] == 1 else fm[i0:i1]
             mask = (sel[None] == ids[g0:g1].reshape((k, 1) + (1,) * len(feat))).to(s0.dtype)  # (k, 1|m, ...)
             xs = xi[None, i0:i1]
@@ -317,6 +333,7 @@ class Occlusion(Explainer):
                 drop = s0[None, i0:i1] - s
                 part = (drop.reshape((k, m) + (1,) * len(feat)) * mask).sum(0)
             parts[i0] = parts[i0] + part if i0 in parts else part
+        bar.close()
         attr = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
         if not create_graph:
             out, attr = out.detach(), attr.detach()

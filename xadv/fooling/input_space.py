@@ -49,7 +49,15 @@ _COMMON = """
         ReLU's). A number is the start value, sharpened in proportion to ``beta``; a
         pair ``(start, end)`` anneals geometrically; ``None`` keeps max pooling.
     seed : int, optional
-    progress : bool, default False
+    progress : bool or None, default None
+        Progress bar over steps x restarts (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`).
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. Explanations, the
+        gradient of the loss and the checks on the original model run in chunks of at
+        most ``batch_size`` rows (each chunk's double backward finished before the next),
+        so memory stays flat in N; samples are independent and the result equals the
+        unchunked one up to float rounding (same seed).
 """
 
 
@@ -286,10 +294,11 @@ class TargetedManipulation(FoolingAttack):
                  eps: float = 8 / 255, steps: int = 400, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (10.0, 1000.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "adam", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
+                 progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1,
+                 batch_size: Optional[int] = None):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
-                         schedule=schedule, restarts=restarts)
+                         schedule=schedule, restarts=restarts, batch_size=batch_size)
         if not float(gamma) >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if not isinstance(target_map, (torch.Tensor, Explanation)):
@@ -436,11 +445,11 @@ class JointAttack(FoolingAttack):
                  beta: BetaLike = (30.0, 300.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
                  c_max: float = 1e3,
                  k: Union[int, float] = 0.1, reduce: str = "abs", optimizer: str = "sign",
-                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: bool = False,
-                 schedule: str = "cosine", restarts: int = 1):
+                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: Optional[bool] = None,
+                 schedule: str = "cosine", restarts: int = 1, batch_size: Optional[int] = None):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
-                         schedule=schedule, restarts=restarts)
+                         schedule=schedule, restarts=restarts, batch_size=batch_size)
         if not (float(c) > 0 and float(c_factor) >= 1 and 0 < float(c_min) <= float(c_max)):
             raise ValueError("need c > 0, c_factor >= 1 and 0 < c_min <= c_max")
         self.target = target
