@@ -107,14 +107,14 @@ class _MaskExplainer(Explainer):
         zp = F.pad(z, (j, j, j, j), mode="replicate")
         return zp[..., j - dy: j - dy + h, j - dx: j - dx + w]
 
-    def _score(self, model, z, target) -> torch.Tensor:
-        return self._select(forward(model, z), target)
+    def _score(self, model, z, target, floor: bool = True) -> torch.Tensor:
+        return self._select(forward(model, z), target, floor)
 
-    def _select(self, out, target) -> torch.Tensor:
+    def _select(self, out, target, floor: bool = True) -> torch.Tensor:
         if self.score == "margin":
             own = out.gather(1, target[:, None]).squeeze(1)
             other = out.scatter(1, target[:, None], float("-inf")).max(1).values
-            return (own - other).clamp_min(getattr(self, "margin_floor", -math.inf))
+            return (own - other).clamp_min(getattr(self, "margin_floor", -math.inf) if floor else -math.inf)
         return select_score(out, target, self.score)
 
     def _result(self, x, t, out, mask_low, attr_full, extras) -> Explanation:
@@ -217,12 +217,14 @@ class MeaningfulPerturbation(_MaskExplainer):
         return m * x + (1 - m) * base
 
     def objective(self, model, x: torch.Tensor, m_low: torch.Tensor, target: torch.Tensor,
-                  shift=(0, 0), base: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  shift=(0, 0), base: Optional[torch.Tensor] = None, floor: bool = True) -> torch.Tensor:
         """The per-sample loss (N,) minimised over ``m_low`` (N, 1, h, w); differentiable
-        w.r.t. ``x``, ``m_low`` and the model's parameters."""
+        w.r.t. ``x``, ``m_low`` and the model's parameters. ``floor=False`` drops the
+        clamp of the margin score (attacks differentiate through it: below the floor
+        the clamped score does not depend on ``x``)."""
         z = self.jittered(self.blend(x, m_low, base), shift)
         return (self.l1 * (1 - m_low).abs().flatten(1).mean(1) + self.tv * total_variation(m_low, self.tv_beta)
-                + self._score(model, z, target))
+                + self._score(model, z, target, floor))
 
     def optimize(self, model, x: torch.Tensor, target: torch.Tensor, init: Optional[torch.Tensor] = None,
                  steps: Optional[int] = None, start: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
