@@ -158,6 +158,10 @@ def test_total_variation_and_contract(digits):
     assert isinstance(xadv.explainers.get("extremal", area=0.2), ExtremalPerturbation)
     with pytest.raises(TypeError, match="not differentiable"):
         MeaningfulPerturbation(steps=2)(model, x[:1], create_graph=True)
+    with torch.no_grad():   # the mask is optimised under enable_grad: no_grad around the call is fine
+        assert MeaningfulPerturbation(steps=2)(model, x[:1]).attributions.shape == x[:1].shape
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        ExtremalPerturbation(steps=2)(model, x[:1].clone())
     with pytest.raises(ValueError, match="perturbation must be one of"):
         MeaningfulPerturbation(perturbation="zero")
     with pytest.raises(ValueError, match="area must be a fraction"):

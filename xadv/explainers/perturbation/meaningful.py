@@ -107,6 +107,12 @@ class _MaskExplainer(Explainer):
         zp = F.pad(z, (j, j, j, j), mode="replicate")
         return zp[..., j - dy: j - dy + h, j - dx: j - dx + w]
 
+    def _need_grad(self, x: torch.Tensor) -> None:
+        if torch.is_inference_mode_enabled() or x.is_inference():
+            raise RuntimeError(f"{type(self).__name__} optimises a mask by gradient descent; call it outside "
+                               f"torch.inference_mode() (torch.no_grad() around it is fine) with an x made "
+                               f"outside inference_mode")
+
     def _score(self, model, z, target, floor: bool = True) -> torch.Tensor:
         return self._select(forward(model, z), target, floor)
 
@@ -233,6 +239,7 @@ class MeaningfulPerturbation(_MaskExplainer):
         ``init`` warm-starts from a mask (default all ones); ``steps`` defaults to the
         explainer's; ``start`` offsets the jitter schedule (the attacks continue it).
         """
+        self._need_grad(x)
         steps = self.steps if steps is None else int(steps)
         h, w = self.mask_shape(x)
         x = x.detach()
@@ -344,6 +351,7 @@ class ExtremalPerturbation(_MaskExplainer):
         self.area_growth = _check_number(area_growth, "area_growth", low=1.0)
 
     def _explain(self, model, x, target, create_graph) -> Explanation:
+        self._need_grad(x)
         x = x.detach()
         n, _, H, W = x.shape
         with torch.no_grad():
