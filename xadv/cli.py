@@ -610,12 +610,24 @@ def _make_fooling(name: str, a, model=None, x=None, y=None):
 def cmd_fool(a) -> int:
     if not _have("xadv.fooling"):
         raise CLIError("xadv.fooling is not available in this installation")
+    if not a.table and {"sections", "explainers"} & a._given:
+        raise CLIError("--sections and --explainers apply to --table only")
     if a.table:
         if not _have("xadv.experiments.fooling"):
             raise CLIError("the fooling experiment (xadv.experiments.fooling) is not available")
         from .experiments import fooling as ex
 
-        return ex.main((["--out", a.out] if a.out else []))
+        argv = ["--out", a.out] if a.out else []
+        for opt in ("n", "steps", "seed", "threads"):
+            if opt in a._given:
+                argv += [f"--{opt}", str(getattr(a, opt))]
+        if "sections" in a._given:
+            argv += ["--sections", *a.sections]
+        if "explainers" in a._given:
+            argv += ["--explainers", *a.explainers]
+        if "n" in a._given:
+            argv += ["--n-heavy", str(a.n)]
+        return ex.main(argv + ["--no-strength"] if "steps" in a._given else argv)
     from . import plot as xp
 
     if a.attack != "targeted" and "target" in a._given:
@@ -1116,7 +1128,8 @@ def _common(sp, out_help="output directory") -> None:
 
 _FORMATS = ["png", "pdf", "svg"]
 # with --table the experiment's grid is fixed: only these options apply
-_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads"},
+_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads", "n", "steps", "seed",
+                                                                            "sections", "explainers"},
                   "detect": {"out", "table", "threads"}}
 
 
@@ -1219,7 +1232,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--steps", type=int, default=None, help="attack steps (default: 60; 400 for targeted)")
     fo.add_argument("--n", type=_count, default=16, help="number of inputs")
     _data_options(fo, many=True)
-    fo.add_argument("--table", action="store_true", help="run xadv.experiments.fooling instead")
+    fo.add_argument("--table", action="store_true",
+                    help="run xadv.experiments.fooling instead (takes --n --steps --seed --sections --explainers; "
+                         "--steps skips the strength re-runs)")
+    fo.add_argument("--sections", nargs="+", default=None, help="--table only: experiment sections to run")
+    fo.add_argument("--explainers", nargs="+", default=None,
+                    help="--table only: explainers of the input section (e.g. lrp guided_backprop)")
     fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
     _common(fo)
     fo.set_defaults(func=cmd_fool)

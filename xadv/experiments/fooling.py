@@ -5,7 +5,9 @@
 * input: Ghorbani et al.'s top-k and center-of-mass attacks against the random-sign
   baseline (L-inf eps = 8/255, predictions kept), for five explainers;
 * targeted: Dombrowski et al.'s manipulation towards another image's map;
-* joint: ADV^2 (target class reached, map kept) against plain targeted PGD;
+* joint: ADV^2 (target class reached, map kept) against plain targeted PGD, on saliency
+  and on the meaningful-perturbation mask (Fong & Vedaldi, ADV^2's MASK interpreter);
+* patch: Subramanya et al.'s Grad-CAM-hiding patch against a plain patch;
 * defense: beta-smoothing, SmoothGrad and aggregation at the same attack budget;
 * training: adversarial training (PGD, TRADES) and explanation regularisation
   (curvature, gradient norm) against a fine-tuning control;
@@ -25,7 +27,7 @@ import torch
 
 from . import run_in_folder, strength, write_outputs
 
-SECTIONS = ("input", "targeted", "joint", "defense", "training", "model", "tabular")
+SECTIONS = ("input", "targeted", "joint", "patch", "defense", "training", "model", "tabular")
 EPS = 8 / 255
 
 
@@ -53,6 +55,8 @@ def _input_rows(model, x, steps: Optional[int], n_heavy: int, seed: int, check_s
         "integrated_gradients (8 steps)": (explainers.IntegratedGradients(steps=8), n_heavy),
         "smoothgrad (8 samples)": (explainers.SmoothGrad(n_samples=8, noise=0.1, seed=seed), n_heavy),
         "deeplift": (explainers.DeepLift(), len(x)),   # Ghorbani et al. attack DeepLIFT
+        "lrp (epsilon_plus)": (explainers.LRP("epsilon_plus"), len(x)),   # Dombrowski et al.'s methods
+        "guided_backprop": (explainers.GuidedBackprop(), len(x)),
     }
     rows = []
     for name, (e, n) in ex.items():
@@ -215,20 +219,62 @@ def targeted_figures(out, n: int = 4, seed: int = 0) -> List[str]:
     return paths
 
 
-def _joint_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
+#: the mask explainer of the joint section and the bilevel attack's settings
+MASK_JOINT = dict(explainer_steps=60, steps=30, inner_steps=10)
+#: Grad-CAM-hiding patch: side, steps, lr, placement, lam, training images
+PATCH = dict(size=10, steps=200, lr=0.2, placement=(9, 9), lam=10.0, n_train=256, target=3)
+
+
+def _joint_rows(model, x, y, seed: int, steps: Optional[int] = None) -> List[Dict[str, Any]]:
+    """ADV^2 rows; ``steps`` (when smaller) caps the attack, mask and inner steps (tests)."""
+    from ..explainers import MeaningfulPerturbation
     from ..fooling import JointAttack
 
+    def cap(v):
+        return v if steps is None else max(1, min(int(steps), v))
+
     tgt = (y + 1) % 10
+    mp = MeaningfulPerturbation(steps=cap(MASK_JOINT["explainer_steps"]), perturbation="constant")
     rows = []
-    for name, kw in (("targeted PGD (c = 0.001, fixed)", dict(c=1e-3, c_factor=1.0, c_min=1e-3)),
-                     ("ADV^2 JointAttack (c scheduled)", {})):
+    for ex_name, ex, kw_steps in (("saliency", "saliency", dict(steps=cap(30))),
+                                  (f"meaningful perturbation ({mp.steps} steps, constant 0)",
+                                   mp, dict(steps=cap(MASK_JOINT["steps"]), inner_steps=cap(MASK_JOINT["inner_steps"])))):
+        for name, kw in (("targeted PGD (c = 0.001, fixed)", dict(c=1e-3, c_factor=1.0, c_min=1e-3)),
+                         ("ADV^2 JointAttack (c scheduled)", {})):
+            t = time.perf_counter()
+            r = JointAttack(ex, eps=0.2, seed=seed, **kw_steps, **kw)(model, x, tgt)
+            k = r.kept
+            row = {"section": "joint", "explainer": ex_name, "attack": name, "n": len(x), "reached": _mean(k),
+                   "topk": _mean(r.similarity["topk_intersection"][k]) if k.any() else float("nan"),
+                   "spearman": _mean(r.similarity["spearman"][k]) if k.any() else float("nan"),
+                   "seconds": time.perf_counter() - t}
+            if r.explanation_adv.raw is not None and ex is mp:
+                d = (r.explanation_adv.raw - r.explanation_clean.raw).pow(2).flatten(1).mean(1)
+                row["mask_mse"] = _mean(d[k]) if k.any() else float("nan")
+            rows.append(row)
+    return rows
+
+
+def _patch_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
+    """Subramanya et al.: the same targeted patch at a fixed placement trained with lam = 0
+    (a plain patch) and with the Grad-CAM mass term (``PATCH``; ``steps`` does not apply)."""
+    from ..attacks import GradCAMHidingPatch
+    from ..data import load_digits
+
+    xtr, _ = load_digits("train")
+    keep = y != PATCH["target"]
+    xe = x[keep]
+    rows = []
+    for name, lam in (("plain patch (lam = 0)", 0.0), (f"Grad-CAM hiding (lam = {PATCH['lam']:g})", PATCH["lam"])):
         t = time.perf_counter()
-        r = JointAttack(eps=0.2, steps=30, seed=seed, **kw)(model, x, tgt)
-        k = r.kept
-        rows.append({"section": "joint", "attack": name, "n": len(x), "reached": _mean(k),
-                     "topk": _mean(r.similarity["topk_intersection"][k]) if k.any() else float("nan"),
-                     "spearman": _mean(r.similarity["spearman"][k]) if k.any() else float("nan"),
-                     "seconds": time.perf_counter() - t})
+        atk = GradCAMHidingPatch(size=PATCH["size"], target=PATCH["target"], steps=PATCH["steps"], lr=PATCH["lr"],
+                                 placement=PATCH["placement"], lam=lam, seed=seed)
+        atk.fit(model, xtr[:PATCH["n_train"]])
+        r = atk(model, xe, PATCH["target"])
+        rows.append({"section": "patch", "patch": name, "n": len(xe), "size": PATCH["size"],
+                     "area": PATCH["size"] ** 2 / float(xe[0, 0].numel()),
+                     "reached": _mean(r.pred_adv == PATCH["target"]),
+                     "mass": _mean(r.extras["gradcam_mass_in_patch"]), "seconds": time.perf_counter() - t})
     return rows
 
 
@@ -440,7 +486,9 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
         elif s == "targeted":
             rows += _targeted_rows(model, x[:min(16, n_heavy)], y[:min(16, n_heavy)], seed)
         elif s == "joint":
-            rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed)
+            rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed, steps)
+        elif s == "patch":
+            rows += _patch_rows(model, x, y, seed)
         elif s == "defense":
             rows += _defense_rows(model, x[:n_defense], steps or 300, seed, check_strength)
         elif s == "training":
@@ -517,8 +565,12 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
           ["target", "explainer", "eps", "gamma", "steps", "n", "mse_before", "mse_after", "ratio", "ratio_median",
            "output_mse", "kept", "relu_flips"], "targeted")
     table("ADV^2: target class (label + 1) at eps = 0.2, map of the adversarial vs the benign map",
-          ["attack", "n", "target reached", "top-10% ∩", "Spearman"],
-          ["attack", "n", "reached", "topk", "spearman"], "joint")
+          ["explainer", "attack", "n", "target reached", "top-10% ∩", "Spearman", "mask MSE"],
+          ["explainer", "attack", "n", "reached", "topk", "spearman", "mask_mse"], "joint")
+    table(f"Subramanya et al.: a {PATCH['size']}x{PATCH['size']} patch at {PATCH['placement']} for class "
+          f"{PATCH['target']}, test digits of other classes; Grad-CAM mass = share of the target's Grad-CAM map "
+          f"inside the patch", ["patch", "n", "patch area", "target reached", "Grad-CAM mass in patch"],
+          ["patch", "n", "area", "reached", "mass"], "patch")
     table("Defenses against the top-k attack at equal budget (eps = 8/255, adaptive: the attack differentiates "
           "through the defense)", ["defense", "n", "steps", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM",
                                    "strength"],

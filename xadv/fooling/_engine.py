@@ -291,7 +291,8 @@ class FoolingAttack:
                  progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1,
                  batch_size: Optional[int] = None):
         self.explainer = resolve_explainer(explainer)
-        check_explainer_differentiable(self.explainer)
+        if not self.accepts_mask_explainer(self.explainer):
+            check_explainer_differentiable(self.explainer)
         if not float(eps) > 0:
             raise ValueError(f"eps must be positive (L-inf radius in input units), got {eps!r}")
         self.eps = float(eps)
@@ -322,6 +323,17 @@ class FoolingAttack:
         self.batch_size = batch_size
 
     # ------------------------------------------------------------- hooks
+    def accepts_mask_explainer(self, explainer: Explainer) -> bool:
+        """Whether this attack handles ``explainer`` although it is not differentiable
+        (:class:`JointAttack` attacks mask explainers by a bilevel scheme)."""
+        return False
+
+    def evaluate(self, model, x: torch.Tensor, ctx: Dict[str, Any]) -> Explanation:
+        """The explanation of a candidate on the ORIGINAL model, for the accept /
+        criterion checks of each step. Default: the explainer itself, in chunks of
+        ``batch_size`` rows."""
+        return self._explain_rows(model, x, self.target_for(ctx))
+
     def setup(self, model, x: torch.Tensor, y: torch.Tensor, e0: Explanation) -> Dict[str, Any]:
         """Per-call context (reference maps etc.)."""
         return {"x": x, "y": y, "e0": e0, "ref_map": normalized_map(e0, self.reduce).detach(),
@@ -471,7 +483,7 @@ class FoolingAttack:
                         cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
                                               t, ctx, state).detach()
                         cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
-                        ec = self._explain_rows(model, cand, self.target_for(ctx))
+                        ec = self.evaluate(model, cand, ctx)
                         pred = ec.output.argmax(1)
                         ok = self.accept(pred, ctx)
                         x_cur = torch.where(ok.view(view), cand, x_cur)
