@@ -377,3 +377,15 @@ class FlatTwo(nn.Module):
 
     def forward(self, z):
         return self.model(z[:, :64].reshape(-1, 1, 8, 8), z[:, 64:])["logits"]
+
+
+def test_several_input_results_slice_and_save(two, tmp_path):
+    m, img, side, y = two
+    res = A.PGD(eps=0.1, steps=3, seed=0)(m, (img, side), y, eps=(0.1, 0.05))
+    part = res[2:5]
+    assert [t.shape[0] for t in part.extras["inputs_adv"]] == [3, 3]
+    assert torch.equal(part.extras["inputs_adv"][1], res.extras["inputs_adv"][1][2:5])
+    assert torch.equal(part.extras["norms_per_input"][0]["linf"], res.extras["norms_per_input"][0]["linf"][2:5])
+    back = type(res).load(res.save(tmp_path / "r.safetensors"))
+    for a, b in zip(back.extras["inputs_adv"], res.extras["inputs_adv"]):
+        assert torch.equal(a, b)
