@@ -389,3 +389,14 @@ def test_several_input_results_slice_and_save(two, tmp_path):
     back = type(res).load(res.save(tmp_path / "r.safetensors"))
     for a, b in zip(back.extras["inputs_adv"], res.extras["inputs_adv"]):
         assert torch.equal(a, b)
+
+
+def test_the_attacks_docs_example_for_own_models_runs():
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "attacks.md").read_text()
+    part = text[text.index("## Your own models"):text.index("## Correctness (tests)")]
+    g: dict = {}
+    exec(compile("\n".join(re.findall(r"```python\n(.*?)```", part, re.S)), "docs/attacks.md", "exec"), g)
+    assert torch.equal(g["model_out"].argmax(1), g["res"].pred_adv)
+    assert float(g["res2"].extras["norms_per_input"][1]["linf"].max()) <= 0.02 + 1e-6
