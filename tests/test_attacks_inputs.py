@@ -400,3 +400,30 @@ def test_the_attacks_docs_example_for_own_models_runs():
     exec(compile("\n".join(re.findall(r"```python\n(.*?)```", part, re.S)), "docs/attacks.md", "exec"), g)
     assert torch.equal(g["model_out"].argmax(1), g["res"].pred_adv)
     assert float(g["res2"].extras["norms_per_input"][1]["linf"].max()) <= 0.02 + 1e-6
+
+
+def test_every_model_metric_reads_dict_outputs_like_the_logits():
+    """Every metric of the registry that calls the model gives on a dict-output model
+    what it gives on a module returning the logits."""
+    import inspect
+    import xadv.metrics as M
+    torch.manual_seed(0)
+    m = HFStyle().double().eval()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    pick = Picks(m).eval()
+    y = pick(x).argmax(1)
+    a = xadv.explain(pick, x, method="saliency", target=y).attributions
+    checked = []
+    for name, fn in M.REGISTRY.items():
+        sig = inspect.signature(fn)
+        if list(sig.parameters)[0] != "model" or name in ("data_randomisation", "focus"):
+            continue
+        kw = {k: v for k, v in dict(a=a, explainer="saliency", seed=0, n_samples=3, subset_size=8).items()
+              if k in sig.parameters}
+        extra_ref, extra = ({"layers": ["model.conv"]}, {"layers": ["conv"]}) \
+            if name == "relative_representation_stability" else ({}, {})
+        want = fn(pick, x, y, **kw, **extra_ref)
+        got = fn(m, x, y, **kw, **extra)
+        assert_close(torch.as_tensor(got), torch.as_tensor(want), equal_nan=True, msg=name)
+        checked.append(name)
+    assert len(checked) >= 20
