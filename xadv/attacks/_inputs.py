@@ -216,6 +216,34 @@ def prepare(attack, model, x, forward_args=None, output=None, perturb=None, eps=
     return engine, im, im.encode()
 
 
+def run(attack, engine, im: InputsModel, u: torch.Tensor, model, x, y, forward_args, output, perturb, eps):
+    """The engine's result on the whole batch, or, when it calls the model on sub-batches
+    while some passed-through tensor is per sample, sample by sample (each sample's side
+    inputs then broadcast to any rows). Attacks known to sub-batch (``sub_batches = True``)
+    go sample by sample at once."""
+    if not (im.per_sample and getattr(attack, "sub_batches", False) and im.n > 1):
+        try:
+            return engine._call_tensor(im, u, y)
+        except RowsUnknown:
+            pass
+    if not getattr(attack, "per_sample_runs", True):
+        raise ValueError(f"{type(attack).__name__} perturbs the whole batch jointly and cannot pass per-sample "
+                         f"side inputs (forward_args or inputs outside perturb=) through its sub-batches; "
+                         f"perturb every input or use xadv.adapt")
+    from .._validation import resolve_target
+    multi = isinstance(x, (tuple, list))
+    inputs = tuple(x) if multi else (x,)
+    n = inputs[0].shape[0]
+    yt = None if y is None else resolve_target(y, inputs[0].new_zeros(1, 1).expand(n, 1 << 30))
+    parts = []
+    for i in range(n):
+        sub = tuple(t[i:i + 1] for t in inputs)
+        e2, im2, u2 = prepare(attack, model, sub if multi else sub[0], per_sample_args(forward_args, i, n), output,
+                              perturb, eps)
+        parts.append(e2._call_tensor(im2, u2, None if yt is None else yt[i:i + 1]))
+    return concat_results(parts)
+
+
 def per_sample_args(forward_args, i: int, n: int):
     if isinstance(forward_args, dict):
         return {k: _slice_rows(v, i, i + 1, n) for k, v in forward_args.items()}

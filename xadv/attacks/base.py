@@ -204,25 +204,7 @@ class Attack(ParamsMixin):
         multi = isinstance(x, (tuple, list))
         engine, im, u = _inputs.prepare(self, model, x, forward_args, output, perturb, eps)
         with preserved(model):
-            try:
-                res = engine._call_tensor(im, u, y)
-            except _inputs.RowsUnknown:
-                # the engine called the model on a sub-batch: run it sample by sample, where
-                # each sample's side inputs broadcast to any rows
-                if not getattr(self, "per_sample_runs", True):
-                    raise ValueError(f"{type(self).__name__} perturbs the whole batch jointly and cannot pass "
-                                     f"per-sample side inputs (forward_args or inputs outside perturb=) "
-                                     f"through its sub-batches; perturb every input or use xadv.adapt") from None
-                inputs = tuple(x) if multi else (x,)
-                n = inputs[0].shape[0]
-                yt = None if y is None else resolve_target(y, inputs[0].new_zeros(1, 1).expand(n, 1 << 30))
-                parts = []
-                for i in range(n):
-                    sub = tuple(t[i:i + 1] for t in inputs)
-                    fa = _inputs.per_sample_args(forward_args, i, n)
-                    e2, im2, u2 = _inputs.prepare(self, model, sub if multi else sub[0], fa, output, perturb, eps)
-                    parts.append(e2._call_tensor(im2, u2, None if yt is None else yt[i:i + 1]))
-                res = _inputs.concat_results(parts)
+            res = _inputs.run(self, engine, im, u, model, x, y, forward_args, output, perturb, eps)
         return _inputs.finish(res, im, multi)
 
     def _call_tensor(self, model, x: torch.Tensor, y=None) -> AttackResult:
