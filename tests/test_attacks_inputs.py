@@ -427,3 +427,16 @@ def test_every_model_metric_reads_dict_outputs_like_the_logits():
         assert_close(torch.as_tensor(got), torch.as_tensor(want), equal_nan=True, msg=name)
         checked.append(name)
     assert len(checked) >= 20
+
+
+@pytest.mark.parametrize("explainer", ["ig", "smoothgrad"])
+def test_explainer_attacks_expand_rows_with_the_right_side_inputs(two, explainer):
+    """IG steps and SmoothGrad copies declare their rows: the side input follows them
+    (equal to the same attack on xadv.adapt with the side input as a per-sample argument)."""
+    from xadv.explainers import IntegratedGradients, SmoothGrad
+    m, img, side, y = two
+    ex = IntegratedGradients(steps=4) if explainer == "ig" else SmoothGrad(n_samples=3, seed=0)
+    res = A.ExplainerPGD(ex, eps=0.05, steps=3)(m, (img, side), y, perturb=0)
+    ref = A.ExplainerPGD(ex, eps=0.05, steps=3)(xadv.adapt(m, forward_args=(side,)), img, y)
+    assert_close(res.x_adv, ref.x_adv, rtol=0, atol=0)
+    assert (res.x_adv != img).any()
