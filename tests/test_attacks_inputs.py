@@ -440,3 +440,19 @@ def test_explainer_attacks_expand_rows_with_the_right_side_inputs(two, explainer
     ref = A.ExplainerPGD(ex, eps=0.05, steps=3)(xadv.adapt(m, forward_args=(side,)), img, y)
     assert_close(res.x_adv, ref.x_adv, rtol=0, atol=0)
     assert (res.x_adv != img).any()
+
+
+def test_per_input_eps_keeps_every_input_in_bounds_and_image_attacks_need_one_image(two):
+    """With eps=(0.1, 0.03) the engine's box is the hull of the scaled inputs; each input
+    is still clamped to the attack's bounds (the APGD step of 2 * eps reaches them)."""
+    m, img, side, y = two
+    res = A.APGD(eps=0.1, steps=6, seed=0)(m, (img, side), y, eps=(0.1, 0.03))
+    n = res.extras["norms_per_input"]
+    assert float(n[0]["linf"].max()) <= 0.1 + 1e-12 and float(n[1]["linf"].max()) <= 0.03 + 1e-12
+    for t in res.extras["inputs_adv"]:
+        assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    pred = m(*res.extras["inputs_adv"])["logits"].argmax(1)
+    assert torch.equal(pred, res.pred_adv) and res.success.any()
+    for atk in (A.Square(eps=0.1, n_queries=10), A.AutoAttack(eps=0.1)):
+        with pytest.raises(ValueError, match="perturb one image input"):
+            atk(m, (img, side), y)

@@ -77,8 +77,10 @@ class InputsModel(nn.Module):
     def decode(self, u: torch.Tensor) -> List[torch.Tensor]:
         """The perturbed inputs (in the model's coordinates) from the attacked tensor."""
         parts = (u,) if self.single else self.packing.unpack(u)
-        lo, hi = self.bounds
-        return [p if s == 1.0 else (p * s).clamp(lo, hi) for p, s in zip(parts, self.scales)]
+        if all(s == 1.0 for s in self.scales):  # the engine clamps to the attack's bounds itself
+            return list(parts)
+        lo, hi = self.bounds  # the engine's box is wider (the hull over the inputs): clamp each input
+        return [(p * s).clamp(lo, hi) for p, s in zip(parts, self.scales)]
 
     # -------------------------------------------------------------- forward
     def _rows(self, rows: int) -> Optional[torch.Tensor]:
@@ -172,6 +174,15 @@ def _check_eps(eps, attack, k: int, perturb: List[int]) -> List[float]:
     return scales
 
 
+def _needs_images(attack) -> bool:
+    from .autoattack import AutoAttack
+    from .square import Square
+    from .universal import AdversarialPatch
+    if isinstance(attack, AutoAttack):
+        return "square" in attack.attack_list()
+    return isinstance(attack, (Square, AdversarialPatch))
+
+
 def prepare(attack, model, x, forward_args=None, output=None, perturb=None, eps=None):
     """``(engine attack, InputsModel, attacked tensor)`` for one call."""
     if forward_args is not None and not isinstance(forward_args, (tuple, list, dict)):
@@ -200,6 +211,10 @@ def prepare(attack, model, x, forward_args=None, output=None, perturb=None, eps=
             raise ValueError(f"x[{i}] must be batch-first with at least 2 dimensions (N, ...), got shape "
                              f"{tuple(t.shape)}")
     scales = _check_eps(eps, attack, k, pert)
+    if len(pert) > 1 and _needs_images(attack):
+        raise ValueError(f"{type(attack).__name__} needs an image input (N, C, H, W), but several perturbed inputs "
+                         f"are attacked as one packed vector (N, D); perturb one image input (perturb=i) or use a "
+                         f"gradient attack (PGD, APGD) for several inputs")
     lo, hi = attack.bounds
     for i in pert:
         t = inputs[i]

@@ -157,12 +157,14 @@ class Attack(ParamsMixin):
             key / attribute name, or a callable on the raw output (as for explainers).
         perturb : int, sequence of int or "all", default "all"
             With several inputs: which of them the attack changes; the others are passed
-            through unchanged. Several perturbed inputs are attacked as one packed vector
-            (one joint budget).
+            through unchanged. One perturbed input keeps its shape (image attacks such as
+            Square run on it); several are attacked as one packed vector (one joint budget;
+            Square, AutoAttack's standard version and patches then refuse).
         eps : sequence of float, optional
             With several inputs and an Linf/L2 attack: one budget per input (None or 0 for
             inputs that are not perturbed). Linf: ``|x_adv[i] - x[i]| <= eps[i]``; L2:
             ``sum_i (||x_adv[i] - x[i]|| / eps[i])^2 <= 1``. Default: the attack's ``eps``.
+            Every perturbed input stays inside the attack's ``bounds``.
 
         Returns
         -------
