@@ -456,3 +456,17 @@ def test_per_input_eps_keeps_every_input_in_bounds_and_image_attacks_need_one_im
     for atk in (A.Square(eps=0.1, n_queries=10), A.AutoAttack(eps=0.1)):
         with pytest.raises(ValueError, match="perturb one image input"):
             atk(m, (img, side), y)
+
+
+def test_per_sample_runs_aggregate_the_batch_extras(two):
+    """AutoAttack run sample by sample (a per-sample side input) reports batch-level
+    robust accuracy and per-attack counts, not the first sample's."""
+    m, img, side, y = two
+    res = A.AutoAttack(eps=0.1, version="custom", attacks=["apgd-ce", "apgd-dlr"], steps=4, seed=0)(
+        m, (img, side), y, perturb=0)
+    acc, per = res.extras["robust_accuracy"], res.extras["per_attack"]
+    assert acc["clean"] == 1.0 and per["apgd-ce"]["ran_on"] == img.shape[0]
+    assert abs(acc["apgd-dlr"] - (1 - float(res.success.double().mean()))) < 1e-12
+    fooled = sum(p["fooled"] for p in per.values())
+    assert fooled == int(res.success.sum()) and res.extras["fooled_by"].shape == (img.shape[0],)
+    assert int(res.queries.sum()) == sum(p["queries"] for p in per.values())

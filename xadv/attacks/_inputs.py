@@ -256,7 +256,7 @@ def run(attack, engine, im: InputsModel, u: torch.Tensor, model, x, y, forward_a
         e2, im2, u2 = prepare(attack, model, sub if multi else sub[0], per_sample_args(forward_args, i, n), output,
                               perturb, eps)
         parts.append(e2._call_tensor(im2, u2, None if yt is None else yt[i:i + 1]))
-    return concat_results(parts)
+    return concat_results(parts, attack)
 
 
 def per_sample_args(forward_args, i: int, n: int):
@@ -267,29 +267,53 @@ def per_sample_args(forward_args, i: int, n: int):
     return None
 
 
-def concat_results(results: Sequence[Any]):
-    """One AttackResult from per-sample results (tensors with a batch axis concatenated)."""
+def _merge(vals: list, counts: bool = False):
+    """One value from the per-sample runs' values: per-sample tensors concatenated, floats
+    averaged (each run is one sample), equal values kept, lists united, otherwise the list of
+    the per-sample values; ``counts``: ints are summed (AutoAttack's per-attack counts)."""
+    v0 = vals[0]
+    if isinstance(v0, torch.Tensor):
+        if v0.dim() > 0 and v0.shape[0] == 1 and all(isinstance(v, torch.Tensor) and v.shape == v0.shape
+                                                     for v in vals):
+            return torch.cat(vals)
+        return v0 if all(isinstance(v, torch.Tensor) and torch.equal(v, v0) for v in vals) else list(vals)
+    if isinstance(v0, dict):
+        keys = [k for k in v0 if all(isinstance(v, dict) and k in v for v in vals)]
+        return {k: _merge([v[k] for v in vals], counts) for k in keys}
+    if isinstance(v0, tuple) and v0 and all(isinstance(t, torch.Tensor) for t in v0):
+        return tuple(torch.cat([v[j] for v in vals]) for j in range(len(v0)))
+    if isinstance(v0, bool):
+        return v0 if all(v == v0 for v in vals) else list(vals)
+    if counts and isinstance(v0, int) and all(isinstance(v, int) for v in vals):
+        return sum(vals)
+    if isinstance(v0, float) and all(isinstance(v, (int, float)) for v in vals):
+        return v0 if all(v == v0 for v in vals) else float(sum(vals) / len(vals))
+    if isinstance(v0, list) and all(isinstance(v, list) for v in vals):
+        out = []
+        for v in vals:
+            out += [w for w in v if w not in out]
+        return out
+    try:
+        return v0 if all(v == v0 for v in vals) else list(vals)
+    except Exception:  # pragma: no cover - values without equality
+        return list(vals)
+
+
+def concat_results(results: Sequence[Any], attack=None):
+    """One AttackResult from per-sample results (see :func:`_merge` for ``extras``)."""
     import dataclasses
-    first = results[0]
-
-    def cat(vals):
-        v0 = vals[0]
-        if isinstance(v0, torch.Tensor):
-            if v0.dim() > 0 and all(v.dim() == v0.dim() and v.shape[1:] == v0.shape[1:] for v in vals) \
-                    and first_rows(v0):
-                return torch.cat(vals)
-            return v0
-        if isinstance(v0, dict):
-            return {key: cat([v[key] for v in vals]) for key in v0 if all(key in v for v in vals)}
-        if isinstance(v0, tuple) and v0 and all(isinstance(t, torch.Tensor) for t in v0):
-            return tuple(torch.cat([v[j] for v in vals]) for j in range(len(v0)))
-        return v0
-
-    def first_rows(v):
-        return v.shape[0] == 1
-
-    fields = {f.name: cat([getattr(r, f.name) for r in results]) for f in dataclasses.fields(first)}
-    return type(first)(**fields)
+    from .autoattack import AutoAttack
+    out = {}
+    for f in dataclasses.fields(results[0]):
+        vals = [getattr(r, f.name) for r in results]
+        if f.name == "extras":
+            ex = {k: _merge([v[k] for v in vals]) for k in vals[0] if all(k in v for v in vals)}
+            if isinstance(attack, AutoAttack) and "per_attack" in ex:
+                ex["per_attack"] = _merge([v["per_attack"] for v in vals], counts=True)
+            out[f.name] = ex
+        else:
+            out[f.name] = _merge(vals)
+    return type(results[0])(**out)
 
 
 def finish(result, im: InputsModel, multi: bool):
