@@ -153,7 +153,8 @@ def _check_eps(eps, attack, k: int, perturb: List[int]) -> List[float]:
     if eps is None:
         return [1.0] * len(perturb)
     ref = getattr(attack, "eps", None)
-    if not isinstance(ref, (int, float)) or isinstance(ref, bool) or getattr(attack, "norm", None) not in ("linf", "l2"):
+    norm = getattr(attack, "norm", None)
+    if not isinstance(ref, (int, float)) or isinstance(ref, bool) or norm not in ("linf", "l2"):
         raise ValueError(f"eps= per input needs an attack with an Linf or L2 budget eps; "
                          f"{type(attack).__name__} has none")
     if not ref > 0:

@@ -119,6 +119,9 @@ class GradientSHAP(LayerOptions, Explainer):
     torch.Size([4, 3])
     >>> bool(e.delta.abs().max() < 0.05)   # completeness, up to Monte-Carlo error
     True
+    >>> around = xadv.explainers.GradientSHAP(lambda x: x.mean(0) + 0.1 * background[:5], n_samples=20, seed=0)
+    >>> around(net, torch.rand(4, 3), target=1).attributions.shape   # reference rows built from the batch
+    torch.Size([4, 3])
     """
 
     name = "gradient_shap"

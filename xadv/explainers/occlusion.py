@@ -123,6 +123,9 @@ class Occlusion(Explainer):
     True
     >>> xadv.explainers.Occlusion(window=2, stride=2)(net, x, target=0).extras["windows"]
     2
+    >>> mean_fill = xadv.explainers.Occlusion(window=1, baseline=lambda b: b.mean(0, keepdim=True))(net, x, target=0)
+    >>> torch.allclose(mean_fill.attributions, (x - x.mean(0)) * net[1].weight[0], atol=1e-6)
+    True
     """
 
     name = "occlusion"

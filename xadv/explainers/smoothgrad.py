@@ -62,8 +62,9 @@ class SmoothGrad(Explainer):
     ``base`` attributes to a layer (``layer=``; the noise is added to the inputs, which
     must then be floating point). Around several layers (``layer=[a, b]``) the result is
     a tuple with one averaged attribution per layer, every layer explained on the same
-    noisy copies (captum's ``NoiseTunnel`` around a layer method with a list of layers). When ``base`` reports a completeness error (Integrated
-    Gradients, GradientSHAP), ``delta`` (N,) is its mean over the noisy copies (the
+    noisy copies (captum's ``NoiseTunnel`` around a layer method with a list of layers).
+    When ``base`` reports a completeness error (Integrated Gradients, GradientSHAP),
+    ``delta`` (N,) is its mean over the noisy copies (the
     completeness error of the averaged attribution against the averaged score gap) and
     ``extras["deltas"]`` (n_samples, N) holds every copy's, as captum's ``NoiseTunnel``
     with ``return_convergence_delta=True``.
