@@ -99,6 +99,8 @@ class AutoAttack(Attack):
     """
 
     supports_targeted = False
+    #: each attack runs on the points left robust (per-sample runs for per-sample side inputs)
+    sub_batches = True
 
     def __init__(self, norm: str = "linf", eps: Optional[float] = None, version: str = "standard",
                  attacks: Optional[Sequence[str]] = None, steps: int = 100, n_target_classes: int = 9,

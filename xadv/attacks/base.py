@@ -186,23 +186,85 @@ class Attack(ParamsMixin):
     #: rows per model call (clean pass, attack steps, final evaluation); None = the whole batch
     batch_size: Optional[int] = None
 
-    def __call__(self, model, x: torch.Tensor, y=None) -> AttackResult:
+    def __call__(self, model, x, y=None, *, forward_args=None, output=None, perturb=None,
+                 eps=None) -> AttackResult:
         """Attack ``model`` on the batch ``x``.
 
         Parameters
         ----------
         model : torch.nn.Module or callable
-            Maps (N, ...) inputs in ``bounds`` to (N, K) class scores (logits).
-        x : Tensor (N, ...)
-            Clean inputs inside ``bounds``; never modified.
+            Maps (N, ...) inputs in ``bounds`` to (N, K) class scores (logits), or to a
+            dict (``"logits"``), an object with ``.logits``, a tuple (first element) or
+            per-sample scalars (N,); choose another part with ``output``.
+        x : Tensor (N, ...) or tuple of Tensors
+            Clean inputs inside ``bounds``; never modified. A tuple is a model with several
+            inputs, ``model(x[0], x[1], ...)`` (as for explainers).
         y : int, sequence or LongTensor (N,), optional
             True labels (untargeted) or target labels (``targeted=True``). ``None``
             uses the model's predictions (untargeted only).
+        forward_args : tuple or dict, optional
+            Passed to the model after the inputs and never perturbed (a tuple of positional
+            or a dict of keyword arguments). Tensors whose first dimension is N follow
+            their samples.
+        output : None, int, str or callable, default None
+            Which part of the model's output holds the (N, K) scores: a tuple index, a dict
+            key / attribute name, or a callable on the raw output (as for explainers).
+        perturb : int, sequence of int or "all", default "all"
+            With several inputs: which of them the attack changes; the others are passed
+            through unchanged. One perturbed input keeps its shape (image attacks such as
+            Square run on it); several are attacked as one packed vector (one joint budget;
+            Square, AutoAttack's standard version and patches then refuse).
+        eps : sequence of float, optional
+            With several inputs and an Linf/L2 attack: one budget per input (None or 0 for
+            inputs that are not perturbed). Linf: ``|x_adv[i] - x[i]| <= eps[i]``; L2:
+            ``sum_i (||x_adv[i] - x[i]|| / eps[i])^2 <= 1``. Default: the attack's ``eps``.
+            Every perturbed input stays inside the attack's ``bounds``.
 
         Returns
         -------
         AttackResult
+            With several inputs, ``x`` and ``x_adv`` are the perturbed input (one) or the
+            perturbed inputs flattened and concatenated (several), and
+            ``extras["inputs_adv"]`` holds every input for ``model(*res.extras["inputs_adv"])``
+            (``extras["norms_per_input"]``: the norms of each perturbed input).
+
+        Examples
+        --------
+        A model taking an image and a tabular side input, returning a dict:
+
+        >>> import torch, xadv
+        >>> class TwoInputs(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.img, self.tab = torch.nn.Linear(16, 3), torch.nn.Linear(2, 3)
+        ...     def forward(self, image, side):
+        ...         return {"logits": self.img(image.flatten(1)) + self.tab(side), "aux": side}
+        >>> net, img, side = TwoInputs(), torch.rand(4, 1, 4, 4), torch.rand(4, 2)
+        >>> res = xadv.attacks.PGD(eps=0.1, steps=5, seed=0)(net, (img, side), perturb=0)
+        >>> res.x_adv.shape, torch.equal(res.extras["inputs_adv"][1], side)
+        (torch.Size([4, 1, 4, 4]), True)
+        >>> both = xadv.attacks.PGD(eps=0.1, steps=5, seed=0)(net, (img, side), eps=(0.1, 0.05))
+        >>> norms = both.extras["norms_per_input"]
+        >>> [round(float(norms[i]["linf"].max()), 3) for i in (0, 1)]
+        [0.1, 0.05]
         """
+        if isinstance(x, (tuple, list)) or forward_args is not None or output is not None \
+                or perturb is not None or eps is not None:
+            return self._call_inputs(model, x, y, forward_args, output, perturb, eps)
+        return self._call_tensor(model, x, y)
+
+    def _call_inputs(self, model, x, y, forward_args, output, perturb, eps) -> AttackResult:
+        """The call with several inputs / pass-through arguments / a chosen output
+        (:mod:`xadv.attacks._inputs`)."""
+        from . import _inputs
+        check_model(model)
+        multi = isinstance(x, (tuple, list))
+        engine, im, u = _inputs.prepare(self, model, x, forward_args, output, perturb, eps)
+        with preserved(model):
+            res = _inputs.run(self, engine, im, u, model, x, y, forward_args, output, perturb, eps)
+        return _inputs.finish(res, im, multi)
+
+    def _call_tensor(self, model, x: torch.Tensor, y=None) -> AttackResult:
         check_model(model)
         check_inputs(x, model, min_dim=2)
         lo, hi = self.bounds

@@ -284,5 +284,9 @@ class TransferAttack(Attack):
                 "substitute_queries": self.substitute_queries}
 
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        inner = self.attack(self.substitute, ctx.x, ctx.y)
+        from ._inputs import InputsModel
+        sub = self.substitute
+        if isinstance(ctx.counter.model, InputsModel):  # several inputs / side inputs: the same view
+            sub = ctx.counter.model.with_model(sub)
+        inner = self.attack(sub, ctx.x, ctx.y)
         return inner.x_adv, {"substitute_success": inner.success, "substitute_queries": self.substitute_queries}

@@ -29,12 +29,16 @@ class _Universal(Attack):
         p = self.perturbation_
         return p is not None and tuple(p.shape[1:]) == tuple(x.shape[1:])
 
-    def __call__(self, model, x, y=None):
+    #: one perturbation for the whole batch: never split into per-sample runs
+    per_sample_runs = False
+
+    def __call__(self, model, x, y=None, **options):
         """Apply the universal perturbation to ``x``; ``y`` defaults to the target class
-        (targeted) or the model's predictions (untargeted, i.e. the fooling rate)."""
+        (targeted) or the model's predictions (untargeted, i.e. the fooling rate).
+        ``options`` as for every attack (``output``, ``forward_args``, ``perturb``)."""
         if y is None and self.targeted:
             y = self.target
-        return super().__call__(model, x, y)
+        return super().__call__(model, x, y, **options)
 
     def _ensure_fit(self, model, x):
         if not self._fitted_for(x):

@@ -80,8 +80,11 @@ class Occlusion(Explainer):
         (at least 1), so windows overlap.
     baseline : float, Tensor or "mean", default 0.0
         Fill value of the occluded window: a number; a tensor broadcastable to ``x``
-        ((N, ...) per sample, (1, C, 1, 1) per channel, ...); or ``"mean"``, each
-        sample's mean value.
+        ((N, ...) per sample, (1, C, 1, 1) per channel, ...); ``"mean"``, each
+        sample's mean value; or a callable ``(x) -> Tensor`` returning such fill values
+        for the batch, e.g. a blurred copy ``lambda x: blur(x)`` (a constant of the
+        explanation, not differentiated). Several inputs: a tuple, one per input, or one
+        callable taking the tuple of inputs and returning a tuple.
     batch_size : int, optional
         Rows (window positions x samples) per forward pass: memory is bounded by it and
         results do not depend on it. Default: rows holding about 2^17 input elements on
@@ -128,6 +131,9 @@ class Occlusion(Explainer):
     True
     >>> xadv.explainers.Occlusion(window=2, stride=2)(net, x, target=0).extras["windows"]
     2
+    >>> mean_fill = xadv.explainers.Occlusion(window=1, baseline=lambda b: b.mean(0, keepdim=True))(net, x, target=0)
+    >>> torch.allclose(mean_fill.attributions, (x - x.mean(0)) * net[1].weight[0], atol=1e-6)
+    True
     """
 
     name = "occlusion"
@@ -147,8 +153,11 @@ class Occlusion(Explainer):
                 raise TypeError("a baseline tensor must be real (floating point, or token ids)")
         elif isinstance(baseline, tuple):
             pass  # one baseline per input of a model with several inputs
+        elif callable(baseline) and not isinstance(baseline, bool):
+            pass  # (x) -> fill values; its result is checked in make_baseline
         elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-            raise TypeError(f"baseline must be a number, a tensor or 'mean', got {type(baseline).__name__}")
+            raise TypeError(f"baseline must be a number, a tensor, 'mean' or a callable (x) -> tensor, "
+                            f"got {type(baseline).__name__}")
         self.baseline = check_finite(baseline, "baseline")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)
@@ -198,6 +207,21 @@ class Occlusion(Explainer):
     def make_baseline(self, x: torch.Tensor) -> torch.Tensor:
         """The fill values for the batch ``x``, shape (N, ...)."""
         b = self.baseline
+        if callable(b) and not isinstance(b, (str, torch.Tensor)):
+            v = b(x.detach())
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"the baseline callable must return a tensor broadcastable to the inputs "
+                                f"{tuple(x.shape)}, got {type(v).__name__}")
+            if v.is_complex() or v.dtype == torch.bool or (x.is_floating_point() and not v.is_floating_point()):
+                raise TypeError(f"the baseline callable returned dtype {v.dtype}; return "
+                                f"{'floating point' if x.is_floating_point() else 'token id'} fill values")
+            try:
+                return torch.broadcast_to(check_finite(v, "the baseline callable's result").to(
+                    device=x.device, dtype=x.dtype), x.shape)
+            except RuntimeError:
+                raise ValueError(f"the baseline callable returned shape {tuple(v.shape)}, which does not broadcast "
+                                 f"to the inputs {tuple(x.shape)}; return (N, ...) fill values or a shape that "
+                                 f"broadcasts, e.g. (1, C, 1, 1)") from None
         if isinstance(b, str):  # "mean"
             m = x.reshape(x.shape[0], -1).mean(1)
             return m.reshape((-1,) + (1,) * (x.dim() - 1)).expand_as(x)

@@ -19,6 +19,7 @@ import torch
 from ..._model import preserved
 from ..._validation import check_inputs, check_model, check_positive_int, resolve_target
 from ...explanation import Explanation
+from ...explainers.base import forward
 
 __all__ = ["max_sensitivity", "infidelity", "local_lipschitz", "worst_case_sensitivity", "uniform_perturbations",
            "gaussian_perturbations"]
@@ -175,7 +176,7 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
     check_inputs(x, model)
     x = x.detach()
     with preserved(model), torch.no_grad():
-        out0 = model(x)
+        out0 = forward(model, x)
         if isinstance(explainer, Explanation):
             attr = explainer.attributions.detach()
             t = resolve_target(explainer.target if target is None else target, out0)
@@ -196,7 +197,7 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
         s_ff = torch.zeros_like(f0)
         s_err = torch.zeros_like(f0)
         for p in perturbations:
-            fp = model(x - p).gather(1, t[:, None]).squeeze(1)
+            fp = forward(model, x - p).gather(1, t[:, None]).squeeze(1)
             df = f0 - fp
             ia = (p * attr).reshape(x.shape[0], -1).sum(1)
             s_aa += ia * ia
