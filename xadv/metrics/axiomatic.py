@@ -17,8 +17,8 @@ import torch
 from .._model import preserved
 from .._validation import check_positive_int
 from ._base import (ExplainerLike, check_attributions, check_nonnegative, explanation_fn, flat, metric, setup,
-                    target_scores)
-from .faithfulness.scores import BaselineLike, _order_steps, _perturbed, _scores, _step_masks, baseline_values
+                    scores_of, target_scores)
+from .faithfulness.scores import BaselineLike, _masked_scores, _order_steps, _step_masks, baseline_values
 
 __all__ = ["completeness", "non_sensitivity", "input_invariance", "ShiftedModel"]
 
@@ -50,9 +50,9 @@ def completeness(model, x: torch.Tensor, y, a, *, baseline: BaselineLike = 0.0, 
     ----------
     Sundararajan, Taly, Yan. Axiomatic Attribution for Deep Networks. ICML 2017.
     """
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     a = check_attributions(a, x)
-    f0 = target_scores(model, x, t, batch_size, softmax)
+    f0 = scores_of(out, t, softmax)
     fb = target_scores(model, baseline_values(x, baseline).contiguous(), t, batch_size, softmax)
     gap = (flat(a).sum(1) - (f0 - fb)).abs()
     if relative:
@@ -93,14 +93,14 @@ def non_sensitivity(model, x: torch.Tensor, y, a, *, eps: float = 1e-5, features
     Nguyen, Martinez. On quantitative aspects of model interpretability. arXiv:2007.07584, 2020.
     """
     eps = check_nonnegative(eps, "eps")
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     a = check_attributions(a, x)
     af = flat(a)
     step = check_positive_int(features_in_step, "features_in_step")
     idx = _order_steps(af, step, descending=False)
     masks = _step_masks(idx, af.shape[1], cumulative=False)  # (S, N, F)
-    y0 = target_scores(model, x, t, batch_size, softmax)
-    yp = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)  # (N, S)
+    y0 = scores_of(out, t, softmax)
+    yp = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)  # (N, S)
     ignored = (yp - y0[:, None]).abs() < eps  # (N, S)
     ignored_f = (masks.transpose(0, 1) & ignored[..., None]).any(1)  # (N, F)
     zero_f = af.abs() < eps
