@@ -123,7 +123,7 @@ class ShiftedModel(torch.nn.Module):
 
 @metric("axiomatic", "lower", needs=("model", "explainer"))
 def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
-                     shift: float = -1.0, rtol: float = 1e-3) -> torch.Tensor:
+                     shift: float = -1.0, rtol: float = 1e-3, batch_size: Optional[int] = None) -> torch.Tensor:
     """Input invariance (Kindermans et al., 2019): the relative change of the explanation
     when the input is shifted by a constant and the model compensates the shift.
 
@@ -144,6 +144,8 @@ def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: Expla
         Kindermans et al.'s shift maps [0, 1] images to [-1, 0].
     rtol : float, default 1e-3
         Unused by the score; :func:`xadv.metrics.evaluate` counts a pass below it.
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`).
 
     Returns
     -------
@@ -164,8 +166,8 @@ def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: Expla
     >>> bool((input_invariance(net, x, 0, explainer="input_x_gradient") > 0.1).all())
     True
     """
-    explain = explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     with preserved(model):
         a0 = check_attributions(explain(model, x, t) if a is None else a, x)
         shifted = ShiftedModel(model, shift)

@@ -73,10 +73,12 @@ def worst_case(model, x: torch.Tensor, t: torch.Tensor, explain, objective: Call
     delta = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     best = torch.full((x.shape[0],), -float("inf"), dtype=x.dtype, device=x.device)
 
+    with_output = getattr(explain, "with_output", None)
+
     def measure(xa):
-        with torch.no_grad():
+        a, out = with_output(model, xa, t) if with_output is not None else (explain(model, xa, t), None)
+        if out is None:
             out = predict(model, xa)
-        a = explain(model, xa, t)
         v = objective(xa, a, out).detach()
         ok = out.argmax(1) == t
         return torch.where(ok & torch.isfinite(v), v, torch.full_like(v, -float("inf")))
@@ -109,11 +111,14 @@ def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturba
         a0 = explain(model, x, t) if a is None else check_attributions(a, x)
         a0 = check_attributions(a0, x)
 
-        if mode == "attack":
-            def obj(xp, ap, outp):
-                return objective(x, xp, a0, ap, out0, outp)
+        if mode == "attack":  # the search runs on chunks of at most batch_size samples
+            vs = []
+            for i, j in chunks(x.shape[0], rows_per_call(x, batch_size)):
+                def obj(xp, ap, outp, i=i, j=j):
+                    return objective(x[i:j], xp, a0[i:j], ap, out0[i:j], outp, torch.arange(i, j, device=x.device))
 
-            v = worst_case(model, x, t, explain, obj, seed=seed, **(attack or {}))
+                vs.append(worst_case(model, x[i:j], t[i:j], explain, obj, seed=seed, **(attack or {})))
+            v = torch.cat(vs)
             return torch.where(torch.isinf(v), torch.full_like(v, float("nan")), v)
         p = _draws(x, n_samples, radius, perturbations, seed)
         s, n = p.shape[0], x.shape[0]
@@ -125,7 +130,8 @@ def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturba
             outp = predict(model, xp, batch_size)
         ap = check_attributions(ap, xp)
         with torch.no_grad():
-            v = objective(_rep(x, s), xp, _rep(a0, s), ap, _rep(out0, s), outp).reshape(s, n).T
+            v = objective(_rep(x, s), xp, _rep(a0, s), ap, _rep(out0, s), outp,
+                          torch.arange(n, device=x.device).repeat(s)).reshape(s, n).T
         k = (outp.argmax(1) == _rep(out0, s).argmax(1)).reshape(s, n).T
         r = v.mean(1) if reduce == "mean" else v.amax(1)
         if nan_on_change:  # as Quantus: one draw that changes the prediction makes the sample NaN
@@ -193,7 +199,7 @@ def avg_sensitivity(model, x: torch.Tensor, y=None, a=None, *, explainer: Explai
     >>> bool((avg_sensitivity(net, torch.rand(3, 4), 0, seed=0) > 0).all())
     True
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         den = flat(a0).norm(dim=1)
         return flat(a0 - ap).norm(dim=1) / torch.where(den == 0, torch.ones_like(den), den)
 
@@ -228,7 +234,7 @@ def relative_input_stability(model, x: torch.Tensor, y=None, a=None, *, explaine
     Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik, Lakkaraju. Rethinking Stability
     for Attribution-based Explanations. ICLR-W 2022.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
         den = flat((x - xp) / (x + (x == 0) * eps_min)).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
@@ -254,7 +260,7 @@ def relative_output_stability(model, x: torch.Tensor, y=None, a=None, *, explain
     -------
     Tensor (N,); lower is more stable.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
         den = (out0 - outp).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
@@ -315,9 +321,9 @@ def relative_representation_stability(model, x: torch.Tensor, y=None, a=None, *,
     with torch.no_grad(), preserved(model):
         l0 = rep(x.detach())
 
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         lp = rep(xp)
-        lr = _rep(l0, lp.shape[0] // l0.shape[0])
+        lr = l0[idx]
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
         den = ((lr - lp) / (lr + (lr == 0) * eps_min)).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
@@ -367,7 +373,7 @@ def continuity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLi
     Montavon, Samek, Müller. Methods for Interpreting and Understanding Deep Neural
     Networks. Digital Signal Processing 2018.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         return flat(a0 - ap).abs().sum(1) / (flat(x - xp).norm(dim=1) + 1e-9)
 
     if mode == "attack":
