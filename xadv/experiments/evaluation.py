@@ -10,7 +10,7 @@ blocks, seeded initialisation, 3x32x32 inputs) and prints
   localisation against the digit strokes as planted evidence);
 * Warnecke's criteria and Bhatt's lowest-sensitivity aggregation.
 
-``python -m xadv.experiments.evaluation [--n 16] [--out DIR]``
+``python -m xadv.experiments.evaluation [--n 16] [--models digits_cnn small_resnet] [--out DIR]``
 """
 from __future__ import annotations
 
@@ -174,8 +174,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n", type=int, default=16, help="samples per model (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for evaluation.md / evaluation.json")
+    p.add_argument("--models", nargs="+", default=["digits_cnn", "small_resnet"], choices=["digits_cnn", "small_resnet"],
+                   help="which halves to run (default both)")
     a = p.parse_args(argv)
-    res = run(n=a.n, seed=a.seed)
+    res = run(n=a.n, seed=a.seed, models=tuple(a.models))
     print(res["markdown"])
     print("seconds:", {k: round(v, 1) for k, v in res["seconds"].items()})
     from . import write_outputs
