@@ -109,7 +109,7 @@ def workloads(names, n):
     if "resnet18" in names:
         g = torch.Generator().manual_seed(0)
         out["resnet18"] = (resnet18(num_classes=10, seed=0), torch.rand(8, 3, 64, 64, generator=g),
-                           dict(step=768, runs=20, subset=256, patch=8, regions=16))
+                           dict(step=1024, runs=20, subset=256, patch=8, regions=16))
     return out
 
 
