@@ -109,3 +109,20 @@ def test_bad_batch_size(setup):
             M.pixel_flipping(model, x, y, a, batch_size=bad)
         with pytest.raises((ValueError, TypeError), match="batch_size"):
             M.avg_sensitivity(model, x, y, a, batch_size=bad)
+
+
+def test_seeded_explainer_keeps_common_noise(setup):
+    """A seeded SmoothGrad sees the same noise on every draw as on the clean batch (one call per
+    draw), so avg-sensitivity measures the input change, not a change of noise."""
+    model, x, y, a, _ = setup
+    sg = xadv.explainers.get("smoothgrad", n_samples=4, seed=0)
+    p = (torch.rand((3,) + tuple(x.shape), generator=torch.Generator().manual_seed(2)) * 2 - 1) * 0.05
+    a0 = sg(model, x, y).attributions
+    ref = torch.stack([(sg(model, x + d, y).attributions - a0).flatten(1).norm(dim=1) / a0.flatten(1).norm(dim=1)
+                       for d in p]).mean(0)
+    got = M.avg_sensitivity(model, x, y, None, explainer=sg, perturbations=p, nan_on_change=False)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    got = M.max_sensitivity(sg, model, x, y, perturbations=p)
+    ref = torch.stack([(sg(model, x + d, y).attributions - a0).flatten(1).norm(dim=1) / a0.flatten(1).norm(dim=1)
+                       for d in p]).amax(0)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)

@@ -86,6 +86,7 @@ def explanation_fn(explainer: ExplainerLike, batch_size: Optional[int] = None) -
 
         differentiable = e.differentiable
         source = e
+        seeded = getattr(e, "seed", None) is not None or getattr(e, "generator", None) is not None
     elif callable(explainer):
         fn = explainer
 
@@ -101,19 +102,23 @@ def explanation_fn(explainer: ExplainerLike, batch_size: Optional[int] = None) -
 
         differentiable = False
         source = fn
+        seeded = True  # unknown: keep the per-draw calls
     else:
         raise TypeError(f"explainer must be a registry name, an xadv Explainer or a function f(model, x, y), "
                         f"got {type(explainer).__name__}")
 
-    def with_output(model, x, y, create_graph: bool = False):
+    def with_output(model, x, y, create_graph: bool = False, group: Optional[int] = None):
+        """``group``: the rows come in groups (one perturbation draw of all N samples each).
+        A source that may draw random numbers (a seeded explainer, a plain function) is
+        called once per group, so every draw sees the same noise as the clean call of N
+        rows (common random numbers); a deterministic explainer gets all groups at once."""
+        if group is not None and seeded and x.shape[0] > group:
+            return _cat([with_output(model, x[i:j], _rows(y, x, i, j), create_graph)
+                         for i, j in chunks(x.shape[0], group)])
         rows = rows_per_call(x, batch_size)
         if x.shape[0] <= rows:
             return one(model, x, y, create_graph)
-        per_row = isinstance(y, (torch.Tensor, np.ndarray, list, tuple)) and len(y) == x.shape[0] and x.shape[0] > 1
-        parts = [one(model, x[i:j], y[i:j] if per_row else y, create_graph) for i, j in chunks(x.shape[0], rows)]
-        outs = [o for _, o in parts]
-        return (torch.cat([a for a, _ in parts]),
-                None if any(o is None for o in outs) else torch.cat(outs))
+        return _cat([one(model, x[i:j], _rows(y, x, i, j), create_graph) for i, j in chunks(x.shape[0], rows)])
 
     def f(model, x, y, create_graph: bool = False):
         return with_output(model, x, y, create_graph)[0]
@@ -123,6 +128,16 @@ def explanation_fn(explainer: ExplainerLike, batch_size: Optional[int] = None) -
     f.differentiable = differentiable  # type: ignore[attr-defined]
     f.batch_size = batch_size  # type: ignore[attr-defined]
     return f
+
+
+def _rows(y, x, i, j):
+    per_row = isinstance(y, (torch.Tensor, np.ndarray, list, tuple)) and len(y) == x.shape[0] and x.shape[0] > 1
+    return y[i:j] if per_row else y
+
+
+def _cat(parts):
+    outs = [o for _, o in parts]
+    return torch.cat([a for a, _ in parts]), (None if any(o is None for o in outs) else torch.cat(outs))
 
 
 def check_attributions(a, x: Optional[torch.Tensor] = None, name: str = "attributions") -> torch.Tensor:

@@ -359,7 +359,8 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
         raise ValueError("other classes must differ from the explained ones")
     with preserved(model):
         if a is None:  # both classes in one call: (2N) rows
-            both = check_attributions(explain(model, torch.cat([x, x]), torch.cat([t, other])), torch.cat([x, x]))
+            xx = torch.cat([x, x])  # a seeded explainer sees the same noise for both classes
+            both = check_attributions(explain.with_output(model, xx, torch.cat([t, other]), group=x.shape[0])[0], xx)
             a0, a1 = both[:x.shape[0]], both[x.shape[0]:]
         else:
             a0, a1 = check_attributions(a, x), check_attributions(explain(model, x, other), x)

@@ -155,7 +155,7 @@ def _sampled_max(explainer, model, x, target, ratio, radius, n_samples, perturba
         perturbations = _check_perturbations(perturbations, x)
         s, n = perturbations.shape[:2]
         xp = (x[None] + perturbations).reshape((s * n,) + tuple(x.shape[1:]))
-        a = explain(model, xp, t.repeat(s))
+        a = explain.with_output(model, xp, t.repeat(s), group=n)[0]
         rep = (s,) + (1,) * (x.dim() - 1)
         r = ratio(perturbations.reshape(xp.shape), a, a0.repeat(rep)).reshape(s, n)
         best = torch.maximum(r.amax(0), torch.full_like(r[0], floor))

@@ -125,7 +125,7 @@ def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturba
         # every draw of every sample explained together, (S * N) rows, draw-major; the
         # explainer's own forward pass gives the predictions when it reports them
         xp = (x[None] + p).reshape((s * n,) + tuple(x.shape[1:]))
-        ap, outp = explain.with_output(model, xp, t.repeat(s))
+        ap, outp = explain.with_output(model, xp, t.repeat(s), group=n)
         if outp is None:
             outp = predict(model, xp, batch_size)
         ap = check_attributions(ap, xp)
