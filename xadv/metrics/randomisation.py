@@ -35,7 +35,7 @@ import torch
 from .._model import preserved
 from .._validation import check_positive_int
 from ._base import (ExplainerLike, check_attributions, check_nonnegative, explanation_fn, flat, generator, metric,
-                    pearson_rows, prepare, setup, spearman_rows)
+                    pearson_rows, prepare, rank_rows, setup, spearman_rows)
 
 __all__ = ["RandomisationResult", "model_parameter_randomisation", "mprt", "smooth_mprt", "efficient_mprt",
            "random_logit", "data_randomisation", "randomisable_layers"]
@@ -161,6 +161,11 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
             a0 = _explain_preprocessed(explain, model, x, t, abs, normalise)
         else:
             a0 = flat(prepare(check_attributions(a, x), abs, normalise))
+        if sim is spearman_rows:  # rank the trained model's explanation once, not once per layer
+            r0 = rank_rows(a0)
+
+            def sim(a, b):
+                return pearson_rows(r0, rank_rows(b))
         original = sim(a0, _explain_preprocessed(explain, model, x, t, abs, normalise))
         twin = copy.deepcopy(model)
         state = copy.deepcopy(model.state_dict()) if independent else None
