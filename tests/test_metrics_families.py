@@ -133,3 +133,14 @@ def test_evaluation_experiment_small():
     s = res["rows"]["digits_cnn"]["sanity"]
     assert s["saliency"]["passes_invariance"] == 1.0 and s["input_x_gradient"]["passes_invariance"] == 0.0
     assert "Sanity checks" in res["markdown"] and "Warnecke" in res["markdown"]
+
+
+def test_evaluation_experiment_resnet_half():
+    from xadv.experiments.evaluation import run
+
+    res = run(n=2, explainers=("saliency",), models=("small_resnet",))
+    rows = res["rows"]["small_resnet"]
+    assert set(rows["sanity"]) == {"saliency"}
+    assert rows["sanity"]["saliency"]["passes_invariance"] == 1.0
+    assert all(math.isfinite(v) for v in rows["metrics"]["saliency"].values())
+    assert "small_resnet" in res["markdown"]
