@@ -204,6 +204,7 @@ class ModelAdapter(nn.Module):
     >>> z.shape, two(z).flatten().tolist()
     (torch.Size([2, 4]), [6.0, 6.0])
     """
+    _xadv_wrapper = True  # xadv._validation.check_fits_model looks through it
 
     def __init__(self, model, output: OutputLike = None, forward_args: ForwardArgs = None, inputs=None):
         super().__init__()
@@ -336,6 +337,7 @@ def layer_head(model, layer, inputs, *, attribute_to_layer_input: bool = False, 
     >>> emb.shape, torch.allclose(head(emb), text(ids))
     (torch.Size([2, 4, 16]), True)
     """
+    _xadv_wrapper = True  # xadv._validation.check_fits_model looks through it
     from ._validation import find_module
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     inner = ModelAdapter(model, output=output, forward_args=forward_args)

@@ -44,6 +44,7 @@ def _slice_rows(v, i0: int, i1: int, n: int):
 
 class InputsModel(nn.Module):
     """The model as the attack engines see it: the attacked tensor in, (N, K) scores out."""
+    _xadv_wrapper = True  # xadv._validation.check_fits_model looks through it
 
     def __init__(self, model, inputs: Tuple[torch.Tensor, ...], perturb: List[int], scales: List[float],
                  bounds: Tuple[float, float], forward_args=None, output=None):
@@ -196,7 +197,8 @@ def prepare(attack, model, x, forward_args=None, output=None, perturb=None, eps=
     if not inputs:
         raise ValueError("x is an empty tuple; give one tensor or one tensor per model input")
     for i, t in enumerate(inputs):
-        check_inputs(t, model, min_dim=1 if multi else 2, name=f"x[{i}]" if multi else "x", allow_integer=multi)
+        check_inputs(t, model, min_dim=1 if multi else 2, name=f"x[{i}]" if multi else "x", allow_integer=multi,
+                     whole_input=not multi)
     if len({t.shape[0] for t in inputs}) > 1:
         raise ValueError(f"the inputs have different batch sizes {[t.shape[0] for t in inputs]}")
     if perturb is not None and not multi:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
 from .._model import preserved
+from .._adapter import sample_rows
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
 from ..explainers.base import forward
@@ -58,40 +59,55 @@ def row_chunks(n: int, rows: Optional[int]):
     return [(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
-def map_rows(fn: Callable, rows: Optional[int], *tensors):
+def map_rows(fn: Callable, rows: Optional[int], *tensors, samples: Optional[torch.Tensor] = None):
     """``fn`` on row chunks of ``tensors`` (None entries passed as None), outputs concatenated.
 
     ``fn`` returns a tensor or a tuple of tensors (None entries stay None). Samples are
     independent, so the result equals ``fn(*tensors)`` up to float rounding while every
     model call sees at most ``rows`` rows and only one chunk's graph lives at a time.
+    ``samples`` (LongTensor (rows,)), when the rows are the whole batch in another
+    arrangement (e.g. clean and adversarial rows stacked), tells each chunk's calls
+    which samples their rows are (:func:`xadv._adapter.sample_rows`), so adapters with
+    per-sample side inputs or layer replacements follow. Without it the rows may be a
+    subset (an engine's still-active samples) and nothing is claimed about them.
     """
     n = next(t.shape[0] for t in tensors if t is not None)
     spans = row_chunks(n, rows)
-    if len(spans) == 1:
-        return fn(*tensors)
-    outs = [fn(*(None if t is None else t[a:b] for t in tensors)) for a, b in spans]
+    if samples is None:
+        if len(spans) == 1:
+            return fn(*tensors)
+        outs = [fn(*(None if t is None else t[a:b] for t in tensors)) for a, b in spans]
+    else:
+        idx = samples.to(next(t.device for t in tensors if t is not None))
+        n_samples = int(idx.max()) + 1
+        outs = []
+        for a, b in spans:
+            with sample_rows(idx[a:b], n_samples):
+                outs.append(fn(*(None if t is None else t[a:b] for t in tensors)))
+    if len(outs) == 1:
+        return outs[0]
     if isinstance(outs[0], tuple):
         return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
 
 
-def forward_rows(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
+def forward_rows(model, x: torch.Tensor, rows: Optional[int], samples: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The model's (N, K) output without a graph, in calls of at most ``rows`` rows."""
     with torch.no_grad():
-        return map_rows(lambda z: forward(model, z).detach(), rows, x)
+        return map_rows(lambda z: forward(model, z).detach(), rows, x, samples=samples)
 
 
-def evaluation_pass(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
+def evaluation_pass(model, x: torch.Tensor, rows: Optional[int], samples: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The outputs for the result (predictions, confidences, success): a forward pass only,
     channels-last for image batches on a CPU, where PyTorch's convolution and pooling kernels
     are about twice as fast (values equal to float rounding); NCHW for a model that rejects
     channels-last inputs (a ``.view`` of a conv activation) and on other devices."""
     if x.dim() == 4 and x.device.type == "cpu":
         try:
-            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows)
+            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows, samples)
         except RuntimeError:
             pass
-    return forward_rows(model, x, rows)
+    return forward_rows(model, x, rows, samples)
 
 
 def perturbation_norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -304,13 +320,10 @@ class Attack(ParamsMixin):
                 counter.take()
                 out_adv = ctx.adv_logits  # evaluated by the attack, or here
                 if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
-                    if ctx._logits is None:  # clean and adversarial outputs in one pass (fewer, larger calls)
-                        both = evaluation_pass(model, torch.cat([x0, x_adv.to(memory_format=torch.contiguous_format)]),
-                                               rows)
-                        ctx.provide_logits(both[: x0.shape[0]])
-                        out_adv = both[x0.shape[0]:]
-                    else:
-                        out_adv = evaluation_pass(model, x_adv, rows)
+                    if ctx._logits is None:  # the clean outputs, N rows per call like the user's batch
+                        # (a model closing over per-sample tensors follows; no 2N-row stack)
+                        ctx.provide_logits(evaluation_pass(model, x0, rows))
+                    out_adv = evaluation_pass(model, x_adv, rows)
                 out_clean = ctx.logits
                 if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
                     x_adv = torch.empty_like(x0).copy_(x_adv)

@@ -509,7 +509,7 @@ INPUT_EXPLAINERS = ("saliency", "input_x_gradient", "gradcam", "integrated_gradi
 #: the input section per explainer, then the other sections
 PARTS = tuple(f"input:{e}" for e in INPUT_EXPLAINERS) + SECTIONS[1:]
 #: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
-SETTINGS = ("n", "n_heavy", "steps", "n_explain", "n_shap", "check_strength", "model_name")
+SETTINGS = ("n", "n_heavy", "steps", "n_explain", "n_shap", "check_strength", "model_name", "n_defense")
 
 
 def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:

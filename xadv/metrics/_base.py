@@ -220,19 +220,30 @@ def chunks(m: int, rows: int):
     return [(i, min(i + rows, m)) for i in range(0, m, rows)]
 
 
-def predict(model, xs: torch.Tensor, batch_size: Optional[int] = None, softmax: bool = False) -> torch.Tensor:
-    """Model scores of a (M, ...) batch in calls of at most ``batch_size`` rows, no grad: (M, K)."""
-    return predict_rows(model, xs.shape[0], lambda i, j: xs[i:j], rows_per_call(xs, batch_size), softmax)
+def predict(model, xs: torch.Tensor, batch_size: Optional[int] = None, softmax: bool = False,
+            samples: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Model scores of a (M, ...) batch in calls of at most ``batch_size`` rows, no grad: (M, K).
+    ``samples`` (LongTensor (M,)): the sample of the batch each row belongs to, told to the
+    model's adapter (:func:`xadv._adapter.sample_rows`) so per-sample side inputs follow."""
+    return predict_rows(model, xs.shape[0], lambda i, j: xs[i:j], rows_per_call(xs, batch_size), softmax,
+                        samples)
 
 
 def predict_rows(model, m: int, build: Callable[[int, int], torch.Tensor], rows: int,
-                 softmax: bool = False) -> torch.Tensor:
+                 softmax: bool = False, samples: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Model scores of ``m`` rows built chunk by chunk (``build(i, j)`` -> rows ``i:j``):
     the perturbed inputs of a metric never exist all at once. (M, K)."""
+    from .._adapter import sample_rows
+
     outs = []
+    n = None if samples is None else int(samples.max()) + 1
     with torch.no_grad():
         for i, j in chunks(m, rows):
-            o = forward(model, build(i, j))
+            if samples is None:
+                o = forward(model, build(i, j))
+            else:
+                with sample_rows(samples[i:j], n):
+                    o = forward(model, build(i, j))
             outs.append(torch.softmax(o, 1) if softmax else o)
     return torch.cat(outs)
 

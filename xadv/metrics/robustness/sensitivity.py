@@ -218,7 +218,8 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
         f0 = out0.gather(1, t[:, None]).squeeze(1)
         s, n = perturbations.shape[:2]
         xp = (x[None] - perturbations).reshape((s * n,) + tuple(x.shape[1:]))
-        fp = predict(model, xp, batch_size).gather(1, t.repeat(s)[:, None]).reshape(s, n)
+        rows_of = torch.arange(n, device=x.device).repeat(s)  # row r is a perturbation of sample r % n
+        fp = predict(model, xp, batch_size, samples=rows_of).gather(1, t.repeat(s)[:, None]).reshape(s, n)
         df = f0[None] - fp
         ia = (perturbations * attr[None]).reshape(s, n, -1).sum(-1)
         s_aa, s_af, s_ff = (ia * ia).sum(0), (ia * df).sum(0), (df * df).sum(0)
