@@ -44,7 +44,7 @@ __all__ = ["rows_per_pass", "chunked_forward", "clear_cache", "MEMORY_BUDGET", "
 #: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
 MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
 #: wall-clock limit of one timed search (seconds)
-SEARCH_SECONDS = 2.0
+SEARCH_SECONDS = 1.0
 #: upper bound of the chosen rows (CPU, other devices)
 MAX_ROWS = {"cpu": 1024, "other": 8192}
 #: input elements of the first candidate
