@@ -12,10 +12,12 @@ rows of **every** model call it makes; without it the policy chooses:
    graph for a backward pass (gradient methods) are capped at ``MEMORY_BUDGET["grad"]``
    bytes of activations, forward-only passes at ``MEMORY_BUDGET["forward"]``; on CUDA
    the budget is a quarter of the free device memory.
-2. **What a row costs in time.** Forward passes of 1, 2, 4, ... rows (powers of two,
-   starting at about 2^14 input elements, at most the work to do and the memory cap)
-   are timed until the time per row stops falling; the smallest row count within 3% of
-   the fastest per row is taken. The search stops after ``SEARCH_SECONDS``.
+2. **What a row costs in time.** The prior is the power of two of rows holding about
+   ``PRIOR_BYTES`` (48 MiB) of activations, at least ``MIN_ROWS`` (8); forward passes
+   of the prior, twice and four times as many rows and half as many (never more than
+   the work to do or the memory cap) are timed, best of two each, and the smallest row
+   count within 3% of the fastest time per row is taken. The search stops after
+   ``SEARCH_SECONDS``; the prior is measured first, so it is the fallback.
 3. **Cached** per (model, input shape after the batch, dtype, device, grad or
    forward-only). The cache holds the model weakly (it does not keep it alive) and is
    dropped with :func:`clear_cache`.
@@ -39,16 +41,18 @@ from torch import nn
 
 from .._adapter import sample_rows, unwrap
 
-__all__ = ["rows_per_pass", "chunked_forward", "clear_cache", "MEMORY_BUDGET", "SEARCH_SECONDS", "MAX_ROWS"]
+__all__ = ["rows_per_pass", "chunked_forward", "clear_cache", "MEMORY_BUDGET", "SEARCH_SECONDS", "MAX_ROWS",
+           "PRIOR_BYTES", "MIN_ROWS"]
 
 #: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
 MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
 #: wall-clock limit of one timed search (seconds)
-SEARCH_SECONDS = 1.0
+SEARCH_SECONDS = 3.0
 #: upper bound of the chosen rows (CPU, other devices)
 MAX_ROWS = {"cpu": 1024, "other": 8192}
-#: input elements of the first candidate
-_START_ELEMENTS = 1 << 14
+#: activation bytes per pass of the first candidate (the prior), and its least rows
+PRIOR_BYTES = 48 << 20
+MIN_ROWS = 8
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -114,15 +118,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _search(model, xs, n: int, cap: int) -> int:
-    """Time forward passes of growing row counts; the smallest within 3% of the best per row."""
+def _prior(act_bytes: int, cap: int) -> int:
+    """Rows holding ``PRIOR_BYTES`` of activations (a power of two, at least ``MIN_ROWS``)."""
+    r = max(MIN_ROWS, PRIOR_BYTES // max(1, act_bytes))
+    return max(1, min(cap, 1 << int(math.log2(r))))
+
+
+def _search(model, xs, n: int, cap: int, prior: int) -> int:
+    """Time forward passes of ``prior``, then twice and four times as many rows, then half
+    as many (within ``cap`` and ``SEARCH_SECONDS``); the smallest within 3% of the fastest
+    time per row. The prior is always measured first, so a cut-off search keeps it."""
     device = xs[0].device
-    numel = max(1, xs[0][:1].numel())
-    r = 1 << max(0, int(math.log2(max(1, _START_ELEMENTS // numel))))
-    r = min(r, cap)
+    order = [prior, 2 * prior, 4 * prior, prior // 2]
     per_row: Dict[int, float] = {}
     t_start = time.perf_counter()
-    while True:
+    for r in order:
+        r = min(cap, r)
+        if r < 1 or r in per_row:
+            continue
         batch = _rows_of(xs, r)
         _call(model, batch, n)  # warm-up at this size (allocator, kernels)
         best = math.inf
@@ -133,11 +146,8 @@ def _search(model, xs, n: int, cap: int) -> int:
             _sync(device)
             best = min(best, time.perf_counter() - t0)
         per_row[r] = best / r
-        fastest = min(per_row.values())
-        if r >= cap or per_row[r] > 1.03 * fastest and len(per_row) >= 3 \
-                or time.perf_counter() - t_start > SEARCH_SECONDS:
+        if time.perf_counter() - t_start > SEARCH_SECONDS:
             break
-        r = min(cap, 2 * r)
     fastest = min(per_row.values())
     return min(k for k, v in per_row.items() if v <= 1.03 * fastest)
 
@@ -196,8 +206,10 @@ def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: O
     if hit is not None and (hit[1] >= cap or hit[0] < hit[1]):
         return max(1, min(cap, hit[0]))
     n = xs[0].shape[0]
-    mem_cap = max(1, _budget(device, grad) // _activation_bytes(model, user, xs, n))
-    chosen = _search(model, xs, n, max(1, min(cap, mem_cap)))
+    act = _activation_bytes(model, user, xs, n)
+    mem_cap = max(1, _budget(device, grad) // act)
+    limit = max(1, min(cap, mem_cap))
+    chosen = _search(model, xs, n, limit, _prior(act, limit))
     # remember the cap the search ran under: a later call with more work searches again
     # only when the search stopped at its cap
     per_model[key] = (chosen, min(cap, mem_cap))
