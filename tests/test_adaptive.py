@@ -94,8 +94,8 @@ def test_restarts_keep_per_sample_best_of_single_runs(setup):
 def test_more_steps_never_return_a_higher_exact_score(setup):
     """Fixed step size and constant schedule: the 3-step run is a prefix of the 9-step run."""
     net, det, *_, x, y = setup
-    short = D.AdaptiveAttack(det, eps=0.15, steps=3, step_size=0.03, seed=0)(net, x, y)
-    long = D.AdaptiveAttack(det, eps=0.15, steps=9, step_size=0.03, seed=0)(net, x, y)
+    short = D.AdaptiveAttack(det, eps=0.15, steps=3, step_size=0.03, schedule="constant", seed=0)(net, x, y)
+    long = D.AdaptiveAttack(det, eps=0.15, steps=9, step_size=0.03, schedule="constant", seed=0)(net, x, y)
     assert bool((long.success | ~short.success).all())
     m = short.success
     assert m.any()
@@ -105,8 +105,9 @@ def test_more_steps_never_return_a_higher_exact_score(setup):
     assert bool((long.extras["score_adv"][m] < short.extras["score_adv"][m] - 1e-4).any())
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
-def test_ball_bounds_and_nothing_changed(setup, norm, eps):
+@pytest.mark.parametrize("norm,eps,schedule", [("linf", 0.1, "cosine"), ("l2", 1.5, "cosine"),
+                                               ("linf", 0.1, "apgd"), ("l2", 1.5, "apgd")])
+def test_ball_bounds_and_nothing_changed(setup, norm, eps, schedule):
     net, det, *_, x, y = setup
     params = [p.detach().clone() for p in net.parameters()]
     grads = [p.requires_grad for p in net.parameters()]
@@ -114,7 +115,7 @@ def test_ball_bounds_and_nothing_changed(setup, norm, eps):
     thr, s_before = det.threshold_, det.score(net.eval(), x).clone()
     net.train()
     x0 = x.clone()
-    res = D.AdaptiveAttack(det, eps=eps, norm=norm, steps=3, restarts=2, schedule="cosine", seed=1)(net, x, y)
+    res = D.AdaptiveAttack(det, eps=eps, norm=norm, steps=3, restarts=2, schedule=schedule, seed=1)(net, x, y)
     assert net.training
     net.eval()
     delta = (res.x_adv - x).reshape(len(x), -1)
@@ -132,7 +133,7 @@ def test_ball_bounds_and_nothing_changed(setup, norm, eps):
 def test_schedule_changes_the_steps(setup):
     net, det, *_, x, y = setup
     kw = dict(eps=0.15, steps=4, step_size=0.05, seed=0, random_start=False)
-    a = D.AdaptiveAttack(det, **kw)(net, x, y)
+    a = D.AdaptiveAttack(det, schedule="cosine", **kw)(net, x, y)
     b = D.AdaptiveAttack(det, schedule=lambda t, n: 0.0, **kw)(net, x, y)  # zero steps: stays at x
     assert not torch.equal(a.x_adv, b.x_adv)
     torch.testing.assert_close(b.x_adv, x)
@@ -276,3 +277,58 @@ def test_runner_up_runs_extend_the_first_run(setup):
     assert int(more.extras["restart"].max()) <= 2 and int(more.queries[0]) == 3 * 5
     with pytest.raises(ValueError, match="runner_ups"):
         D.AdaptiveAttack(det, runner_ups=-1)
+
+
+# ------------------------------------------------------------------ APGD step-size control
+def test_apgd_checkpoints_are_the_papers():
+    """Croce & Hein 2020, section 3.2: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    from xadv.attacks import apgd_checkpoints
+
+    assert apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1000) == [0, 220, 410, 570, 700, 800, 870, 930, 990]
+    assert apgd_checkpoints(50) == [0, 11, 21, 29, 35, 40, 44, 47, 50]  # ceil(p_j * 50)
+    # the reference loop (auto-attack, and xadv.attacks.APGD) checks at the same iterations for 100 steps
+    k, size_decr, n_min, at, w = 22, 3, 6, [], 0
+    while w + k <= 100:
+        w += k
+        at.append(w)
+        k = max(k - size_decr, n_min)
+    assert at[:8] == apgd_checkpoints(100)[1:]
+    assert apgd_checkpoints(3) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="steps"):
+        apgd_checkpoints(0)
+
+
+def test_apgd_schedule_halves_steps_and_stays_in_the_ball(setup):
+    net, det, *_, x, y = setup
+    x0 = x.clone()
+    att = D.AdaptiveAttack(det, eps=0.15, steps=20, seed=0)  # schedule="apgd" is the default
+    assert att.step_size == pytest.approx(0.3)  # APGD's initial 2 * eps
+    res = att(net, x, y)
+    assert torch.equal(x, x0)
+    assert float((res.x_adv - x).abs().max()) <= 0.15 + 1e-6
+    torch.testing.assert_close(res.extras["score_adv"], det.score(net, res.x_adv))
+    # every final step is 2 eps / 2^k with k <= the 8 checkpoints after the first; some were halved
+    k = torch.log2(0.3 / res.extras["step_size"])
+    torch.testing.assert_close(k, k.round(), rtol=0, atol=1e-5)
+    assert int(k.max()) >= 1 and int(k.max()) <= 8
+    with pytest.raises(ValueError, match="rho"):
+        D.AdaptiveAttack(det, schedule="apgd", rho=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        D.AdaptiveAttack(det, schedule="apgd", momentum=1.5)
+
+
+def test_apgd_schedule_not_weaker_than_cosine(setup):
+    """Seeded case: APGD step control fools the classifier and evades the detector at least as often."""
+    net, det, *_, x, y = setup
+    kw = dict(eps=0.15, steps=20, seed=0)
+    old = D.AdaptiveAttack(det, step_size=0.015, schedule="cosine", **kw)(net, x, y)
+    new = D.AdaptiveAttack(det, **kw)(net, x, y)  # the default
+
+    def evaded(r):
+        return int((r.success & ~r.extras["detected"]).sum())
+
+    assert int(new.success.sum()) >= int(old.success.sum())
+    assert evaded(new) >= evaded(old)
+    both = old.success & new.success
+    assert float(new.extras["score_adv"][both].mean()) <= float(old.extras["score_adv"][both].mean()) + 1e-6

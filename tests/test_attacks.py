@@ -244,7 +244,7 @@ def test_repr_and_save_load(cnn, imgs, tmp_path):
     atk = A.ExplainerPGD(IntegratedGradients(steps=4), norm="l2", eps=0.5, steps=2)
     r = repr(atk)
     assert r.startswith("ExplainerPGD(explainer=IntegratedGradients(steps=4") and "norm='l2'" in r
-    assert repr(A.FGSM(eps=0.1)) == "FGSM(eps=0.1, targeted=False, bounds=(0.0, 1.0))"
+    assert repr(A.FGSM(eps=0.1)) == "FGSM(eps=0.1, targeted=False, bounds=(0.0, 1.0), batch_size=None)"
     res = atk(cnn, imgs, y)
     back = AttackResult.load(res.save(tmp_path / "r.pt"))
     assert torch.equal(back.x_adv, res.x_adv) and back.attack == res.attack

@@ -141,3 +141,84 @@ def test_python_dash_m_entry_point(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_module("xadv", run_name="__main__")
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("xadv ")
+
+
+def _demo_numbers(out):
+    """metrics.json without the timings (and the list of reused stages)."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(w) for k, w in v.items() if k not in ("seconds", "resumed", "ms_per_image")}
+        return [strip(w) for w in v] if isinstance(v, list) else v
+    m = strip(json.loads((out / "metrics.json").read_text()))
+    assert m["explain"]["rows"] and m["detect"]["rows"]
+    return m
+
+
+def _stamps(out, names):
+    return {n: ((out / n).stat().st_ino, (out / n).stat().st_mtime_ns, (out / n).read_bytes()) for n in names}
+
+
+def test_demo_resumes_finished_stages_after_a_fault(demo_out, tmp_path, monkeypatch):
+    """A fault in the last stage; the rerun reuses the three finished stages (files untouched, nothing
+    recomputed) and ends with the numbers of an uninterrupted run (demo_out)."""
+    from xadv import cli
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--fast", "--no-progress", "--threads", "1"]
+    calls = {s: 0 for s in cli._Demo.STAGES}
+    real = {s: getattr(cli._Demo, s) for s in cli._Demo.STAGES}
+
+    def counted(stage, fail=False):
+        def run(self):
+            calls[stage] += 1
+            if fail:
+                raise RuntimeError("simulated fault in the detect stage")
+            return real[stage](self)
+        return run
+
+    for s in cli._Demo.STAGES:
+        monkeypatch.setattr(cli._Demo, s, counted(s, fail=s == "detect"))
+    with pytest.raises(RuntimeError, match="simulated fault"):
+        main(argv)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["done"] == ["explain", "attack", "fool"] and not man["complete"]
+    assert not (out / "report.md").exists() and not (out / ".xadv.lock").exists()
+    finished = sorted(f for s in man["done"] for f in man["stages"][s]["files"])
+    assert {"explanations.png", "explanations.pdf", "explanations.npz", "attack_success.png",
+            "fooling_examples.pdf"} <= set(finished)
+    before = _stamps(out, finished)
+
+    monkeypatch.setattr(cli._Demo, "detect", counted("detect"))
+    assert main(argv) == 0
+    assert calls == {"explain": 1, "attack": 1, "fool": 1, "detect": 2}
+    assert _stamps(out, finished) == before  # same inode, mtime and bytes: not rewritten
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["resumed"] == ["explain", "attack", "fool"]
+    assert _demo_numbers(out) == _demo_numbers(demo_out)
+    assert "Reused from an earlier run" in (out / "report.md").read_text()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["complete"] and man["done"] == ["explain", "attack", "fool", "detect"]
+
+    # a finished stage whose file changed is redone; the others are still reused
+    (out / "fooling_examples.png").write_bytes(b"not the figure")
+    assert main(argv) == 0
+    assert calls == {"explain": 1, "attack": 1, "fool": 2, "detect": 2}
+    assert (out / "fooling_examples.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["resumed"] == ["explain", "attack", "detect"]
+    assert _demo_numbers(out) == _demo_numbers(demo_out)
+
+
+def test_demo_fresh_and_other_formats_redo_stages(tmp_path, monkeypatch):
+    from xadv import cli
+
+    out = tmp_path / "demo"
+    calls = []
+    monkeypatch.setattr(cli._Demo, "explain", lambda self: calls.append("explain"))
+    argv = ["demo", "--out", str(out), "--fast", "--no-progress", "--stages", "explain", "--formats", "png"]
+    assert main(argv) == 0 and main(argv) == 0
+    assert calls == ["explain"]
+    assert main(argv + ["--fresh"]) == 0
+    assert calls == ["explain"] * 2
+    assert main(argv[:-1] + ["svg"]) == 0  # other figure formats: the stage's files do not fit
+    assert calls == ["explain"] * 3
+    assert main(["demo", "--out", str(out), "--no-progress", "--stages", "explain"]) == 2  # other settings

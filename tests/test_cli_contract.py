@@ -40,6 +40,8 @@ USER_ERRORS = [
     (["attack", "--attack", "deletion", "--eps", "2.5"], "number of pixels"),
     (["attack", "--table", "--eps", "0.1"], "--eps do not apply"),
     (["fool", "--target", "other"], "--attack targeted only"),
+    (["fool", "--sections", "patch"], "--table only"),
+    (["fool", "--table", "--eps", "0.1"], "--eps do not apply"),
     (["explain", "--out", "{d}/fig.bmp"], "cannot write a .bmp"),
     (["explain", "--out", "{d}/fig"], "suffix-less"),
     (["explain", "--device", "cuda:0"], "CUDA is not available"),

@@ -246,5 +246,6 @@ def test_experiment_runs_end_to_end_on_a_small_budget():
     res = exp.run(n=4, n_heavy=4, steps=2, sections=("joint", "defense"))
     assert {r["section"] for r in res["rows"]} == {"joint", "defense"}
     assert "### ADV^2" in res["markdown"] and "| beta-smoothing beta=1 |" in res["markdown"]
+    assert "| meaningful perturbation (2 steps, constant 0) | ADV^2 JointAttack" in res["markdown"]
     with pytest.raises(ValueError, match="unknown section"):
         exp.run(sections=("nope",))

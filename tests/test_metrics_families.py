@@ -105,6 +105,10 @@ def test_report_card():
     matplotlib.use("Agg")
     fig = card.figure()
     assert fig.axes
+    before = dict(matplotlib.rcParams)
+    dark = card.figure(style="dark")              # a style for this figure only
+    assert dark.get_facecolor()[:3] == (0.0, 0.0, 0.0) and fig.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert dict(matplotlib.rcParams) == before
     best, bh = M.bhatt_aggregate(net, x, None, ["saliency", "input_x_gradient"], n_samples=3)
     assert len(bh.values) == 3 and best
     w = M.warnecke_criteria(net, x, None, ["saliency"], attack={"steps": 3})
@@ -129,3 +133,14 @@ def test_evaluation_experiment_small():
     s = res["rows"]["digits_cnn"]["sanity"]
     assert s["saliency"]["passes_invariance"] == 1.0 and s["input_x_gradient"]["passes_invariance"] == 0.0
     assert "Sanity checks" in res["markdown"] and "Warnecke" in res["markdown"]
+
+
+def test_evaluation_experiment_resnet_half():
+    from xadv.experiments.evaluation import run
+
+    res = run(n=2, explainers=("saliency",), models=("small_resnet",))
+    rows = res["rows"]["small_resnet"]
+    assert set(rows["sanity"]) == {"saliency"}
+    assert rows["sanity"]["saliency"]["passes_invariance"] == 1.0
+    assert all(math.isfinite(v) for v in rows["metrics"]["saliency"].values())
+    assert "small_resnet" in res["markdown"]

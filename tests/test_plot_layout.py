@@ -175,3 +175,184 @@ def test_plot_functions_take_one_explanation_a_list_or_a_dict():
         plt.close(fig)
     with pytest.raises(TypeError, match="Explanation, a list or a dict"):
         xp.explanation_grid(42)
+
+
+# ---------------------------------------------------------------------------- style= on every figure function
+def _calls(data):
+    """Every public figure function of xadv.plot with small valid arguments."""
+    net, x, exps, atk, fool, rep = data
+    f = np.linspace(0, 1, 5)
+    return {
+        "heatmap": lambda **k: xp.heatmap(exps["integrated_gradients"], colorbar=True, title="IG", **k),
+        "overlay": lambda **k: xp.overlay(exps["integrated_gradients"], colorbar=True, title="IG", **k),
+        "bar": lambda **k: xp.bar(torch.randn(1, 5), title="tabular", **k),
+        "grid": lambda **k: xp.grid([xp.Column(x[:2], "image", "input"), xp.Column(exps["saliency"][:2], "map", "S")],
+                                    **k),
+        "explanation_grid": lambda **k: xp.explanation_grid(exps, n=2, **k),
+        "attack_grid": lambda **k: xp.attack_grid(atk, exps["saliency"], exps["saliency"], n=2, **k),
+        "fooling_grid": lambda **k: xp.fooling_grid(fool, n=2, **k),
+        "budget_curve": lambda **k: xp.budget_curve([0.1, 0.2], {"a": [0.1, 0.5]}, title="t", **k),
+        "success_curve": lambda **k: xp.success_curve([0.1, 0.2], {"PGD": [0.3, 0.9]}, **k),
+        "fooling_curve": lambda **k: xp.fooling_curve([0.1, 0.2], {"S": [0.8, 0.4]}, **k),
+        "deletion_curve": lambda **k: xp.deletion_curve(f, {"S": 1 - f}, **k),
+        "roc_curve": lambda **k: xp.roc_curve(rep, log_fpr=True, **k),
+        "text": lambda **k: xp.text(["a", "great", "film"], [0.1, 2.0, -0.3], **k),
+    }
+
+
+def test_every_public_figure_function_takes_style(data):
+    import inspect
+
+    figure_functions = {n for n in xp.__all__ if n not in {
+        "style", "resolve_style", "figure", "save", "export_attributions", "COLUMN_WIDTHS", "Column", "to_image",
+        "to_map", "color_limit", "norm_for", "default_reduce", "DIVERGING", "SEQUENTIAL", "to_latex",
+        "to_markdown", "save_table", "latex_escape", "text_html", "html_report", "markdown_to_html"}}
+    assert figure_functions == set(_calls(data))        # a new figure function must be added to this test
+    for name in figure_functions:
+        p = inspect.signature(getattr(xp, name)).parameters
+        assert "style" in p and p["style"].default is None, name
+        assert "style :" in getattr(xp, name).__doc__ or "style" in getattr(xp, name).__doc__, name
+
+
+def _state():
+    import matplotlib as mpl
+    from xadv.plot import _style
+
+    return {k: v for k, v in mpl.rcParams.items()}, dict(_style._CURRENT_CMAPS)
+
+
+def _text_sizes(fig, pred):
+    return {round(t.get_fontsize(), 2) for t in fig.findobj(Text) if t.get_text().strip() and pred(t)}
+
+
+@pytest.mark.parametrize("name", [
+    "heatmap", "overlay", "bar", "grid", "explanation_grid", "attack_grid", "fooling_grid", "budget_curve",
+    "success_curve", "fooling_curve", "deletion_curve", "roc_curve", "text"])
+def test_style_applies_to_the_figure_and_leaves_the_global_settings(data, name):
+    import matplotlib as mpl
+
+    call = _calls(data)[name]
+    before = _state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = call(style="dark")
+    assert _state() == before, "style= changed the global rcParams or colour maps"
+    # the figure was built with the dark style: black figure, white text, notebook dpi
+    assert fig.get_facecolor()[:3] == (0.0, 0.0, 0.0)
+    assert fig.dpi == 100
+    # drawn later, outside the style, tick labels keep the style's colour (they are created lazily)
+    fig.canvas.draw()
+    ticks = [t for ax in fig.axes for a in [ax] + list(ax.child_axes)
+             for t in a.get_xticklabels() + a.get_yticklabels() if t.get_text().strip()]
+    texts = [t for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+    assert texts
+    white = [t for t in texts if mpl.colors.to_rgb(t.get_color()) == (1.0, 1.0, 1.0)]
+    # every text is white except words drawn on light boxes (xp.text tokens, "constant" marks)
+    assert len(white) >= len(texts) // 2, (name, len(white), len(texts))
+    for t in ticks:
+        assert mpl.colors.to_rgb(t.get_color()) == (1.0, 1.0, 1.0), (name, t.get_text())
+    # maps use the dark style's colour maps (black at zero)
+    for im in [im for ax in fig.axes for im in ax.images if im.get_cmap().name not in ("gray", "Greys_r")]:
+        assert im.get_cmap().name in ("berlin", "inferno"), (name, im.get_cmap().name)
+    plt.close(fig)
+    # a dict of rcParams: the font size reaches the axes titles and, lazily drawn, the tick labels
+    fig = call(style={"base": "paper", "font_size": 11, "axes.titlesize": 13})
+    assert _state() == before
+    fig.canvas.draw()
+    titles = [ax.title for ax in fig.axes if ax.title.get_text()]
+    assert all(t.get_fontsize() == 13 for t in titles), name
+    ticks = [t for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text().strip()]
+    if name not in ("text",) and ticks:
+        assert {t.get_fontsize() for t in ticks} == {10.0}, name      # font_size - 1
+    plt.close(fig)
+
+
+def test_style_forms_and_errors(tmp_path, data):
+    import matplotlib as mpl
+    from PIL import Image
+
+    e = data[2]["integrated_gradients"]
+    before = _state()
+    # a .mplstyle file (read as key: value pairs, nothing is executed), a matplotlib style name, a style object
+    f = tmp_path / "mine.mplstyle"
+    f.write_text("axes.titlesize: 17\nfigure.dpi: 60\nsavefig.dpi: 40\n")
+    fig = xp.heatmap(e, title="t", style=f)
+    assert fig.axes[0].title.get_fontsize() == 17 and fig.dpi == 60
+    # xp.save writes at the figure's style dpi, not the global one
+    out = xp.save(fig, tmp_path / "a.png")
+    with Image.open(out) as im:
+        w = im.size[0]
+    fig2 = xp.heatmap(e, title="t")
+    with Image.open(xp.save(fig2, tmp_path / "b.png")) as im:
+        w2 = im.size[0]
+    assert w < w2 * 0.5, (w, w2)
+    fig = xp.heatmap(e, title="t", style="ggplot")
+    assert fig.axes[0].get_facecolor()[:3] != (1.0, 1.0, 1.0)
+    fig = xp.heatmap(e, style={"cmap_signed": "PuOr"})
+    assert fig.axes[0].images[0].get_cmap().name == "PuOr"
+    assert _state() == before
+    plt.close("all")
+    with pytest.raises(ValueError, match="not matplotlib rcParams"):
+        xp.heatmap(e, style={"font.sise": 3})
+    with pytest.raises(ValueError, match="unknown style 'poster'"):
+        xp.heatmap(e, style="poster")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        xp.heatmap(e, style=tmp_path / "missing.mplstyle")
+    with pytest.raises(ValueError, match="unknown colour map"):
+        xp.heatmap(e, style={"cmap_absolute": "no-such-map"})
+    with pytest.raises(TypeError, match="style must be"):
+        xp.heatmap(e, style=3)
+    assert _state() == before
+    assert mpl.rcParams["axes.titlesize"] == before[0]["axes.titlesize"]
+
+
+# ---------------------------------------------------------------------------- labelled shared colour bars
+def _colorbars(fig):
+    caxes = [c for ax in fig.axes for c in [ax] + list(ax.child_axes)]
+    return [c._colorbar for c in caxes if getattr(c, "_colorbar", None) is not None]
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+@pytest.mark.parametrize("share,expected", [("column", 4), ("all", 1), ("row", 3), ("none", 0)])
+def test_shared_scales_get_one_labelled_colour_bar_each(data, share, expected):
+    exps = data[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with xp.style("paper", columns=2):
+            fig = xp.explanation_grid(exps, n=3, share=share)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    bars = _colorbars(fig)
+    assert len(bars) == expected
+    panels = [ax.get_window_extent(r) for ax in _panels(fig)]
+    for cb in bars:
+        label = cb.ax.xaxis.get_label() if cb.orientation == "horizontal" else cb.ax.yaxis.get_label()
+        assert "attribution" in label.get_text()
+        assert {"all": "one scale for all panels", "row": "per row", "column": "shared scale"}[share] in \
+            label.get_text().replace("\n", " ")
+        for box in (cb.ax.get_window_extent(r), label.get_window_extent(r), cb.ax.get_tightbbox(r)):
+            for p in panels:
+                assert not _overlap(box, p), f"colour bar of {label.get_text()!r} overlaps a panel"
+    assert not check_layout(fig)
+    # the bar's colour limits are those of the panels it describes
+    if share == "all":
+        lims = {round(im.norm.vmax, 12) for ax in _panels(fig) for im in ax.images if im.get_cmap().name != "gray"}
+        assert lims == {round(bars[0].norm.vmax, 12)}
+    plt.close(fig)
+
+
+def test_fooling_and_attack_grids_label_their_bars(data):
+    _, _, exps, atk, fool, _ = data
+    fig = xp.fooling_grid(fool, n=2)
+    labels = [cb.ax.xaxis.get_label().get_text().replace("\n", " ") for cb in _colorbars(fig)]
+    assert labels == ["|attribution| (absolute, shared scale)", "after − before (maps at unit max)"]
+    plt.close(fig)
+    fig = xp.attack_grid(atk, exps["saliency"], exps["saliency"], n=2)
+    assert len(_colorbars(fig)) == 1          # before and after share one scale and one bar
+    plt.close(fig)
+    fig = xp.heatmap(exps["integrated_gradients"], colorbar=True)
+    assert [cb.ax.yaxis.get_label().get_text() for cb in _colorbars(fig)] == ["attribution"]
+    plt.close(fig)

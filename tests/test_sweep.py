@@ -251,3 +251,124 @@ def test_cli_and_report(tmp_path):
     assert "## atk (attack)" in md and "success_rate" in md and "| PGD(steps=3) |" in md
     assert "\\toprule" in (out / "tables.tex").read_text()
     assert (out / "atk_budget.png").is_file()
+
+
+# ---------------------------------------------------------------------------- the experiments as grids
+def _clean_rows(rows):
+    """An experiment's rows as an experiment cell stores them: no timings, scalars only."""
+    from xadv.sweep.cells import _scalar
+
+    return [{k: _scalar(v) for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _same_rows(a, b):
+    assert len(a) == len(b), (len(a), len(b))
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb), set(ra) ^ set(rb)
+        for k in ra:
+            x, y = ra[k], rb[k]
+            assert (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y, \
+                (k, x, y)
+
+
+def _experiment_grid(tmp_path, experiment, parts, settings):
+    g = {"name": f"tiny-{experiment}", "blocks": [{"label": experiment, "kind": "experiment",
+                                                   "experiment": experiment, "parts": parts,
+                                                   "settings": settings, "seeds": [0]}]}
+    db = tmp_path / f"{experiment}.duckdb"
+    out = sw.run(g, db, progress=False)
+    assert out["done"] == len(parts) and out["failed"] == 0, out
+    from xadv.sweep.report import experiment_rows
+    return db, experiment_rows(db)[experiment]["rows"]
+
+
+def test_attacks_experiment_grid_gives_the_experiment_rows(tmp_path):
+    import torch
+
+    from xadv.experiments import attacks as X
+
+    settings = {"n": 8, "n_slow": 4, "n_explainer": 4}
+    parts = ["explainer", "deletion"]
+    db, rows = _experiment_grid(tmp_path, "attacks", parts, settings)
+    torch.set_num_threads(1)
+    want = X.run(seed=0, sections=parts, **settings)
+    _same_rows(rows, _clean_rows(want["rows"]))       # split into cells = one run of both sections
+    rep = sw.report(db, tmp_path / "rep")
+    md = Path(rep["markdown"]).read_text()
+    assert X.to_markdown(_clean_rows(want["rows"])) in md      # the experiment's own tables
+    assert "### ExplainerPGD" in md and "### Feature deletion" in md
+
+
+def test_fooling_experiment_grid_gives_the_experiment_rows(tmp_path):
+    import torch
+
+    from xadv.experiments import fooling as X
+
+    settings = {"n": 4, "n_heavy": 2, "steps": 2, "check_strength": False}
+    db, rows = _experiment_grid(tmp_path, "fooling", ["input:saliency", "input:gradcam", "joint", "defense"],
+                                settings)
+    torch.set_num_threads(1)
+    want = X.run(seed=0, sections=["input", "joint", "defense"], explainers=["saliency", "gradcam"], **settings)
+    _same_rows(rows, _clean_rows(want["rows"]))
+    md = Path(sw.report(db, tmp_path / "rep")["markdown"]).read_text()
+    assert X.to_markdown(_clean_rows(want["rows"])) in md
+
+
+def test_detection_experiment_grid_gives_the_experiment_rows(tmp_path):
+    import torch
+
+    from xadv.experiments import detection as X
+
+    settings = {"n_train": 16, "n_test": 8, "n_adaptive": 4, "adaptive_steps": 2}
+    parts = ["ML-LOO", "Mahalanobis"]
+    db, rows = _experiment_grid(tmp_path, "detection", parts, settings)
+    torch.set_num_threads(1)
+    dets = X.default_detectors(0)
+    want = X.run(seed=0, detectors={k: dets[k] for k in parts}, **settings)
+    # one cell per detector = the detectors evaluated together (the experiment lists rows attack by attack,
+    # the grid detector by detector)
+    got = _clean_rows(want["rows"])
+    _same_rows(rows, [r for d in parts for r in got if r["detector"] == d])
+    md = Path(sw.report(db, tmp_path / "rep")["markdown"]).read_text()
+    assert "| Mahalanobis |" in md and "| ML-LOO |" in md
+
+
+def test_shipped_experiment_grids_expand_and_bad_blocks_are_refused():
+    from xadv.experiments import attacks, detection, fooling
+
+    for name, mod in (("attacks-experiment", attacks), ("fooling", fooling), ("detection", detection)):
+        cells = sw.expand(name)
+        assert [c["params"]["part"] for c in cells] == list(mod.PARTS)
+        assert all(set(c["params"]["settings"]) <= set(mod.SETTINGS) for c in cells)
+    kinds = {c["params"]["kind"] for c in sw.expand("attacks")}
+    assert kinds == {"attack", "experiment"}
+    parts = {c["params"].get("part") for c in sw.expand("attacks")} - {None}
+    assert parts == {"suite", "blackbox", "universal"}   # every section of the experiment is in the grid
+    base = {"name": "g", "kind": "experiment", "experiment": "fooling"}
+    with pytest.raises(sw.GridError, match="unknown parts"):
+        sw.expand({**base, "parts": ["inputs"]})
+    with pytest.raises(sw.GridError, match="unknown settings \\['seed'\\]"):
+        sw.expand({**base, "settings": {"seed": 3}})
+    with pytest.raises(sw.GridError, match="'experiment' must be one of"):
+        sw.expand({**base, "experiment": "evaluation"})
+    assert len(sw.expand(base)) == len(fooling.PARTS)          # parts default to all of them
+
+
+def test_yaml_grids_use_the_safe_loader_and_need_pyyaml(tmp_path, monkeypatch):
+    yaml = pytest.importorskip("yaml")      # declared in the sweep and test extras
+
+    y = tmp_path / "g.yaml"
+    y.write_text(yaml.safe_dump(TINY))
+    assert [c["key"] for c in sw.expand(y)] == [c["key"] for c in sw.expand(TINY)]
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\nkind: attack\n")
+    with pytest.raises(sw.GridError, match="tags such as"):
+        sw.expand(bad)
+    assert not marker.exists()                # nothing in a grid file runs
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(sw.GridError, match="mapping at the top level"):
+        sw.expand(tmp_path / "list.yaml")
+    monkeypatch.setitem(sys.modules, "yaml", None)       # PyYAML not installed
+    with pytest.raises(sw.GridError, match="needs PyYAML.*TOML or JSON"):
+        sw.expand(y)

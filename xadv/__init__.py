@@ -15,6 +15,7 @@ from typing import Any as _Any
 
 from . import data, explainers, nn, zoo
 from ._adapter import ModelAdapter, adapt, layer_head
+from ._progress import set_progress
 from .explainers import Explainer
 from .explanation import Explanation
 from .results import AttackResult, DetectionReport, FoolingResult
@@ -58,6 +59,7 @@ def explain(model, x, method="saliency", target=None, *, create_graph: bool = Fa
 
 __all__ = [
     "Explanation", "Explainer", "AttackResult", "FoolingResult", "DetectionReport", "explain", "adapt", "layer_head",
+    "set_progress",
     "ModelAdapter",
     "explainers", "nn", "data", "zoo", "__version__", *_LAZY,
 ]

@@ -26,7 +26,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -537,17 +537,37 @@ class OutputFolder:
     folder, refuses a second concurrent writer, refuses a folder that holds results of
     another seed or settings (the message says to pick a new ``--out`` or delete the
     folder), and on success records every file's sha256 and ``complete: true``.
-    Stages finished earlier are in ``folder.done`` (``folder.mark(stage)`` adds one).
+
+    Stages: ``folder.mark(stage, files=[...], record={...}, key={...})`` records a
+    finished stage with the sha256 of the files it wrote, a JSON ``record`` (what a
+    rerun needs to skip the stage) and a ``key`` (options that must be equal for the
+    stage to be reused, e.g. figure formats). ``folder.completed(stage, key)`` returns
+    that record on a rerun into the same folder with the same settings when every file
+    is still there with the same hash, the xadv version is the same and ``key`` is
+    equal; otherwise None (the stage must be redone). ``fresh=True`` forgets all
+    finished stages. The names of finished stages are in ``folder.done``.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> with OutputFolder(out, "my-run", seed=0) as f:
+    ...     _ = write_text(out / "a.txt", "A")
+    ...     f.mark("first", files=["a.txt"], record={"n": 1})
+    >>> with OutputFolder(out, "my-run", seed=0) as f:
+    ...     f.completed("first")
+    {'n': 1}
     """
 
     MANIFEST = "manifest.json"
     LOCK = ".xadv.lock"
 
-    def __init__(self, out: PathLike, command: str, *, seed=None, settings: Optional[Dict[str, Any]] = None):
+    def __init__(self, out: PathLike, command: str, *, seed=None, settings: Optional[Dict[str, Any]] = None,
+                 fresh: bool = False):
         self.out = Path(out)
         self.command, self.seed = command, seed
         self.settings = json.loads(json.dumps(settings or {}, default=str))
         self.done: list = []
+        self.stages: Dict[str, dict] = {}
+        self.forget = bool(fresh)
         self._lock_fd = None
         self._fresh = True
 
@@ -578,7 +598,10 @@ class OutputFolder:
                 raise FolderError(
                     f"{self.out} holds results of another run ({old.get('command')}, seed {old.get('seed')}, "
                     f"settings {old.get('settings')}); pass a new --out or delete the folder to start over")
-            self.done = list(old.get("done", []))
+            if not self.forget:
+                self.done = list(old.get("done", []))
+                stages = old.get("stages")
+                self.stages = dict(stages) if isinstance(stages, dict) else {}
         self._write(complete=False)
         return self
 
@@ -591,9 +614,43 @@ class OutputFolder:
         except ValueError:
             return None
 
-    def mark(self, stage: str) -> None:
+    def mark(self, stage: str, files: Sequence[PathLike] = (), record: Optional[Dict[str, Any]] = None,
+             key: Optional[Dict[str, Any]] = None) -> None:
+        """Record ``stage`` as finished: the sha256 of ``files`` (paths in the folder), ``record`` and ``key``."""
+        from . import __version__
+
+        hashes = {}
+        for f in files:
+            p = Path(f)
+            p = p if p.is_absolute() else self.out / p
+            hashes[p.relative_to(self.out).as_posix()] = sha256(p)
+        self.stages[stage] = {"xadv_version": __version__, "files": hashes,
+                              "key": json.loads(json.dumps(key or {}, default=str)),
+                              "record": json.loads(json.dumps(record or {}, default=str))}
         if stage not in self.done:
             self.done.append(stage)
+        self._write(complete=False)
+
+    def completed(self, stage: str, key: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """The record of ``stage`` if it can be reused as it is, else None (see the class docs)."""
+        from . import __version__
+
+        s = self.stages.get(stage)
+        if not isinstance(s, dict) or s.get("xadv_version") != __version__:
+            return None
+        if s.get("key") != json.loads(json.dumps(key or {}, default=str)):
+            return None
+        for rel, h in (s.get("files") or {}).items():
+            p = self.out / rel
+            if not p.is_file() or sha256(p) != h:
+                return None
+        return s.get("record")
+
+    def forget_stage(self, stage: str) -> None:
+        """Drop ``stage`` from the finished stages (it is being redone)."""
+        self.stages.pop(stage, None)
+        if stage in self.done:
+            self.done.remove(stage)
         self._write(complete=False)
 
     def _results(self) -> list:
@@ -609,7 +666,7 @@ class OutputFolder:
             for p in self._results():
                 files[str(p.relative_to(self.out))] = sha256(p)
         man = {"command": self.command, "xadv_version": __version__, "seed": self.seed, "settings": self.settings,
-               "done": self.done, "complete": complete, "files": files}
+               "done": self.done, "complete": complete, "files": files, "stages": self.stages}
         write_text(self.out / self.MANIFEST, json.dumps(man, indent=1) + "\n")
 
     def _release(self) -> None:
@@ -629,6 +686,16 @@ class OutputFolder:
                     (self.out / self.MANIFEST).unlink()
         finally:
             self._release()
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a failed write: what went wrong, where, and what to do."""
+    what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is a file, not a folder",
+            errno.EEXIST: "a file is in the way", errno.EISDIR: "a folder is in the way",
+            errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return f"cannot write output: {what}{where}; free space or pick another --out"
 
 
 def _alive(pid: int) -> bool:

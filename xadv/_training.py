@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Dict, List
 
 import torch
-from tqdm.auto import tqdm
+
+from ._progress import bar as progress_bar
 
 
 def fine_tune(model, x, y, losses, *, epochs, batch_size, lr, seed, progress, desc) -> List[Dict[str, float]]:
@@ -18,8 +19,9 @@ def fine_tune(model, x, y, losses, *, epochs, batch_size, lr, seed, progress, de
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     n = x.shape[0]
-    it = tqdm(range(epochs), desc=desc) if progress else range(epochs)
-    for _ in it:
+    per_epoch = -(-n // batch_size)
+    bar = progress_bar(epochs * per_epoch, desc, progress=progress, unit="batch")
+    for _ in range(epochs):
         perm = torch.randperm(n, generator=g).to(x.device)
         sums: Dict[str, float] = {}
         for i in range(0, n, batch_size):
@@ -28,7 +30,9 @@ def fine_tune(model, x, y, losses, *, epochs, batch_size, lr, seed, progress, de
             opt.zero_grad()
             total.backward()
             opt.step()
+            bar.update(1)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
         history.append({k: v / n for k, v in sums.items()})
+    bar.close()
     return history

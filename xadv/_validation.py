@@ -1,11 +1,30 @@
 """Input checks and the single target resolver shared by every part of xadv."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
 TargetLike = Union[None, int, Sequence[int], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+# inside a step loop whose inputs and targets were checked once before the loop
+_CHECKED: contextvars.ContextVar = contextvars.ContextVar("xadv_checked_inputs", default=False)
+
+
+@contextlib.contextmanager
+def checked_inputs() -> Iterator[None]:
+    """Inside: the value checks that need the host (NaN/Inf in inputs, target range) are
+    skipped; for step loops whose inputs (clamped iterates of checked inputs) and targets
+    (validated LongTensors) were checked before the loop, so a GPU step does not wait.
+    Shapes, dtypes and devices are still checked."""
+    token = _CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
 
 
 def check_model(model) -> None:
@@ -23,7 +42,8 @@ def model_device(model) -> Optional[torch.device]:
     return None
 
 
-def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_integer: bool = False) -> torch.Tensor:
+def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_integer: bool = False,
+                 whole_input: bool = True) -> torch.Tensor:
     """Check a batch-first float tensor: rank, dtype, finiteness and device.
 
     Raises
@@ -31,8 +51,10 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_inte
     TypeError
         ``x`` is not a tensor or not floating point.
     ValueError
-        Rank below ``min_dim``, empty batch, NaN/Inf values, or a device different
-        from the model's.
+        Rank below ``min_dim``, empty batch, NaN/Inf values, a device different
+        from the model's, or (``whole_input=True``, ``x`` being the model's only
+        input) a shape or dtype the model's first layer cannot take
+        (:func:`check_fits_model`).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
@@ -58,9 +80,73 @@ def check_inputs(x, model=None, *, min_dim: int = 2, name: str = "x", allow_inte
                 f"{name} is on {x.device} but the model is on {dev}; move one of them, e.g. "
                 f"{name}.to({str(dev)!r})"
             )
-    if x.is_floating_point() and not torch.isfinite(x).all():
+    if x.is_floating_point() and not _CHECKED.get() and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values")
+    if whole_input and isinstance(model, torch.nn.Module):
+        check_fits_model(x, model, name)
     return x
+
+
+def _first_layer(model: torch.nn.Module):
+    """(qualified name, module) of the first leaf module that holds parameters, or (None, None)."""
+    for qn, m in model.named_modules():
+        if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None:
+            return qn, m
+    return None, None
+
+
+def _autocast_on() -> bool:
+    for dev in ("cuda", "cpu"):
+        try:
+            if torch.is_autocast_enabled(dev):
+                return True
+        except TypeError:  # older torch: no device argument
+            return bool(torch.is_autocast_enabled())
+    return False
+
+
+def check_fits_model(x: torch.Tensor, model: torch.nn.Module, name: str = "x") -> None:
+    """A clear error when ``x`` cannot go into ``model``'s first layer (rank or dtype).
+
+    Only when the first layer holding parameters is a convolution and ``x`` has another
+    rank (e.g. 5-D input to a ``Conv2d`` model) or is an integer tensor, or when ``x``'s
+    floating dtype differs from the parameters' (a float16 model and float32 input), the
+    model is run once on ``x[:1]`` (no gradients, the model left as it was): if that
+    fails, a ``ValueError`` names the expected shape or dtype and the model's own error.
+    A model that reshapes or casts its input itself passes.
+    """
+    qn, first = _first_layer(model)
+    if first is None:
+        return
+    w = next(first.parameters(recurse=False))
+    problems = []
+    conv = isinstance(first, torch.nn.modules.conv._ConvNd)
+    if conv:
+        rank = w.dim()
+        spatial = {3: "L", 4: "H, W", 5: "D, H, W"}.get(rank, "...")
+        shape = f"(N, {first.in_channels}, {spatial})"
+        if x.dim() != rank:
+            problems.append(f"{name} has shape {tuple(x.shape)} ({x.dim()}-D) but the model's first layer "
+                            f"{qn or 'model'} ({type(first).__name__}) takes {rank}-D batches {shape}; "
+                            f"reshape {name} to {shape}")
+        if not x.is_floating_point():
+            problems.append(f"{name} is an integer tensor ({x.dtype}) but the model's first layer {qn or 'model'} "
+                            f"({type(first).__name__}) takes floating point input; convert it with {name}.float() "
+                            f"(integer token ids need a model that starts with an embedding)")
+    if (x.is_floating_point() and w.is_floating_point() and x.dtype != w.dtype and not problems
+            and not _autocast_on()):
+        problems.append(f"{name} is {x.dtype} but the model's parameters are {w.dtype}; convert one of them, "
+                        f"e.g. {name}.to({str(w.dtype)}) or model.to({str(x.dtype)})")
+    if not problems:
+        return
+    from ._model import preserved
+
+    try:
+        with preserved(model), torch.no_grad():
+            model(x[:1])
+    except Exception as err:  # noqa: BLE001 - reported with the model's own message
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"{'; '.join(problems)} (the model fails on it: {first_line})") from err
 
 
 def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
@@ -106,7 +192,7 @@ def resolve_target(target: TargetLike, output: torch.Tensor) -> torch.Tensor:
             t = t.expand(n)  # one target for the whole batch
     if t.shape[0] != n:
         raise ValueError(f"target has {t.shape[0]} entries but the batch has {n} samples")
-    if n and (int(t.min()) < 0 or int(t.max()) >= k):
+    if n and not _CHECKED.get() and (int(t.min()) < 0 or int(t.max()) >= k):
         raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1}), got {t.tolist()}")
     return t.clone()
 

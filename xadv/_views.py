@@ -50,6 +50,8 @@ def pick(v, idx, n: int):
         return v[idx]
     if isinstance(v, dict):
         return {k: pick(w, idx, n) for k, w in v.items()}
+    if isinstance(v, tuple) and v and all(isinstance(w, torch.Tensor) for w in v):  # one tensor per model input
+        return tuple(pick(w, idx, n) for w in v)
     return v
 
 

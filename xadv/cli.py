@@ -163,11 +163,12 @@ def _threads(n: Optional[int]) -> None:
     torch.set_num_threads(int(n) if n else 1)
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+def _bar(total: int, desc: str, enabled: Optional[bool]):
+    """A demo stage's bar (xadv._progress: ``--no-progress``, ``XADV_PROGRESS=0`` or no terminal: none)."""
+    from ._progress import bar
 
-    return tqdm(total=total, desc=f"{desc:<8}", disable=not enabled, leave=True, file=sys.stderr,
-                bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}] {postfix}", dynamic_ncols=True)
+    return bar(total, f"{desc:<8}", progress=None if enabled else False, leave=True,
+               bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
 
 
 def _parse_params(items: Optional[Sequence[str]]) -> Dict[str, Any]:
@@ -609,12 +610,24 @@ def _make_fooling(name: str, a, model=None, x=None, y=None):
 def cmd_fool(a) -> int:
     if not _have("xadv.fooling"):
         raise CLIError("xadv.fooling is not available in this installation")
+    if not a.table and {"sections", "explainers"} & a._given:
+        raise CLIError("--sections and --explainers apply to --table only")
     if a.table:
         if not _have("xadv.experiments.fooling"):
             raise CLIError("the fooling experiment (xadv.experiments.fooling) is not available")
         from .experiments import fooling as ex
 
-        return ex.main((["--out", a.out] if a.out else []))
+        argv = ["--out", a.out] if a.out else []
+        for opt in ("n", "steps", "seed", "threads"):
+            if opt in a._given:
+                argv += [f"--{opt}", str(getattr(a, opt))]
+        if "sections" in a._given:
+            argv += ["--sections", *a.sections]
+        if "explainers" in a._given:
+            argv += ["--explainers", *a.explainers]
+        if "n" in a._given:
+            argv += ["--n-heavy", str(a.n)]
+        return ex.main(argv + ["--no-strength"] if "steps" in a._given else argv)
     from . import plot as xp
 
     if a.attack != "targeted" and "target" in a._given:
@@ -677,7 +690,7 @@ def cmd_detect(a) -> int:
     if a.table:
         from .experiments import detection as ex
 
-        return ex.main(["--progress"] + (["--json", str(Path(a.out) / "detection.json")] if a.out else []))
+        return ex.main(["--progress"] + (["--out", str(a.out)] if a.out else []))
     from . import detectors as D
     from . import plot as xp
 
@@ -701,7 +714,7 @@ def cmd_detect(a) -> int:
         ite = torch.randperm(len(xte), generator=g)[:a.n_test].to(xte.device)
         train_set, test_set = (xtr[itr], ytr[itr]), (xte[ite], yte[ite])
     try:
-        rep = D.evaluate(dets, model, train_set, test_set, train_attacks=train, test_attacks=test, progress=True)
+        rep = D.evaluate(dets, model, train_set, test_set, train_attacks=train, test_attacks=test, progress=None)
     except (ValueError, TypeError) as err:
         raise CLIError(_first_line(err))
     out = Path(a.out)
@@ -719,7 +732,8 @@ def cmd_detect(a) -> int:
 class _Demo:
     """The demo pipeline; each stage adds figures, report sections and metrics."""
 
-    def __init__(self, out: Path, fast: bool, seed: int, formats: Sequence[str], progress: bool, device: str):
+    def __init__(self, out: Path, fast: bool, seed: int, formats: Sequence[str], progress: bool, device: str,
+                 folder=None):
         from .zoo import digits_cnn
 
         self.out, self.fast, self.seed, self.formats, self.progress = out, fast, seed, formats, progress
@@ -732,6 +746,8 @@ class _Demo:
         self.skipped: Dict[str, str] = {}
         self.seconds: Dict[str, float] = {}
         self.latex: List[str] = []
+        self.resumed: List[str] = []
+        self.folder = folder
         n_pool = 512
         self.x, self.y = _digits(n_pool, correct_for=self.model, device=device)
 
@@ -974,6 +990,54 @@ class _Demo:
         ]
 
     # ------------------------------------------------------------ run
+    STAGES = ("explain", "attack", "fool", "detect")
+
+    def _files(self) -> Dict[str, tuple]:
+        """(inode, mtime, size) of every file in the folder: atomic writes give a new inode per write."""
+        out = {}
+        for p in self.out.rglob("*"):
+            if p.is_file() and not p.name.endswith(".tmp"):
+                st = p.stat()
+                out[p.relative_to(self.out).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return out
+
+    def _stage_key(self) -> Dict[str, Any]:
+        return {"formats": list(self.formats), "device": str(self.device)}
+
+    def _run_stage(self, st: str) -> None:
+        """Run one stage, or reuse it from the folder's manifest when it finished there before."""
+        folder = self.folder
+        rec = folder.completed(st, self._stage_key()) if folder is not None else None
+        if rec is not None:
+            self.report += rec["report"]
+            self.latex += rec["latex"]
+            self.figures += rec["figures"]
+            self.skipped.update(rec["skipped"])
+            self.metrics[st] = rec["metrics"]
+            self.seconds[st] = rec["seconds"]
+            self.resumed.append(st)
+            return
+        if folder is not None and st in folder.done:
+            folder.forget_stage(st)  # files missing or changed: redo it
+        n_report, n_latex, n_fig, skipped = len(self.report), len(self.latex), len(self.figures), dict(self.skipped)
+        before = self._files()
+        # every stage starts from its own seed, so a stage gives the same numbers whether or not
+        # the stages before it ran in this process (resume) or at all (--stages)
+        torch = _torch()
+        torch.manual_seed(self.seed * 7919 + self.STAGES.index(st))
+        t0 = time.perf_counter()
+        getattr(self, st)()
+        self.seconds[st] = round(time.perf_counter() - t0, 1)
+        if folder is not None:
+            after = self._files()
+            written = sorted(k for k, v in after.items() if before.get(k) != v and not k.startswith(".")
+                             and k != folder.MANIFEST)
+            record = {"report": self.report[n_report:], "latex": self.latex[n_latex:],
+                      "figures": self.figures[n_fig:], "metrics": _jsonable(self.metrics.get(st)),
+                      "skipped": {k: v for k, v in self.skipped.items() if k not in skipped},
+                      "seconds": self.seconds[st]}
+            folder.mark(st, files=written, record=record, key=self._stage_key())
+
     def run(self, stages: Sequence[str]) -> Dict[str, Any]:
         available = {"explain": "xadv.explainers", "attack": "xadv.attacks", "fool": "xadv.fooling",
                      "detect": "xadv.detectors"}
@@ -982,13 +1046,12 @@ class _Demo:
             if not _have(available[st]):
                 self.skipped[st] = f"{available[st]} is not part of this installation"
                 continue
-            t0 = time.perf_counter()
-            getattr(self, st)()
-            self.seconds[st] = round(time.perf_counter() - t0, 1)
+            self._run_stage(st)
         self.seconds["total"] = round(time.perf_counter() - t_all, 1)
         self.metrics["seconds"] = self.seconds
         self.metrics["skipped"] = self.skipped
         self.metrics["figures"] = self.figures
+        self.metrics["resumed"] = self.resumed
         head = [
             "# xadv demo\n",
             f"Embedded digits CNN (`xadv.zoo.digits_cnn`), scikit-learn digits at 28×28 "
@@ -999,6 +1062,9 @@ class _Demo:
         ]
         if self.skipped:
             head.append("Left out: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()) + ".\n")
+        if self.resumed:
+            head.append(f"Reused from an earlier run into this folder (same settings, files checked by sha256): "
+                        f"{', '.join(self.resumed)}; `--fresh` redoes every stage.\n")
         if self.latex:
             _write_text(self.out / "tables.tex", "% needs \\usepackage{booktabs}\n" + "\n\n".join(self.latex) + "\n")
             head.append("LaTeX (booktabs) versions of the main tables: `tables.tex`.\n")
@@ -1015,8 +1081,10 @@ def cmd_demo(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = a.stages or ["explain", "attack", "fool", "detect"]
-    demo = _Demo(out, a.fast, a.seed, a.formats, not a.no_progress, a.device)
+    demo = _Demo(out, a.fast, a.seed, a.formats, not a.no_progress, a.device, folder=getattr(a, "_folder", None))
     m = demo.run(stages)
+    if m["resumed"]:
+        print(f"reused the finished stages {', '.join(m['resumed'])} from {out} (--fresh redoes them)")
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'metrics.json'} and {len(m['figures'])} figure files "
           f"in {m['seconds']['total']:.0f} s")
     for k, v in m["skipped"].items():
@@ -1060,7 +1128,8 @@ def _common(sp, out_help="output directory") -> None:
 
 _FORMATS = ["png", "pdf", "svg"]
 # with --table the experiment's grid is fixed: only these options apply
-_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads"},
+_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads", "n", "steps", "seed",
+                                                                            "sections", "explainers"},
                   "detect": {"out", "table", "threads"}}
 
 
@@ -1088,6 +1157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these stages (default: all)")
     d.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--fresh", "--force", action="store_true",
+                   help="redo every stage; by default a rerun into the same --out with the same settings reuses "
+                        "the stages that finished there (their files checked by sha256)")
     d.set_defaults(func=cmd_demo)
 
     e = parser("explain", help="explain one input of the digits model or of your own model", description=(
@@ -1107,8 +1179,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     e.add_argument("--overlay", action="store_true", help="draw the map over the image")
     e.add_argument("--percentile", type=float, default=99.5, help="colour limit percentile of |map|")
-    e.add_argument("--style", default="paper", choices=["paper", "notebook"],
-                   help="figure style: paper (column width, embedded fonts) or notebook (larger)")
+    e.add_argument("--style", default="paper", choices=["paper", "notebook", "dark"],
+                   help="figure style: paper (column width, embedded fonts), notebook (larger) or dark "
+                        "(notebook sizes on black)")
     e.add_argument("--npz", action="store_true", help="also write the raw attributions next to the figure")
     _common(e, out_help="figure file (.png, .pdf, .svg, .eps, .jpg, .tif)")
     e.set_defaults(func=cmd_explain)
@@ -1159,7 +1232,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--steps", type=int, default=None, help="attack steps (default: 60; 400 for targeted)")
     fo.add_argument("--n", type=_count, default=16, help="number of inputs")
     _data_options(fo, many=True)
-    fo.add_argument("--table", action="store_true", help="run xadv.experiments.fooling instead")
+    fo.add_argument("--table", action="store_true",
+                    help="run xadv.experiments.fooling instead (takes --n --steps --seed --sections --explainers; "
+                         "--steps skips the strength re-runs)")
+    fo.add_argument("--sections", nargs="+", default=None, help="--table only: experiment sections to run")
+    fo.add_argument("--explainers", nargs="+", default=None,
+                    help="--table only: explainers of the input section (e.g. lrp guided_backprop)")
     fo.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
     _common(fo)
     fo.set_defaults(func=cmd_fool)
@@ -1225,28 +1303,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if extra:
                 raise CLIError(f"--table runs a fixed experiment grid; {', '.join('--' + x.replace('_', '-') for x in extra)} "
                                f"do not apply (allowed: {', '.join('--' + x for x in sorted(_TABLE_OPTIONS[a.command]))})")
-        if a.command in _FOLDER_COMMANDS and getattr(a, "out", None):
+        if a.command in _FOLDER_COMMANDS and getattr(a, "out", None) and not getattr(a, "table", False):
+            # (--table runs an experiment module, which takes the folder itself)
             from ._io import OutputFolder
 
             skip = {"out", "func", "command", "no_progress", "progress", "threads", "device", "stages", "formats",
-                    "_given"}
+                    "fresh", "_given"}
             settings = {k: v for k, v in sorted(vars(a).items()) if k not in skip}
-            with OutputFolder(a.out, "xadv " + a.command, seed=getattr(a, "seed", None), settings=settings):
+            with OutputFolder(a.out, "xadv " + a.command, seed=getattr(a, "seed", None), settings=settings,
+                              fresh=getattr(a, "fresh", False)) as folder:
+                a._folder = folder
                 return int(a.func(a) or 0)
         return int(a.func(a) or 0)
     except (CLIError, FolderError) as err:
         print(f"xadv {a.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except OSError as err:  # disk full, read-only folder, --out naming a file, ...
-        import errno
+        from ._io import os_error_message
 
-        what = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
-                errno.EACCES: "permission denied", errno.ENOTDIR: "a path component is a file, not a folder",
-                errno.EEXIST: "a file is in the way", errno.EISDIR: "a folder is in the way",
-                errno.EDQUOT: "disk quota exceeded"}.get(err.errno, err.strerror or type(err).__name__)
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"xadv {a.command}: error: cannot write output: {what}{where}; free space or pick another --out",
-              file=sys.stderr)
+        print(f"xadv {a.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from .base import Attack, perturbation_norms, project
 from .gradient import FGSM, PGD, RFGSM, ExplainerPGD, ProjectedGradient
-from .apgd import APGD, APGDT
+from .apgd import APGD, APGDT, apgd_checkpoints
 from .square import Square
 from .autoattack import AutoAttack, GradientMaskingWarning
 from .blackbox import SurrogateAttack, TransferAttack, train_substitute
 from .deletion import JSMA, DeletionAttack
 from .minimal import CarliniWagnerL2, DeepFool
-from .universal import AdversarialPatch, ClassVisualizationPerturbation, DataFreeUAP
+from .universal import AdversarialPatch, ClassVisualizationPerturbation, DataFreeUAP, GradCAMHidingPatch, gradcam_mass
 
 __all__ = [
     "Attack", "ProjectedGradient", "FGSM", "PGD", "RFGSM", "ExplainerPGD", "CarliniWagnerL2", "DeepFool",
     "DeletionAttack", "JSMA", "SurrogateAttack", "TransferAttack", "train_substitute",
-    "ClassVisualizationPerturbation", "DataFreeUAP", "AdversarialPatch",
-    "APGD", "APGDT", "Square", "AutoAttack", "GradientMaskingWarning",
+    "ClassVisualizationPerturbation", "DataFreeUAP", "AdversarialPatch", "GradCAMHidingPatch", "gradcam_mass",
+    "APGD", "APGDT", "apgd_checkpoints", "Square", "AutoAttack", "GradientMaskingWarning",
     "perturbation_norms", "project",
 ]

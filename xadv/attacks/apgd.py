@@ -13,14 +13,14 @@ torchattacks), so on a deterministic model the successes agree exactly.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .._validation import check_bounds, check_positive_int
 from ..explainers.base import forward
-from .base import Attack, AttackContext, check_nonneg, check_norm, make_generator, view_batch
+from .base import Attack, AttackContext, check_batch_size, check_nonneg, check_norm, make_generator, map_rows, view_batch
 
 _LOSSES = ("ce", "dlr")
 _DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
@@ -44,6 +44,45 @@ def dlr_loss_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     zs, _ = logits.sort(dim=1)
     u = torch.arange(logits.shape[0], device=logits.device)
     return -(logits[u, y] - logits[u, target]) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
+
+
+def apgd_checkpoints(steps: int) -> List[int]:
+    """APGD's checkpoints ``w_j = ceil(p_j * steps)`` (Croce & Hein, 2020, section 3.2).
+
+    ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``,
+    up to ``p_j <= 1``: the intervals between checkpoints shrink from 22% of the budget
+    to 6%. The fractions are multiples of 0.01, so they are computed in integer hundredths
+    (no rounding error in the ceiling). At each checkpoint after the first, APGD decides
+    whether to halve the step size.
+
+    Parameters
+    ----------
+    steps : int
+        The iteration budget ``N_iter``.
+
+    Returns
+    -------
+    list of int
+        Increasing iteration indices, starting with 0 (duplicates removed for tiny budgets).
+
+    Examples
+    --------
+    >>> apgd_checkpoints(100)
+    [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    steps = check_positive_int(steps, "steps")
+    p = [0, 22]  # hundredths
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
+        if nxt > 100:
+            break
+        p.append(nxt)
+    out: List[int] = []
+    for q in p:
+        w = -(-q * steps // 100)  # exact ceil(q * steps / 100)
+        if not out or w > out[-1]:
+            out.append(w)
+    return out
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
@@ -86,6 +125,10 @@ class APGD(Attack):
         Seed of the random starts (None: torch's global RNG). The same seed draws the
         same starts as auto-attack's and torchattacks' ``seed``.
     generator : torch.Generator, optional
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. Every pass (clean,
+        steps, final evaluation) is split into chunks of at most ``batch_size`` rows;
+        the result equals the unchunked one up to float rounding.
 
     Returns an :class:`~xadv.results.AttackResult`. A fooled sample gets the first
     adversarial iterate found; a sample that stays robust gets its highest-loss
@@ -109,7 +152,7 @@ class APGD(Attack):
     def __init__(self, norm: str = "linf", eps: Optional[float] = None, steps: int = 100, restarts: int = 1,
                  loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
                  targeted: bool = False, bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = 0,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None):
         self.norm = check_norm(norm, ("linf", "l2"))
         self.eps = check_nonneg(_DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         self.steps = check_positive_int(steps, "steps")
@@ -128,6 +171,7 @@ class APGD(Attack):
         self.bounds = check_bounds(bounds)
         self.seed = seed
         self.generator = generator
+        self.batch_size = check_batch_size(batch_size)
 
     # ------------------------------------------------------------ pieces
     def _min_classes(self) -> int:
@@ -156,15 +200,19 @@ class APGD(Attack):
         return pred == y if self.targeted else pred != y
 
     def _grad(self, ctx: AttackContext, xa: torch.Tensor, y: torch.Tensor, target):
-        g = torch.zeros_like(xa)
-        for _ in range(self.eot_iter):
-            xi = xa.detach().requires_grad_(True)
+        def one(xc, yc, tc):
+            xi = xc.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = forward(ctx.model, xi)
-                li = self._loss(logits, y, target)
+                li = self._loss(logits, yc, tc)
                 (gi,) = torch.autograd.grad(li.sum(), xi)
-            g += gi.detach()
-        return g / self.eot_iter, logits.detach(), li.detach()
+            return gi.detach(), logits.detach(), li.detach()
+
+        g = torch.zeros_like(xa)
+        for _ in range(self.eot_iter):
+            gi, logits, li = map_rows(one, ctx.rows, xa, y, target)
+            g += gi
+        return g / self.eot_iter, logits, li
 
     def _start(self, x: torch.Tensor, gen) -> torch.Tensor:
         lo, hi = self.bounds
@@ -218,14 +266,15 @@ class APGD(Attack):
             grad, logits, loss_i = self._grad(ctx, xa, y, target)
             ctx.charge(idx)
             ctx.steps[idx] += 1
+            # masks applied with torch.where: boolean indexing would synchronise with the host
             now = self._fooled(logits, y)
             fooled |= now
-            x_best_adv[now] = xa[now]
+            x_best_adv = torch.where(view_batch(now, xa), xa, x_best_adv)
             loss_steps[i] = loss_i
             better = loss_i > loss_best
-            x_best[better] = xa[better]
-            grad_best[better] = grad[better]
-            loss_best[better] = loss_i[better]
+            x_best = torch.where(view_batch(better, xa), xa, x_best)
+            grad_best = torch.where(view_batch(better, xa), grad, grad_best)
+            loss_best = torch.where(better, loss_i, loss_best)
             counter += 1
             if counter == k:
                 ups = torch.zeros(m, device=x.device, dtype=x.dtype)
@@ -236,10 +285,10 @@ class APGD(Attack):
                 red = osc | no_impr
                 reduced_last = red.clone()
                 loss_best_last = loss_best.clone()
-                if bool(red.any()):
-                    step[red] /= 2.0
-                    xa[red] = x_best[red]
-                    grad[red] = grad_best[red]
+                rv = view_batch(red, xa)
+                step = torch.where(rv, step / 2.0, step)
+                xa = torch.where(rv, x_best, xa)
+                grad = torch.where(rv, grad_best, grad)
                 counter = 0
                 k = max(k - size_decr, n_min)
         return x_best, fooled, loss_best, x_best_adv, zero_grad
@@ -263,8 +312,7 @@ class APGD(Attack):
                 xs, ys = x[idx], y[idx]
                 target = None
                 if rank is not None:
-                    with torch.no_grad():
-                        out = forward(ctx.model, xs)
+                    out = ctx.forward(xs)
                     ctx.charge(idx)
                     target = out.sort(dim=1)[1][:, -rank]
                 xb, fooled, lb, xba, zg = self._run(ctx, xs, ys, target, gen, idx)
@@ -313,10 +361,11 @@ class APGDT(APGD):
     def __init__(self, norm: str = "linf", eps: Optional[float] = None, steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = 0,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 batch_size: Optional[int] = None):
         super().__init__(norm=norm, eps=eps, steps=steps, restarts=restarts, loss="dlr", rho=rho,
                          momentum=momentum, eot_iter=eot_iter, targeted=False, bounds=bounds, seed=seed,
-                         generator=generator)
+                         generator=generator, batch_size=batch_size)
         self.n_target_classes = check_positive_int(n_target_classes, "n_target_classes")
 
     def _check_classes(self, k: int) -> None:

@@ -26,7 +26,7 @@ import torch
 from .._validation import check_bounds, check_positive_int
 from ..explainers.base import forward
 from .apgd import APGD, APGDT
-from .base import Attack, AttackContext, check_nonneg, check_norm
+from .base import Attack, check_batch_size, AttackContext, check_nonneg, check_norm
 from .square import Square
 
 _DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
@@ -69,6 +69,13 @@ class AutoAttack(Attack):
     bounds : (float, float), default (0, 1)
     seed : int, default 0
         Seed of every sub-attack.
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. Every pass (clean,
+        steps, final evaluation) is split into chunks of at most ``batch_size`` rows;
+        the result equals the unchunked one up to float rounding.
+    progress : bool or None, default None
+        Progress bar over the sub-attacks (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`).
 
     Returns an :class:`~xadv.results.AttackResult` (untargeted; ``y`` the true
     labels). ``extras``: ``robust_accuracy`` (after clean evaluation and after each
@@ -92,13 +99,18 @@ class AutoAttack(Attack):
     """
 
     supports_targeted = False
+    #: each attack runs on the points left robust (per-sample runs for per-sample side inputs)
+    sub_batches = True
 
     def __init__(self, norm: str = "linf", eps: Optional[float] = None, version: str = "standard",
                  attacks: Optional[Sequence[str]] = None, steps: int = 100, n_target_classes: int = 9,
                  n_queries: int = 5000, restarts: int = 1, eot_iter: Optional[int] = None, check: bool = True,
-                 warn: bool = True, bounds: Tuple[float, float] = (0.0, 1.0), seed: int = 0):
+                 warn: bool = True, bounds: Tuple[float, float] = (0.0, 1.0), seed: int = 0,
+                 batch_size: Optional[int] = None, progress: Optional[bool] = None):
         self.norm = check_norm(norm, ("linf", "l2"))
         self.eps = check_nonneg(_DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
+        self.batch_size = check_batch_size(batch_size)
+        self.progress = progress
         if version not in _VERSIONS:
             raise ValueError(f"version must be one of {_VERSIONS}, got {version!r}")
         self.version = version
@@ -132,7 +144,7 @@ class AutoAttack(Attack):
     def build(self, name: str) -> Attack:
         """The sub-attack ``name`` with this budget."""
         eot = self.eot_iter if self.eot_iter is not None else (20 if self.version == "rand" else 1)
-        kw = dict(norm=self.norm, eps=self.eps, bounds=self.bounds, seed=self.seed)
+        kw = dict(norm=self.norm, eps=self.eps, bounds=self.bounds, seed=self.seed, batch_size=self.batch_size)
         if name in ("apgd-ce", "apgd-dlr"):
             return APGD(steps=self.steps, restarts=self.restarts, loss=name[5:], eot_iter=eot, **kw)
         if name == "apgd-t":
@@ -154,7 +166,12 @@ class AutoAttack(Attack):
         zero = torch.zeros(n, dtype=torch.bool, device=x.device)
         if self.check and n:
             flags += self._check_model(ctx, logits)
+        from .._progress import bar as progress_bar
+
+        bar = progress_bar(len(names), "AutoAttack", progress=self.progress, unit="attack")
         for j, name in enumerate(names):
+            bar.update(1)
+            bar.set_postfix_str(name)
             idx = robust.nonzero().squeeze(1)
             per[name] = {"fooled": 0, "queries": 0, "ran_on": int(idx.numel())}
             if idx.numel() == 0:
@@ -173,6 +190,7 @@ class AutoAttack(Attack):
                 zero[idx] |= res.extras["zero_grad"]
             per[name].update(fooled=int(res.success.sum()), queries=int(res.queries.sum()))
             acc[name] = float(robust.float().mean())
+        bar.close()
         if self.check and n:
             nz = int(zero.sum())
             if nz:
@@ -197,7 +215,7 @@ class AutoAttack(Attack):
         """Randomness of the output across calls and probability-like outputs."""
         flags = []
         with torch.no_grad():
-            outs = [logits] + [forward(ctx.model, ctx.x).detach() for _ in range(2)]
+            outs = [logits] + [ctx.forward(ctx.x) for _ in range(2)]
         ctx.counter.take()  # not queries of the attack
         preds_differ = any(bool((o.argmax(1) != logits.argmax(1)).any()) for o in outs[1:])
         scale = logits.reshape(-1).abs().max().clamp_min(1e-12)

@@ -42,6 +42,58 @@ def view_batch(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def check_batch_size(batch_size) -> Optional[int]:
+    """``None`` or a positive int (rows per model call)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (rows per model call) or None, got {batch_size!r}")
+    return batch_size
+
+
+def row_chunks(n: int, rows: Optional[int]):
+    """``(start, stop)`` row ranges of at most ``rows`` (one range when ``rows`` is None)."""
+    if rows is None or rows >= n:
+        return [(0, n)]
+    return [(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
+def map_rows(fn: Callable, rows: Optional[int], *tensors):
+    """``fn`` on row chunks of ``tensors`` (None entries passed as None), outputs concatenated.
+
+    ``fn`` returns a tensor or a tuple of tensors (None entries stay None). Samples are
+    independent, so the result equals ``fn(*tensors)`` up to float rounding while every
+    model call sees at most ``rows`` rows and only one chunk's graph lives at a time.
+    """
+    n = next(t.shape[0] for t in tensors if t is not None)
+    spans = row_chunks(n, rows)
+    if len(spans) == 1:
+        return fn(*tensors)
+    outs = [fn(*(None if t is None else t[a:b] for t in tensors)) for a, b in spans]
+    if isinstance(outs[0], tuple):
+        return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+def forward_rows(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
+    """The model's (N, K) output without a graph, in calls of at most ``rows`` rows."""
+    with torch.no_grad():
+        return map_rows(lambda z: forward(model, z).detach(), rows, x)
+
+
+def evaluation_pass(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
+    """The outputs for the result (predictions, confidences, success): a forward pass only,
+    channels-last for image batches on a CPU, where PyTorch's convolution and pooling kernels
+    are about twice as fast (values equal to float rounding); NCHW for a model that rejects
+    channels-last inputs (a ``.view`` of a conv activation) and on other devices."""
+    if x.dim() == 4 and x.device.type == "cpu":
+        try:
+            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows)
+        except RuntimeError:
+            pass
+    return forward_rows(model, x, rows)
+
+
 def perturbation_norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
     """``l0`` (count of changed features), ``l2`` and ``linf`` of each sample's perturbation."""
     flat = delta.detach().reshape(delta.shape[0], -1)
@@ -131,24 +183,88 @@ class Attack(ParamsMixin):
 
     targeted: bool = False
     bounds: Tuple[float, float] = (0.0, 1.0)
+    #: rows per model call (clean pass, attack steps, final evaluation); None = the whole batch
+    batch_size: Optional[int] = None
 
-    def __call__(self, model, x: torch.Tensor, y=None) -> AttackResult:
+    def __call__(self, model, x, y=None, *, forward_args=None, output=None, perturb=None,
+                 eps=None) -> AttackResult:
         """Attack ``model`` on the batch ``x``.
 
         Parameters
         ----------
         model : torch.nn.Module or callable
-            Maps (N, ...) inputs in ``bounds`` to (N, K) class scores (logits).
-        x : Tensor (N, ...)
-            Clean inputs inside ``bounds``; never modified.
+            Maps (N, ...) inputs in ``bounds`` to (N, K) class scores (logits), or to a
+            dict (``"logits"``), an object with ``.logits``, a tuple (first element) or
+            per-sample scalars (N,); choose another part with ``output``.
+        x : Tensor (N, ...) or tuple of Tensors
+            Clean inputs inside ``bounds``; never modified. A tuple is a model with several
+            inputs, ``model(x[0], x[1], ...)`` (as for explainers).
         y : int, sequence or LongTensor (N,), optional
             True labels (untargeted) or target labels (``targeted=True``). ``None``
             uses the model's predictions (untargeted only).
+        forward_args : tuple or dict, optional
+            Passed to the model after the inputs and never perturbed (a tuple of positional
+            or a dict of keyword arguments). Tensors whose first dimension is N follow
+            their samples.
+        output : None, int, str or callable, default None
+            Which part of the model's output holds the (N, K) scores: a tuple index, a dict
+            key / attribute name, or a callable on the raw output (as for explainers).
+        perturb : int, sequence of int or "all", default "all"
+            With several inputs: which of them the attack changes; the others are passed
+            through unchanged. One perturbed input keeps its shape (image attacks such as
+            Square run on it); several are attacked as one packed vector (one joint budget;
+            Square, AutoAttack's standard version and patches then refuse).
+        eps : sequence of float, optional
+            With several inputs and an Linf/L2 attack: one budget per input (None or 0 for
+            inputs that are not perturbed). Linf: ``|x_adv[i] - x[i]| <= eps[i]``; L2:
+            ``sum_i (||x_adv[i] - x[i]|| / eps[i])^2 <= 1``. Default: the attack's ``eps``.
+            Every perturbed input stays inside the attack's ``bounds``.
 
         Returns
         -------
         AttackResult
+            With several inputs, ``x`` and ``x_adv`` are the perturbed input (one) or the
+            perturbed inputs flattened and concatenated (several), and
+            ``extras["inputs_adv"]`` holds every input for ``model(*res.extras["inputs_adv"])``
+            (``extras["norms_per_input"]``: the norms of each perturbed input).
+
+        Examples
+        --------
+        A model taking an image and a tabular side input, returning a dict:
+
+        >>> import torch, xadv
+        >>> class TwoInputs(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.img, self.tab = torch.nn.Linear(16, 3), torch.nn.Linear(2, 3)
+        ...     def forward(self, image, side):
+        ...         return {"logits": self.img(image.flatten(1)) + self.tab(side), "aux": side}
+        >>> net, img, side = TwoInputs(), torch.rand(4, 1, 4, 4), torch.rand(4, 2)
+        >>> res = xadv.attacks.PGD(eps=0.1, steps=5, seed=0)(net, (img, side), perturb=0)
+        >>> res.x_adv.shape, torch.equal(res.extras["inputs_adv"][1], side)
+        (torch.Size([4, 1, 4, 4]), True)
+        >>> both = xadv.attacks.PGD(eps=0.1, steps=5, seed=0)(net, (img, side), eps=(0.1, 0.05))
+        >>> norms = both.extras["norms_per_input"]
+        >>> [round(float(norms[i]["linf"].max()), 3) for i in (0, 1)]
+        [0.1, 0.05]
         """
+        if isinstance(x, (tuple, list)) or forward_args is not None or output is not None \
+                or perturb is not None or eps is not None:
+            return self._call_inputs(model, x, y, forward_args, output, perturb, eps)
+        return self._call_tensor(model, x, y)
+
+    def _call_inputs(self, model, x, y, forward_args, output, perturb, eps) -> AttackResult:
+        """The call with several inputs / pass-through arguments / a chosen output
+        (:mod:`xadv.attacks._inputs`)."""
+        from . import _inputs
+        check_model(model)
+        multi = isinstance(x, (tuple, list))
+        engine, im, u = _inputs.prepare(self, model, x, forward_args, output, perturb, eps)
+        with preserved(model):
+            res = _inputs.run(self, engine, im, u, model, x, y, forward_args, output, perturb, eps)
+        return _inputs.finish(res, im, multi)
+
+    def _call_tensor(self, model, x: torch.Tensor, y=None) -> AttackResult:
         check_model(model)
         check_inputs(x, model, min_dim=2)
         lo, hi = self.bounds
@@ -172,12 +288,13 @@ class Attack(ParamsMixin):
             counter = QueryCounter(model)
             try:
                 out_clean = None
+                rows = self.batch_size
                 if y is None:
-                    with torch.no_grad():
-                        out_clean = forward(model, x0)
+                    out_clean = forward_rows(model, x0, rows)
                     counter.take()
                     labels = resolve_target(None, out_clean)
                 else:  # range-checked against the model's classes once its output is known
+                    _check_nonnegative_labels(y, "target labels" if self.targeted else "labels")
                     labels = resolve_target(y, x0.new_zeros(1, 1).expand(x0.shape[0], 1 << 30))  # no memory: stride 0
                 ctx = AttackContext(self, counter, x0, labels, out_clean)
                 if out_clean is not None:
@@ -185,11 +302,16 @@ class Attack(ParamsMixin):
                 x_adv, extras = self._attack(ctx)
                 x_adv = x_adv.detach()
                 counter.take()
-                out_clean = ctx.logits
                 out_adv = ctx.adv_logits  # evaluated by the attack, or here
                 if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
-                    with torch.no_grad():
-                        out_adv = forward(model, x_adv)
+                    if ctx._logits is None:  # clean and adversarial outputs in one pass (fewer, larger calls)
+                        both = evaluation_pass(model, torch.cat([x0, x_adv.to(memory_format=torch.contiguous_format)]),
+                                               rows)
+                        ctx.provide_logits(both[: x0.shape[0]])
+                        out_adv = both[x0.shape[0]:]
+                    else:
+                        out_adv = evaluation_pass(model, x_adv, rows)
+                out_clean = ctx.logits
                 if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
                     x_adv = torch.empty_like(x0).copy_(x_adv)
             finally:
@@ -214,6 +336,23 @@ class Attack(ParamsMixin):
         return f"{type(self).__name__}({args})"
 
 
+def _check_nonnegative_labels(y, what: str) -> None:
+    """Negative class indices, named before the model's class count is known."""
+    if isinstance(y, bool):
+        return
+    if isinstance(y, int):
+        bad = y < 0
+    elif isinstance(y, torch.Tensor):
+        bad = y.numel() > 0 and not y.is_floating_point() and y.dtype != torch.bool and bool((y < 0).any())
+    elif isinstance(y, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+        bad = any(v < 0 for v in y)
+    else:
+        return
+    if bad:
+        vals = y.tolist() if isinstance(y, torch.Tensor) else y
+        raise ValueError(f"target out of range: {what} are class indices >= 0, got {vals}")
+
+
 class AttackContext:
     """Everything ``_attack`` needs: the model (with query counting), clean inputs,
     labels, clean logits (computed on first use, or handed over by the attack when
@@ -229,6 +368,8 @@ class AttackContext:
         self.y = y
         self._logits = None if logits is None else logits.detach()
         self.n = x.shape[0]
+        #: rows per model call (the attack's ``batch_size``; None: the whole batch)
+        self.rows: Optional[int] = getattr(attack, "batch_size", None)
         self.queries = torch.zeros(self.n, dtype=torch.long, device=x.device)
         self.steps = torch.zeros(self.n, dtype=torch.long, device=x.device)
         #: the model's output on the returned x_adv, when the attack evaluated it itself
@@ -240,8 +381,7 @@ class AttackContext:
         """The model's output on the clean inputs, (N, K) (not counted as queries)."""
         if self._logits is None:
             pending = self.counter.take()
-            with torch.no_grad():
-                self._logits = forward(self.model, self.x).detach()
+            self._logits = forward_rows(self.model, self.x, self.rows)
             self.counter.take()
             self.counter.rows = pending
             self.check_labels()
@@ -259,6 +399,11 @@ class AttackContext:
             resolve_target(self.y, self._logits)
         if self.n and (int(self.y.min()) < 0 or int(self.y.max()) >= k):
             raise ValueError(f"target out of range: the model has {k} classes (0..{k - 1}), got {self.y.tolist()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output at ``x`` without a graph, in calls of at most ``rows`` rows
+        (counted as queries)."""
+        return forward_rows(self.model, x, self.rows)
 
     def charge(self, idx: Optional[torch.Tensor] = None) -> None:
         """Spread the rows counted since the last call over the samples ``idx`` (all when None)."""

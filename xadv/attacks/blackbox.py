@@ -190,7 +190,7 @@ class SurrogateAttack(Attack):
 def train_substitute(model, x_seed: torch.Tensor, substitute: torch.nn.Module, *, rounds: int = 3,
                      epochs: int = 10, lam: float = 0.1, lr: float = 1e-3, batch_size: int = 64,
                      bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = 0,
-                     progress: bool = False) -> Tuple[torch.nn.Module, int]:
+                     progress: Optional[bool] = None) -> Tuple[torch.nn.Module, int]:
     """Train a substitute on labels obtained by querying ``model`` (Papernot et al., 2017).
 
     Starts from the seed inputs, labels them with the model's predictions (one query
@@ -218,11 +218,9 @@ def train_substitute(model, x_seed: torch.Tensor, substitute: torch.nn.Module, *
     queries = 0
     labels = torch.empty(0, dtype=torch.long, device=x_seed.device)
     opt = torch.optim.Adam(sub.parameters(), lr=lr)
-    it = range(rounds)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="substitute")
-    for r in it:
+    from .._progress import track
+
+    for r in track(range(rounds), "substitute", progress=progress, unit="round"):
         new = data[labels.shape[0]:]
         with preserved(model), torch.no_grad():
             labels = torch.cat([labels, forward(model, new).argmax(1)])
@@ -286,5 +284,9 @@ class TransferAttack(Attack):
                 "substitute_queries": self.substitute_queries}
 
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
-        inner = self.attack(self.substitute, ctx.x, ctx.y)
+        from ._inputs import InputsModel
+        sub = self.substitute
+        if isinstance(ctx.counter.model, InputsModel):  # several inputs / side inputs: the same view
+            sub = ctx.counter.model.with_model(sub)
+        inner = self.attack(sub, ctx.x, ctx.y)
         return inner.x_adv, {"substitute_success": inner.success, "substitute_queries": self.substitute_queries}

@@ -237,6 +237,7 @@ class JSMA(Attack):
         self.targeted = True
 
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        ctx.logits  # the clean pass (not a query): checks the targets against the model's classes
         x, t = ctx.x, ctx.y
         lo, hi = self.bounds
         n = ctx.n

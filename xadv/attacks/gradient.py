@@ -8,16 +8,18 @@ cross-entropy loss (Liu et al., survey eq. 7-8), which gives the classic attacks
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
 from .. import explainers as _explainers
-from .._validation import check_bounds, check_positive_int
+from .._validation import check_bounds, check_positive_int, checked_inputs, resolve_target
 from ..explainers import Explainer, Saliency
-from ..explainers.base import forward, gradient
-from .base import Attack, AttackContext, check_nonneg, check_norm, make_generator, project, view_batch
+from ..explainers.base import forward, select_score
+from .base import (Attack, AttackContext, check_batch_size, check_nonneg, check_norm, make_generator, map_rows,
+                   project, view_batch)
 
 _SCHEDULES = ("constant", "linear", "cosine", "step")
 _STARTS = (False, True, "uniform", "sign")
@@ -65,6 +67,37 @@ def step_direction(d: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "l2":
         return d / view_batch(flat.norm(p=2, dim=1) + 1e-10, d)
     return d / view_batch(flat.abs().max(1).values.clamp_min(1e-30), d)
+
+
+def check_amp(amp) -> Union[bool, torch.dtype]:
+    """``False``, ``True`` (float16 on CUDA, bfloat16 elsewhere) or a dtype for ``torch.autocast``."""
+    if isinstance(amp, bool) or amp in (torch.float16, torch.bfloat16):
+        return amp
+    raise ValueError(f"amp must be False, True, torch.float16 or torch.bfloat16, got {amp!r}")
+
+
+def amp_context(amp, device: torch.device):
+    """``torch.autocast`` for ``amp`` on ``device`` (a no-op context when ``amp`` is False)."""
+    if amp is False:
+        return contextlib.nullcontext()
+    dtype = amp if isinstance(amp, torch.dtype) else (torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def loss_gradient(model, x: torch.Tensor, y: torch.Tensor, score="log_softmax", amp=False, check: bool = False):
+    """(gradient of ``score`` of class ``y`` w.r.t. ``x``, detached (N, K) output): one forward and
+    one backward, no host synchronisation (``y`` is a checked LongTensor on ``x``'s device).
+    With ``amp`` the forward runs under ``torch.autocast`` and the score in float32;
+    ``check`` validates ``y`` against the output (once, before a step loop)."""
+    xi = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with amp_context(amp, x.device):
+            out = forward(model, xi)
+        if check:
+            y = resolve_target(y, out)
+        s = select_score(out.float() if amp is not False else out, y, score)
+        (g,) = torch.autograd.grad(s.sum(), xi)
+    return g, out.detach()
 
 
 def check_memory_format(memory_format: str) -> str:
@@ -145,6 +178,18 @@ class ProjectedGradient(Attack):
         default matches bit for bit). A model that rejects channels-last inputs (a
         ``.view`` of a conv activation) falls back to contiguous automatically.
         ``x_adv`` has the layout of ``x``.
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. The clean pass, every
+        step and the final evaluation are split into chunks of at most ``batch_size``
+        rows, each chunk's forward and backward done before the next, so memory stays
+        flat in N; the result equals the unchunked one up to float rounding. An
+        explainer direction bounds its own internal passes with its ``batch_size``.
+    amp : bool or torch.dtype, default False
+        Mixed precision: the model's forward passes of the loss gradient run under
+        ``torch.autocast`` (True: float16 on CUDA, bfloat16 elsewhere; or the dtype),
+        the loss in float32; iterates stay in the dtype of ``x``. Faster on GPUs with
+        tensor cores; directions differ from float32 at the rounding of the lower
+        precision. Only for the loss gradient (``explainer=None``).
 
     Returns an :class:`~xadv.results.AttackResult`; ``steps`` counts the updates
     applied per sample and ``queries`` the forward passes (rows) spent per sample,
@@ -170,7 +215,8 @@ class ProjectedGradient(Attack):
                  random_start: Union[bool, str] = False, init_size: Optional[float] = None,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous"):
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
+                 batch_size: Optional[int] = None, amp: Union[bool, torch.dtype] = False):
         self.explainer = resolve_explainer(explainer)
         self.norm = check_norm(norm)
         self.eps = _DEFAULT_EPS[self.norm] if eps is None else eps
@@ -199,8 +245,17 @@ class ProjectedGradient(Attack):
         self.seed = seed
         self.generator = generator
         self.memory_format = check_memory_format(memory_format)
+        self.batch_size = check_batch_size(batch_size)
+        self.amp = check_amp(amp)
+        if self.amp is not False and not self._loss_direction():
+            raise ValueError("amp= applies to the loss gradient (explainer=None or Saliency(score=...)); "
+                             "for an explainer direction run the explainer in the precision you want")
 
     # ------------------------------------------------------------------ helpers
+    def _loss_direction(self) -> bool:
+        ex = self.explainer
+        return type(ex) is Saliency and not ex.abs and getattr(ex, "layer", None) is None \
+            and getattr(ex, "neuron", None) is None
     def _l0_count(self, x: torch.Tensor) -> int:
         d = x[0].numel()
         e = self.eps
@@ -257,26 +312,14 @@ class ProjectedGradient(Attack):
             out = None
         return a, (None if out is None else out.detach())
 
-    def _evaluate(self, ctx: AttackContext, xa: torch.Tensor) -> Optional[torch.Tensor]:
-        """The model's output on the final iterates for the result (predictions,
-        confidences, success), computed channels-last on a CPU: a forward pass only,
-        about twice as fast there as NCHW for conv nets, equal to float rounding.
-        None (the base class evaluates) for other inputs or a model that rejects it."""
-        if not iterate_layout("auto", xa):
-            return None
-        try:
-            with torch.no_grad():
-                return forward(ctx.model, _layout(xa, True)).detach()
-        except RuntimeError:
-            return None
-
-    def _gradient_step(self, ctx: AttackContext, xs: torch.Tensor, ys: torch.Tensor):
-        """(attributions, logits at xs or None) from the explainer."""
-        ex = self.explainer
-        if type(ex) is Saliency and not ex.abs:  # the loss gradient, without building an Explanation
-            g, out, _, _ = gradient(ctx.model, xs, ys, score=ex.score)
-            return g, out
-        return self._direction(ctx, xs, ys)
+    def _gradient_step(self, ctx: AttackContext, xs: torch.Tensor, ys: torch.Tensor, first: bool = False):
+        """(attributions, logits at xs or None), in chunks of ``batch_size`` rows; ``first``
+        checks the labels against the model's classes (the later steps do not synchronise)."""
+        if self._loss_direction():  # the loss gradient, without building an Explanation
+            score = self.explainer.score
+            return map_rows(lambda a, b: loss_gradient(ctx.model, a, b, score, self.amp, first), ctx.rows, xs, ys)
+        with contextlib.nullcontext() if first else checked_inputs():  # labels checked at the first step
+            return map_rows(lambda a, b: self._direction(ctx, a, b), ctx.rows, xs, ys)
 
     # ------------------------------------------------------------------ loop
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -309,7 +352,7 @@ class ProjectedGradient(Attack):
             xs = xa if idx is None else _layout(xa[idx], cl)
             ys = y if idx is None else y[idx]
             try:
-                d, out = self._gradient_step(ctx, xs, ys)
+                d, out = self._gradient_step(ctx, xs, ys, t == 0)
             except RuntimeError:
                 if not (cl and t == 0):
                     raise
@@ -319,13 +362,12 @@ class ProjectedGradient(Attack):
                 cl = False
                 x, xa = ctx.x, xa.clone(memory_format=torch.contiguous_format)
                 xs = xa if idx is None else xa[idx]
-                d, out = self._gradient_step(ctx, xs, ys)
+                d, out = self._gradient_step(ctx, xs, ys, True)
             if t == 0 and idx is None and self.random_start is False and out is not None:
                 ctx.provide_logits(out)  # the first step evaluated the clean inputs
             if self.early_stop:
                 if out is None:
-                    with torch.no_grad():
-                        out = forward(ctx.model, xs)
+                    out = ctx.forward(xs)
                 done = ctx.is_success(out, ys)
                 ctx.charge(idx)
                 if bool(done.any()):
@@ -356,7 +398,6 @@ class ProjectedGradient(Attack):
             else:
                 xa = xa.index_copy(0, idx, xn)
                 ctx.steps[idx] += 1
-        ctx.adv_logits = self._evaluate(ctx, xa)
         return xa, {"eps": eps, "norm": self.norm, "step_size": alpha,
                     "explainer": repr(self.explainer)}
 
@@ -384,11 +425,12 @@ class PGD(ProjectedGradient):
                  step_size: Optional[float] = None, random_start: Union[bool, str] = True,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous"):
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
+                 batch_size: Optional[int] = None, amp: Union[bool, torch.dtype] = False):
         super().__init__(None, norm=norm, eps=eps, steps=steps, step_size=step_size,
                          random_start=random_start, early_stop=early_stop, schedule=schedule,
                          targeted=targeted, bounds=bounds, seed=seed, generator=generator,
-                         memory_format=memory_format)
+                         memory_format=memory_format, batch_size=batch_size, amp=amp)
 
 
 class FGSM(ProjectedGradient):
@@ -403,6 +445,8 @@ class FGSM(ProjectedGradient):
     targeted : bool, default False
         Targeted: step towards the target (``x - eps * sign(grad CE(target))``).
     bounds : (float, float), default (0, 1)
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call.
 
     References
     ----------
@@ -417,12 +461,13 @@ class FGSM(ProjectedGradient):
     torch.Size([2, 1, 4, 4])
     """
 
-    def __init__(self, eps: float = 8 / 255, targeted: bool = False, bounds: Tuple[float, float] = (0.0, 1.0)):
+    def __init__(self, eps: float = 8 / 255, targeted: bool = False, bounds: Tuple[float, float] = (0.0, 1.0),
+                 batch_size: Optional[int] = None):
         super().__init__(None, norm="linf", eps=eps, steps=1, step_size=eps, random_start=False,
-                         targeted=targeted, bounds=bounds)
+                         targeted=targeted, bounds=bounds, batch_size=batch_size)
 
     def get_params(self):
-        return {"eps": self.eps, "targeted": self.targeted, "bounds": self.bounds}
+        return {"eps": self.eps, "targeted": self.targeted, "bounds": self.bounds, "batch_size": self.batch_size}
 
 
 class RFGSM(ProjectedGradient):
@@ -442,6 +487,8 @@ class RFGSM(ProjectedGradient):
     targeted : bool, default False
     bounds : (float, float), default (0, 1)
     seed : int, optional; generator : torch.Generator, optional
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call.
 
     References
     ----------
@@ -459,7 +506,7 @@ class RFGSM(ProjectedGradient):
     def __init__(self, eps: float = 8 / 255, alpha: Optional[float] = None, steps: int = 1,
                  step_size: Optional[float] = None, targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None):
         eps = check_nonneg(eps, "eps")
         self.alpha = eps / 2 if alpha is None else check_nonneg(alpha, "alpha")
         if self.alpha > eps:
@@ -468,11 +515,11 @@ class RFGSM(ProjectedGradient):
             step_size = eps - self.alpha if steps == 1 else self.alpha
         super().__init__(None, norm="linf", eps=eps, steps=steps, step_size=step_size,
                          random_start="sign", init_size=self.alpha, targeted=targeted, bounds=bounds,
-                         seed=seed, generator=generator)
+                         seed=seed, generator=generator, batch_size=batch_size)
 
     def get_params(self):
         return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "step_size": self.step_size,
-                "targeted": self.targeted, "bounds": self.bounds, "seed": self.seed}
+                "targeted": self.targeted, "bounds": self.bounds, "seed": self.seed, "batch_size": self.batch_size}
 
 
 class ExplainerPGD(ProjectedGradient):
@@ -486,7 +533,7 @@ class ExplainerPGD(ProjectedGradient):
     ----------
     explainer : Explainer or str
         Required, e.g. ``SmoothGrad(n_samples=8, seed=0)``, ``"ig"``.
-    norm, eps, steps, step_size, random_start, early_stop, schedule, targeted, bounds, seed, generator, memory_format
+    norm, eps, steps, step_size, random_start, early_stop, schedule, targeted, bounds, seed, generator, memory_format, batch_size
         As :class:`ProjectedGradient`.
 
     References
@@ -506,11 +553,12 @@ class ExplainerPGD(ProjectedGradient):
                  steps: int = 10, step_size: Optional[float] = None, random_start: Union[bool, str] = False,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous"):
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
+                 batch_size: Optional[int] = None):
         if explainer is None:
             raise TypeError("ExplainerPGD needs an explainer (an instance or a registry name); "
                             "use PGD for the loss gradient")
         super().__init__(explainer, norm=norm, eps=eps, steps=steps, step_size=step_size,
                          random_start=random_start, early_stop=early_stop, schedule=schedule,
                          targeted=targeted, bounds=bounds, seed=seed, generator=generator,
-                         memory_format=memory_format)
+                         memory_format=memory_format, batch_size=batch_size)

@@ -82,6 +82,7 @@ class CarliniWagnerL2(Attack):
         self.bounds = check_bounds(bounds)
 
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        ctx.logits  # the clean pass (not a query): checks the labels against the model's classes
         x, y = ctx.x, ctx.y
         lo, hi = self.bounds
         n = ctx.n

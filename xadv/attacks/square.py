@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .._validation import check_bounds, check_positive_int
 from ..explainers.base import forward
-from .base import Attack, AttackContext, check_nonneg, check_norm, make_generator, view_batch
+from .base import Attack, AttackContext, check_batch_size, check_nonneg, check_norm, make_generator, view_batch
 
 _DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 _LOSSES = ("margin", "ce")
@@ -62,6 +62,10 @@ class Square(Attack):
     bounds : (float, float), default (0, 1)
     seed : int or None, default 0; generator : torch.Generator, optional
         The same seed draws the same squares as auto-attack's and torchattacks'.
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. Every pass (clean,
+        steps, final evaluation) is split into chunks of at most ``batch_size`` rows;
+        the result equals the unchunked one up to float rounding.
 
     Inputs must be images (N, C, H, W). ``queries`` in the result counts the
     model rows spent per sample. ``x_adv`` holds each sample's lowest-loss point.
@@ -85,7 +89,7 @@ class Square(Attack):
     def __init__(self, norm: str = "linf", eps: Optional[float] = None, n_queries: int = 5000, restarts: int = 1,
                  p_init: float = 0.8, loss: str = "margin", rescale_schedule: bool = True, targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = 0,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, batch_size: Optional[int] = None):
         self.norm = check_norm(norm, ("linf", "l2"))
         self.eps = check_nonneg(_DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         self.n_queries = check_positive_int(n_queries, "n_queries")
@@ -103,11 +107,11 @@ class Square(Attack):
         self.bounds = check_bounds(bounds)
         self.seed = seed
         self.generator = generator
+        self.batch_size = check_batch_size(batch_size)
 
     # ------------------------------------------------------------ pieces
     def _margin_loss(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        with torch.no_grad():
-            logits = forward(ctx.model, x).detach().clone()
+        logits = ctx.forward(x).clone()
         ctx.charge(idx)
         u = torch.arange(x.shape[0], device=x.device)
         xent = F.cross_entropy(logits, y, reduction="none")
@@ -238,8 +242,7 @@ class Square(Attack):
             if idx.numel() == 0:
                 break
             xb, mm = self._run(ctx, x[idx], y[idx], gen, idx)
-            with torch.no_grad():
-                out = forward(ctx.model, xb)
+            out = ctx.forward(xb)
             ctx.charge(idx)
             p = out.argmax(1)
             fooled = p == y[idx] if self.targeted else p != y[idx]

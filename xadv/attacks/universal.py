@@ -29,12 +29,16 @@ class _Universal(Attack):
         p = self.perturbation_
         return p is not None and tuple(p.shape[1:]) == tuple(x.shape[1:])
 
-    def __call__(self, model, x, y=None):
+    #: one perturbation for the whole batch: never split into per-sample runs
+    per_sample_runs = False
+
+    def __call__(self, model, x, y=None, **options):
         """Apply the universal perturbation to ``x``; ``y`` defaults to the target class
-        (targeted) or the model's predictions (untargeted, i.e. the fooling rate)."""
+        (targeted) or the model's predictions (untargeted, i.e. the fooling rate).
+        ``options`` as for every attack (``output``, ``forward_args``, ``perturb``)."""
         if y is None and self.targeted:
             y = self.target
-        return super().__call__(model, x, y)
+        return super().__call__(model, x, y, **options)
 
     def _ensure_fit(self, model, x):
         if not self._fitted_for(x):
@@ -253,31 +257,37 @@ class DataFreeUAP(_Universal):
         lo, hi = self.bounds
         gen = make_generator(self.seed, self.generator, x.device)
 
+        # half precision (float16/bfloat16): Adam's state and the log-norms underflow or overflow
+        # there (NaN perturbations), so the perturbation and the loss live in float32 and only
+        # the model's forward pass runs in its own dtype
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
         def run(m):
             acts: List[torch.Tensor] = []
             hooks = [mod.register_forward_hook(lambda _m, _i, o: acts.append(o)) for mod in mods]
             try:
                 shape = (1,) + tuple(x.shape[1:])
-                kw = dict(generator=gen, device=x.device, dtype=x.dtype)
+                kw = dict(generator=gen, device=x.device, dtype=work)
                 z = ((torch.rand(shape, **kw) * 2 - 1)).requires_grad_(True)  # delta / eps
                 opt = torch.optim.Adam([z], lr=self.lr)
                 for _ in range(self.steps):
                     if self.prior == "range":
                         p = lo + (hi - lo) * torch.rand((self.n_samples,) + shape[1:], **kw)
                     else:
-                        p = torch.full(shape, 0.5 * (lo + hi), device=x.device, dtype=x.dtype)
+                        p = torch.full(shape, 0.5 * (lo + hi), device=x.device, dtype=work)
                     acts.clear()
                     with torch.enable_grad():
                         delta = project(z * self.eps, self.norm, self.eps)
-                        forward(m, (p + delta).clamp(lo, hi))
-                        loss = -sum(torch.log(a.reshape(a.shape[0], -1).norm(dim=1) + 1e-12).mean() for a in acts)
+                        forward(m, (p + delta).clamp(lo, hi).to(x.dtype))
+                        loss = -sum(torch.log(a.reshape(a.shape[0], -1).float().norm(dim=1) + 1e-12).mean()
+                                    for a in acts)
                         opt.zero_grad()
                         (g,) = torch.autograd.grad(loss, z)
                     z.grad = g
                     opt.step()
                     with torch.no_grad():
                         z.copy_(project(z * self.eps, self.norm, self.eps) / self.eps)
-                return project(z.detach() * self.eps, self.norm, self.eps)
+                return project(z.detach() * self.eps, self.norm, self.eps).to(x.dtype)
             finally:
                 for h in hooks:
                     h.remove()
@@ -405,7 +415,11 @@ class AdversarialPatch(_Universal):
 
         def run(m):
             with torch.no_grad():
-                labels = resolve_target(y, forward(m, x))
+                out0 = forward(m, x)
+            labels = resolve_target(y, out0)
+            if self.target is not None and self.target >= out0.shape[1]:
+                raise ValueError(f"target {self.target} out of range: the model has {out0.shape[1]} classes "
+                                 f"(0..{out0.shape[1] - 1})")
             patch = (lo + (hi - lo) * torch.rand((c, s, s), generator=gen, device=x.device,
                                                  dtype=x.dtype)).requires_grad_(True)
             opt = torch.optim.Adam([patch], lr=self.lr)
@@ -413,11 +427,13 @@ class AdversarialPatch(_Universal):
                 b = torch.randint(0, n, (min(self.batch_size, n),), generator=gen, device=x.device)
                 loc = self._random_locations(b.numel(), h, w, s, gen, x.device)
                 with torch.enable_grad():
-                    out = forward(m, self.apply(x[b], patch, loc))
+                    xp = self.apply(x[b], patch, loc)
+                    out = forward(m, xp)
                     if self.target is not None:
                         loss = F.cross_entropy(out, torch.full_like(b, self.target))
                     else:
                         loss = -F.cross_entropy(out, labels[b])
+                    loss = loss + self._extra_loss(m, xp, loc, s, out)
                     (g,) = torch.autograd.grad(loss, patch)
                 patch.grad = g
                 opt.step()
@@ -428,6 +444,19 @@ class AdversarialPatch(_Universal):
         self.perturbation_ = self._count_fit(model, run)
         return self.perturbation_
 
+    def _extra_loss(self, model, xp: torch.Tensor, loc: torch.Tensor, s: int, out: torch.Tensor):
+        """A further term of the training loss (0 here; :class:`GradCAMHidingPatch` adds one)."""
+        return 0.0
+
+    @staticmethod
+    def region(x: torch.Tensor, loc: torch.Tensor, s: int) -> torch.Tensor:
+        """(N, H, W) bool: the pixels an ``s x s`` patch at ``loc`` (N, 2) covers."""
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        in_r = (rows[None] >= loc[:, 0:1]) & (rows[None] < loc[:, 0:1] + s)
+        in_c = (cols[None] >= loc[:, 1:2]) & (cols[None] < loc[:, 1:2] + s)
+        return in_r[:, :, None] & in_c[:, None, :]
     def _fitted_for(self, x):
         p = self.perturbation_
         return p is not None and p.shape[0] == x.shape[1] and p.shape[-1] == self.side(x)
@@ -459,3 +488,94 @@ class AdversarialPatch(_Universal):
         ctx.charge()
         return self.apply(ctx.x, self.perturbation_, loc), {"locations": loc, "fit_queries": self.fit_queries_,
                                                             "placement": self.placement}
+
+
+def gradcam_mass(explainer: Explainer, model, x: torch.Tensor, region: torch.Tensor, target: torch.Tensor,
+                 create_graph: bool = False) -> torch.Tensor:
+    """Share of the (ReLU'd, upsampled) Grad-CAM map of ``target`` that lies in
+    ``region`` (N, H, W): shape (N,), in [0, 1]; differentiable with ``create_graph``."""
+    e = explainer(model, x, target, create_graph=create_graph)
+    cam = e.attributions[:, 0].clamp_min(0)
+    return (cam * region).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
+
+
+class GradCAMHidingPatch(AdversarialPatch):
+    """An adversarial patch that Grad-CAM does not point at (Subramanya, Pillai &
+    Pirsiavash, 2019).
+
+    Trained like :class:`AdversarialPatch` (Adam on the training images, at random
+    placements, or at the fixed ``placement=(row, col)`` it will be applied at, as in
+    the paper's corner patches) with the loss
+
+    ``CE(f(x_patched), target) + lam * mass_in_patch(GradCAM_target(x_patched))``
+
+    where ``mass_in_patch`` is the share of the target class's Grad-CAM map (ReLU'd,
+    upsampled to the image) inside the patch; the map is computed with
+    ``create_graph=True`` so the second term is differentiated through Grad-CAM. The
+    patch then causes the targeted misclassification while the explanation of the
+    target points elsewhere, so an analyst reading Grad-CAM does not find the patch.
+
+    Parameters
+    ----------
+    size, steps, lr, batch_size, placement, bounds, seed, generator
+        As in :class:`AdversarialPatch`.
+    target : int
+        The target class (required: the paper's patches are targeted).
+    lam : float, default 1.0
+        Weight of the Grad-CAM mass term (the cross-entropy is in nats, the mass in [0, 1]).
+    gradcam : Explainer or str, default "gradcam"
+        The explainer whose mass is hidden; any differentiable explainer works.
+
+    ``extras["gradcam_mass_in_patch"]`` (N,) is measured on the applied patches.
+
+    References
+    ----------
+    Subramanya, Pillai, Pirsiavash. Fooling Network Interpretation in Image
+    Classification. ICCV 2019.
+
+    Examples
+    --------
+    >>> import torch, xadv.attacks
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                           torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+    >>> atk = xadv.attacks.GradCAMHidingPatch(size=3, target=1, steps=5, seed=0)
+    >>> _ = atk.fit(net, torch.rand(8, 1, 8, 8))
+    >>> res = atk(net, torch.rand(2, 1, 8, 8), 1)
+    >>> res.extras["gradcam_mass_in_patch"].shape
+    torch.Size([2])
+    """
+
+    def __init__(self, size: Union[int, float] = 0.25, target: Optional[int] = None, steps: int = 300,
+                 lr: float = 0.05, batch_size: int = 32, placement: Union[str, Tuple[int, int]] = "random",
+                 lam: float = 1.0, gradcam: Union[Explainer, str] = "gradcam",
+                 bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None):
+        if target is None:
+            raise ValueError("GradCAMHidingPatch is targeted: give target= (the class the patch causes)")
+        super().__init__(size=size, target=target, steps=steps, lr=lr, batch_size=batch_size, placement=placement,
+                         explainer="saliency", bounds=bounds, seed=seed, generator=generator)
+        self.lam = check_nonneg(lam, "lam")
+        self.gradcam = resolve_explainer(gradcam)
+        if not self.gradcam.differentiable:
+            raise TypeError(f"{type(self.gradcam).__name__} is not differentiable; the hiding term needs "
+                            f"create_graph=True (use gradcam or another differentiable explainer)")
+
+    def _random_locations(self, n, h, w, s, gen, device):
+        if isinstance(self.placement, tuple):   # trained where it will be applied, as in the paper
+            return torch.tensor([[int(self.placement[0]), int(self.placement[1])]], device=device).expand(n, 2)
+        return super()._random_locations(n, h, w, s, gen, device)
+
+    def _extra_loss(self, model, xp, loc, s, out):
+        if self.lam == 0:
+            return 0.0
+        t = torch.full((xp.shape[0],), self.target, dtype=torch.long, device=xp.device)
+        region = self.region(xp, loc, s).to(xp.dtype)
+        return self.lam * gradcam_mass(self.gradcam, model, xp, region, t, create_graph=True).mean()
+
+    def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        x_adv, extras = super()._attack(ctx)
+        loc = extras["locations"]
+        t = torch.full((x_adv.shape[0],), self.target, dtype=torch.long, device=x_adv.device)
+        region = self.region(x_adv, loc, self.perturbation_.shape[-1]).to(x_adv.dtype)
+        extras["gradcam_mass_in_patch"] = gradcam_mass(self.gradcam, ctx.model, x_adv, region, t).detach()
+        return x_adv, extras

@@ -108,7 +108,7 @@ class _TrainingDefense:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.bounds = check_bounds(bounds)
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
 
     def loss(self, model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int
              ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # pragma: no cover
@@ -229,7 +229,7 @@ class AdversarialTraining(_TrainingDefense):
     bounds : (float, float), default (0, 1)
     seed : int, optional
         Fixes the batch order and the random starts.
-    progress : bool, default False
+    progress : bool or None, default None
 
     Returns (from ``defense(model, x, y, x_val=None, y_val=None)``) a :class:`TrainingResult`.
 
@@ -254,7 +254,7 @@ class AdversarialTraining(_TrainingDefense):
 
     def __init__(self, eps: float = 0.1, steps: int = 7, step_size: Optional[float] = None, method: str = "pgd",
                  beta: float = 6.0, mix: float = 0.0, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 64,
-                 bounds=(0.0, 1.0), seed: Optional[int] = None, progress: bool = False):
+                 bounds=(0.0, 1.0), seed: Optional[int] = None, progress: Optional[bool] = None):
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, bounds=bounds, seed=seed, progress=progress)
         if not float(eps) > 0:
             raise ValueError(f"eps must be positive (L-inf radius in input units), got {eps!r}")
@@ -362,7 +362,7 @@ class ExplanationRegularization(_TrainingDefense):
                  normalize: bool = True, direction: str = "random", *,
                  epochs: int = 5,
                  lr: float = 1e-3, batch_size: int = 64, bounds=(0.0, 1.0), seed: Optional[int] = None,
-                 progress: bool = False):
+                 progress: Optional[bool] = None):
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, bounds=bounds, seed=seed, progress=progress)
         if penalty not in ("curvature", "gradient_norm"):
             raise ValueError(f"penalty must be 'curvature' or 'gradient_norm', got {penalty!r}")

@@ -83,6 +83,11 @@ def explain_batched(explainer: Explainer, model, x: torch.Tensor, *, create_grap
     """
     if create_graph:
         return explainer(model, x, None, create_graph=True).attributions
+    if getattr(explainer, "batch_size", False) is None:  # its internal passes (IG steps, samples) bounded too
+        import copy
+
+        explainer = copy.copy(explainer)
+        explainer.batch_size = batch_size
     parts = [explainer(model, x[i:i + batch_size], None).attributions.detach()
              for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts)
@@ -103,7 +108,7 @@ def seeded_module(factory, seed: Optional[int], device, dtype) -> nn.Module:
 
 
 def train_binary(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                 weight_decay: float, batch_size: int, seed: Optional[int], progress: bool = False,
+                 weight_decay: float, batch_size: int, seed: Optional[int], progress: Optional[bool] = None,
                  desc: str = "training detector") -> None:
     """Train ``net`` (x -> (N,) logits) with balanced binary cross-entropy and Adam."""
     g = make_generator(seed)
@@ -113,11 +118,9 @@ def train_binary(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, epoch
     pos_weight = torch.tensor(neg / max(pos, 1.0), dtype=x.dtype, device=x.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     net.train()
-    it = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=desc, leave=False)
-    for _ in it:
+    from .._progress import track
+
+    for _ in track(range(epochs), desc, progress=progress, unit="epoch"):
         perm = torch.randperm(x.shape[0], generator=g).to(x.device)
         for i in range(0, x.shape[0], batch_size):
             idx = perm[i:i + batch_size]
@@ -192,10 +195,12 @@ class Detector:
         Fraction of the clean (and adversarial) inputs held out from fitting; the
         threshold and ``fit_info_["val_auroc"]`` come from them. 0 uses the fitting data.
     batch_size : int, default 256
-        Inputs per chunk when scoring without a graph.
+        Rows per model call when fitting and scoring without a graph (an explainer
+        built by name, or one whose ``batch_size`` is None, gets it for its internal
+        passes too); ``score(..., create_graph=True)`` runs the batch in one call.
     seed : int, default 0
         Seeds the split, network initialisation and shuffling: same seed, same detector.
-    progress : bool, default False
+    progress : bool or None, default None
         tqdm bars while training.
 
     Class attributes: ``differentiable`` (``score(..., create_graph=True)`` is the exact
@@ -211,7 +216,7 @@ class Detector:
     surrogate_note: ClassVar[str] = ""
 
     def __init__(self, *, fpr: float = 0.05, val_fraction: float = 0.2, batch_size: int = 256,
-                 seed: Optional[int] = 0, progress: bool = False):
+                 seed: Optional[int] = 0, progress: Optional[bool] = None):
         if not 0.0 < float(fpr) < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -220,7 +225,7 @@ class Detector:
         self.val_fraction = float(val_fraction)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
 
     # ------------------------------------------------------------------ API
     def fit(self, model, x_clean: torch.Tensor, x_adv: Optional[torch.Tensor] = None) -> "Detector":
@@ -424,8 +429,18 @@ class Detector:
         return obj
 
 
-def batched_apply(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+def batched_apply(fn, x: torch.Tensor, batch_size: int):
+    """``fn`` on row chunks of ``x``; tensors, or tuples/lists of tensors, concatenated."""
+    outs = [fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    if isinstance(outs[0], (tuple, list)):
+        return type(outs[0])(batched_apply_join(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+def batched_apply_join(parts):
+    if isinstance(parts[0], (tuple, list)):
+        return type(parts[0])(batched_apply_join(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 def check_fraction(value, name: str) -> float:

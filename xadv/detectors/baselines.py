@@ -9,7 +9,7 @@ from torch import nn
 
 from .._validation import check_positive_int, find_module
 from ..explainers.base import forward
-from .base import Detector, TorchLogistic, _register, make_generator
+from .base import Detector, TorchLogistic, _register, batched_apply, make_generator
 from .shap_signature import last_linear
 
 
@@ -135,7 +135,8 @@ class MahalanobisDetector(Detector):
     def _fit(self, model, x_clean, x_adv):
         mods = self._modules(model)
         with torch.no_grad():
-            feats, out = _capture(model, mods, x_clean, every_call=self.layers is None)
+            feats, out = batched_apply(lambda z: _capture(model, mods, z, every_call=self.layers is None), x_clean,
+                                       self.batch_size)
         pred = out.argmax(1)
         k = out.shape[1]
         self.means_, self.precisions_ = [], []
@@ -148,8 +149,8 @@ class MahalanobisDetector(Detector):
                                                                                                device=cov.device)
             self.means_.append(mu.to(x_clean.dtype))
             self.precisions_.append(torch.linalg.pinv(cov, hermitian=True).to(x_clean.dtype))
-        sc = self.layer_scores(model, x_clean)
-        sa = self.layer_scores(model, x_adv)
+        sc = batched_apply(lambda z: self.layer_scores(model, z), x_clean, self.batch_size)
+        sa = batched_apply(lambda z: self.layer_scores(model, z), x_adv, self.batch_size)
         lab = torch.cat([torch.zeros(len(sc)), torch.ones(len(sa))])
         self.lr_ = TorchLogistic.fit(torch.cat([sc, sa]), lab, C=self.C).to(x_clean.dtype)
 
@@ -271,7 +272,7 @@ class KDBUDetector(Detector):
 
     def _fit(self, model, x_clean, x_adv):
         with torch.no_grad():
-            h, out = self._rep(model, x_clean)
+            h, out = batched_apply(lambda z: self._rep(model, z), x_clean, self.batch_size)
         hf = h.flatten(1)
         pred = out.argmax(1)
         with torch.no_grad():
@@ -289,7 +290,7 @@ class KDBUDetector(Detector):
             self.bandwidth_ = float(d[same].median()) if same.any() else float(d.median())
         else:
             self.bandwidth_ = self.bandwidth
-        fc = self.features(model, x_clean[rest])
+        fc = self.features(model, x_clean[rest])  # one call: the BU draws are seeded per call
         fa = self.features(model, x_adv)
         lab = torch.cat([torch.zeros(len(fc)), torch.ones(len(fa))])
         self.lr_ = TorchLogistic.fit(torch.cat([fc, fa]), lab, C=self.C).to(x_clean.dtype)

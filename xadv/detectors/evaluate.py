@@ -139,7 +139,7 @@ def _pick_worst(tried: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor, torch.Tensor],
              test: Tuple[torch.Tensor, torch.Tensor], *, train_attacks: Mapping, test_attacks: Mapping,
              adaptive: Optional[Mapping[str, Dict[str, Any]]] = None, n_adaptive: Optional[int] = None,
-             fit: bool = True, attack_batch_size: int = 256, progress: bool = False) -> DetectionReport:
+             fit: bool = True, attack_batch_size: int = 256, progress: Optional[bool] = None) -> DetectionReport:
     """Fit detectors on some attacks and evaluate them on held-out attacks, budgets and an adaptive attack.
 
     Protocol
@@ -186,7 +186,7 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
     fit : bool, default True
         Fit the detectors (False: use them as already fitted).
     attack_batch_size : int, default 256
-    progress : bool, default False
+    progress : bool or None, default None
 
     Returns
     -------
@@ -230,10 +230,17 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
         raise ValueError("train_attacks is empty: supervised detectors need adversarial examples to fit")
     if not te_att and not adaptive:
         raise ValueError("nothing to evaluate: give test_attacks and/or adaptive")
-    def log(msg):
-        if progress:
-            import sys
-            print(f"[evaluate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    from .._progress import bar as progress_bar
+
+    n_adaptive_units = 0
+    if adaptive:
+        n_adaptive_units = len(detectors) * sum(len(v) for v in _adaptive_configs(adaptive).values())
+    bar = progress_bar(len(tr_att) + (len(detectors) if fit else 0) + len(te_att) + n_adaptive_units,
+                       "evaluate", progress=progress, unit="stage")
+
+    def log(msg):  # one finished stage: the bar moves and shows what was done
+        bar.update(1)
+        bar.set_postfix_str(msg)
 
     meta: Dict[str, Any] = {"metrics": METRIC_DEFINITIONS, "train_attacks": [f"{a}@{b}" for a, b in tr_att],
                             "timing_s": {}}
@@ -310,7 +317,7 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
         for n, d in detectors.items():
             s_adv = d.score(model, xa) if len(xa) else torch.zeros(0)
             add_row(n, d, a, b, (a, b) not in tr_att, False, s_adv, len(xc))
-        log(f"scored {a}@{b} ({time.perf_counter() - t0:.1f} s)")
+        bar.set_postfix_str(f"scored {a}@{b} ({time.perf_counter() - t0:.1f} s)")
     meta["timing_s"]["test_attacks_and_scoring"] = time.perf_counter() - t0
 
     # ---- adaptive attacks
@@ -325,6 +332,7 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
                 tried = []
                 for kw in kws:
                     if not _applicable(d, kw):
+                        bar.update(1)
                         continue
                     t0 = time.perf_counter()
                     att = AdaptiveAttack(d, **kw)
@@ -357,6 +365,7 @@ def evaluate(detectors: Mapping[str, Detector], model, train: Tuple[torch.Tensor
                 rows[-1]["config"] = w["config"]
                 meta["timing_s"][f"adaptive {n} {label}"] = sum(t["seconds"] for t in tried
                                                                 if t["config"] != PER_INPUT_BEST)
+    bar.close()
     return DetectionReport(rows=rows, roc=roc, meta=meta)
 
 

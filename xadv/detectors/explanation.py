@@ -350,11 +350,9 @@ class ExplanationAutoencoder(Detector):
         params = list(self.encoder_.parameters()) + list(self.decoder_.parameters())
         opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         g = make_generator(self.seed)
-        it = range(self.epochs)
-        if self.progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, desc="ExplanationAutoencoder", leave=False)
-        for _ in it:
+        from .._progress import track
+
+        for _ in track(range(self.epochs), "ExplanationAutoencoder", progress=self.progress, unit="epoch"):
             perm = torch.randperm(len(flat), generator=g).to(dev)
             for i in range(0, len(flat), self.train_batch_size):
                 idx = perm[i:i + self.train_batch_size]

@@ -122,10 +122,11 @@ class LOODetector(Detector):
         if create_graph:
             return self._features(model, x, masks)
         per = max(1, self.batch_size // (s + 1))
-        with torch.no_grad():
-            return torch.cat([self._features(model, x[i:i + per], masks) for i in range(0, len(x), per)])
+        with torch.no_grad():  # a sample's s + 1 rows may exceed batch_size: forward passes split further
+            return torch.cat([self._features(model, x[i:i + per], masks, self.batch_size)
+                              for i in range(0, len(x), per)])
 
-    def _features(self, model, x, masks):
+    def _features(self, model, x, masks, rows=None):
         n, s = x.shape[0], masks.shape[0]
         occl = x[:, None] * (1 - masks[None]) + self.baseline * masks[None]
         batch = torch.cat([x[:, None], occl], 1).reshape((n * (s + 1),) + tuple(x.shape[1:]))
@@ -139,7 +140,15 @@ class LOODetector(Detector):
 
         handles = [m.register_forward_hook(hook) for m in mods]
         try:
-            out = forward(model, batch)
+            total = batch.shape[0]
+            step = total if rows is None else rows
+            outs, chunks = [], []
+            for a in range(0, total, step):
+                store.clear()
+                outs.append(forward(model, batch[a:a + step]))
+                chunks.append(list(store))
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
+            store[:] = [torch.cat(parts) for parts in zip(*chunks)] if len(chunks) > 1 else chunks[0]
         finally:
             for h in handles:
                 h.remove()

@@ -10,7 +10,7 @@ from torch import nn
 from .._validation import check_positive_int, find_module
 from ..explainers.base import forward
 from ..explainers.integrated_gradients import quadrature
-from .base import Detector, _register, seeded_module, train_binary
+from .base import Detector, _register, batched_apply, seeded_module, train_binary
 
 _ESTIMATORS = ("ig", "shap_deep", "shap_gradient")
 
@@ -231,7 +231,7 @@ class ShapSignatureDetector(Detector):
             nb = min(self.n_background, len(x_clean))
             g = self._gen(7)
             idx = torch.randperm(len(x_clean), generator=g)[:nb].to(x_clean.device)
-            h, out = self.representation(model, x_clean[idx])
+            h, out = batched_apply(lambda z: self.representation(model, z), x_clean[idx], self.batch_size)
             self.h_shape_ = tuple(h.shape[1:])
             hf = h.reshape(nb, -1)
             self.background_ = hf

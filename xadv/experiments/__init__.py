@@ -4,8 +4,41 @@ Each module has ``run(...) -> dict`` (rows plus a markdown table) and ``main(arg
 runs as ``python -m xadv.experiments.<name>`` and from the ``xadv`` command.
 """
 
+import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
+
+#: options that do not change an experiment's numbers (left out of the manifest's settings)
+_NOT_SETTINGS = ("out", "json", "progress", "threads", "latex")
+
+
+def run_in_folder(name: str, args: Any, body: Callable[[], int]) -> int:
+    """Run an experiment's ``body()`` with its ``--out`` folder taken like the ``xadv`` commands take theirs.
+
+    With ``args.out`` set, the folder gets ``manifest.json`` (command, xadv version, seed,
+    settings, per-file sha256, ``complete``) and a lock (:class:`xadv._io.OutputFolder`)
+    *before* the experiment starts: a second concurrent run into the folder, a folder
+    holding results of another seed or other settings, ``--out`` naming a file, a full
+    disk or a read-only folder end with one line on stderr and exit status 2, not a
+    traceback after minutes of work. The settings are the parsed options except
+    ``--out``, ``--json``, ``--progress``, ``--threads`` and ``--latex``.
+    """
+    from .._io import FolderError, OutputFolder, os_error_message
+
+    prog = f"python -m xadv.experiments.{name}"
+    out = getattr(args, "out", None)
+    try:
+        if not out:
+            return int(body() or 0)
+        settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+        with OutputFolder(out, prog, seed=getattr(args, "seed", None), settings=settings):
+            return int(body() or 0)
+    except FolderError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{prog}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
 
 
 def write_outputs(out: Optional[Union[str, Path]], name: str, text: str, res: Dict[str, Any]) -> None:

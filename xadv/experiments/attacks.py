@@ -27,7 +27,7 @@ import torch
 
 from .. import attacks as A
 from .. import explainers as E
-from . import write_outputs
+from . import run_in_folder, write_outputs
 
 
 def _load(n: int, seed: int = 0):
@@ -76,7 +76,7 @@ def _row(section: str, name: str, budget: str, res: "A.AttackResult", **extra) -
 class _TimedRows(list):
     """Rows that record the seconds spent since the previous row (``"seconds"``; JSON only)."""
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: Optional[bool] = None):
         super().__init__()
         self.progress = progress
         self.mark()
@@ -93,7 +93,7 @@ class _TimedRows(list):
         super().append(row)
 
 
-def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: bool = False,
+def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Optional[bool] = None,
         sections: Optional[Sequence[str]] = None, full: bool = False,
         n_explainer: Optional[int] = None, n_suite: int = 64) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
@@ -110,8 +110,9 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     n_slow : int, optional
         Digits for the per-sample-heavy attacks (CW, LIME deletion, SurrogateAttack and the
         substitute transfer); default 32 (``full``: 64). JSMA uses ``max(16, n_slow // 4)``.
-    progress : bool, default False
-        Print the seconds of every section and row.
+    progress : bool or None, default None
+        A bar over the sections (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`); True also prints the seconds of every section and row.
     sections : optional subset of {"gradient", "suite", "explainer", "deletion", "blackbox", "universal"}
     n_suite : int, default 64
         Digits for the standard suite (APGD, APGD-T, Square, AutoAttack at their default budgets).
@@ -134,14 +135,21 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
     secs: Dict[str, float] = {}
     want = set(sections or ("gradient", "suite", "explainer", "deletion", "blackbox", "universal"))
 
+    from .._progress import bar as progress_bar
+
+    bar = progress_bar(len(want), "attacks experiment", progress=progress, unit="section", leave=True)
+
     def timed(name):
         class _T:
             def __enter__(self_):
                 self_.t = time.perf_counter()
                 rows.mark()
+                torch.manual_seed(seed)     # every section starts from the seed: a section alone gives its rows
 
             def __exit__(self_, *a):
                 secs[name] = round(time.perf_counter() - self_.t, 1)
+                bar.update(1)
+                bar.set_postfix_str(f"{name} {secs[name]} s")
                 if progress:
                     print(f"[attacks] {name}: {secs[name]} s", flush=True)
         return _T()
@@ -267,7 +275,31 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: boo
                     rows.append(_row("universal", f"Patch -> 3, {label}", f"{size}x{size}", res,
                                      note="targeted, trained on train split"))
 
+    bar.close()
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+
+
+SECTIONS = ("gradient", "suite", "explainer", "deletion", "blackbox", "universal")
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "attacks"``)
+PARTS = SECTIONS
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n", "n_slow", "full", "n_explainer", "n_suite")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one section (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    The rows of all parts, in :data:`PARTS` order, are the rows of ``run(seed=seed, **settings)``:
+    each section starts from ``torch.manual_seed(seed)``. Used by the ``experiment`` cells of
+    :mod:`xadv.sweep` (grid ``xadv/sweep/grids/attacks-experiment.toml``).
+
+    Examples
+    --------
+    >>> rows = part_rows("gradient", n=4, n_slow=2)      # doctest: +SKIP
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the attacks experiment; parts: {', '.join(PARTS)}")
+    return list(run(seed=seed, sections=[part], **settings)["rows"])
 
 
 def _fmt(v, digits=3):
@@ -325,8 +357,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--progress", action="store_true", help="print the seconds of every section and row")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    return run_in_folder("attacks", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     t = time.perf_counter()
-    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress, sections=a.sections, full=a.full,
+    res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress or None, sections=a.sections, full=a.full,
               n_explainer=a.n_explainer, n_suite=a.n_suite)
     total = time.perf_counter() - t
     text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "

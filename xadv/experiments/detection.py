@@ -80,11 +80,11 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
     """AdaptiveAttack configurations for one budget.
 
     ``"single"``: one selective run of ``steps`` (default 20) steps with AdaptiveAttack's
-    default step (``eps / 10``, cosine decay): cheap, NOT converged (an upper bound on
-    robustness).
+    default step control (APGD's checkpoints, initial step ``2 * eps``): cheap, NOT
+    converged (an upper bound on robustness).
     ``"converged"``: the worst case over the configurations that our convergence study
-    (docs/detectors.md) found strongest, ``steps`` (default 100) each, step ``eps / 10``
-    with a cosine schedule: selective PGD with 2 random restarts; selective PGD from the
+    (docs/detectors.md) found strongest, ``steps`` (default 100) each with APGD's step
+    control (``schedule="apgd"``, the default): selective PGD with 2 random restarts; selective PGD from the
     clean input (``random_start=False``: a random start in the L-inf ball is noise that
     XEnsemble's input member flags, and the attack never recovers at large eps); and,
     for forest detectors, the latter with the soft-forest surrogate (temperature 1); plus
@@ -98,7 +98,7 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
     if preset == "single":
         return [dict(base, steps=20 if steps is None else steps)]
     n = 100 if steps is None else steps
-    strong = dict(base, steps=n, step_size=float(eps) / 10, schedule="cosine")
+    strong = dict(base, steps=n, schedule="apgd")
     targeted = dict(strong, random_start=False, restarts=1, runner_ups=3)
     return [dict(strong, restarts=2), dict(strong, random_start=False),
             dict(strong, random_start=False, surrogate="soft_forest", temperature=1.0),
@@ -107,7 +107,7 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
 
 def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_steps: Optional[int] = None,
         adaptive_eps: Sequence[float] = (0.1, 0.2), seed: int = 0, detectors: Optional[Dict[str, Any]] = None,
-        progress: bool = False, adaptive: str = "single") -> Dict[str, Any]:
+        progress: Optional[bool] = None, adaptive: str = "single") -> Dict[str, Any]:
     """Run the experiment; returns ``{"report": DetectionReport, "markdown": str, "rows": list, "seconds": float}``.
 
     ``adaptive``: ``"single"`` (default, one 20-step run per budget, a few minutes in all)
@@ -138,6 +138,26 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
     return {"report": report, "markdown": to_markdown(report), "rows": report.rows, "seconds": secs}
 
 
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "detection"``): one per detector
+PARTS = ("Saliency-CNN", "XEnsemble", "ML-LOO", "SHAP-signature", "Expl-AE", "Mahalanobis", "KD+BU")
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n_train", "n_test", "n_adaptive", "adaptive_steps", "adaptive_eps", "adaptive")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one detector (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    Each detector is fitted and attacked on its own; the test attacks are seeded, so the
+    rows of all parts, in :data:`PARTS` order, are the rows of ``run(seed=seed, **settings)``.
+    Used by the ``experiment`` cells of :mod:`xadv.sweep` (grid ``xadv/sweep/grids/detection.toml``).
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the detection experiment; parts: {', '.join(PARTS)}")
+    if "adaptive_eps" in settings:
+        settings["adaptive_eps"] = tuple(settings["adaptive_eps"])
+    return list(run(seed=seed, detectors={part: default_detectors(seed)[part]}, **settings)["rows"])
+
+
 def summary(report) -> Dict[str, float]:
     """Best explanation-based AUROC on held-out non-adaptive gradient attacks (min over them, max over detectors)."""
     grad = ("FGSM", "PGD", "CW-L2", "AutoAttack")
@@ -160,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "over the strongest configurations, 100 steps each (the docs table; ~12 min)")
     p.add_argument("--adaptive-steps", type=int, default=None, help="override the steps of every adaptive run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="save the DetectionReport (.pt) here")
+    p.add_argument("--out", help="folder for detection.md, detection.html, detection.json and the DetectionReport "
+                                 "(detection_report.pt, read with DetectionReport.load)")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--latex", action="store_true", help="print a LaTeX table too")
     p.add_argument("--progress", action="store_true")
@@ -168,7 +189,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="torch threads (default 1: small convolutions gain little from more and suffer on a busy machine)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress,
+    from . import run_in_folder
+
+    return run_in_folder("detection", a, lambda: _main(a))
+
+
+def _main(a) -> int:
+    res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress or None,
               adaptive=a.adaptive)
     rep = res["report"]
     print(res["markdown"])
@@ -188,11 +215,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"total {res['seconds']:.1f} s")
     if a.latex:
         print(to_latex(rep, caption="Detectors on the digits CNN"))
-    if a.out:
-        rep.save(a.out)
-    if a.json:
-        from .._io import write_text
+    from .._io import write_text
 
+    if a.out:
+        from pathlib import Path
+
+        from ..plot import html_report
+
+        out = Path(a.out)
+        rep.save(out / "detection_report.pt")
+        write_text(out / "detection.md", res["markdown"] + "\n")
+        html_report(res["markdown"], out / "detection.html", title="xadv experiment: detection")
+        write_text(out / "detection.json", json.dumps(to_dict(rep), indent=1))
+    if a.json:
         write_text(a.json, json.dumps(to_dict(rep), indent=1))
     return 0
 

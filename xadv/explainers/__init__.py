@@ -19,6 +19,7 @@ from .rollout import AttentionRollout
 from .smoothgrad import SmoothGrad
 from .cam import AblationCAM, EigenCAM, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .propagation import LRP, Deconvnet, DeepLift, DeepLiftShap, GuidedBackprop, GuidedGradCAM
+from .perturbation import ExtremalPerturbation, MeaningfulPerturbation
 
 _REGISTRY: Dict[str, Callable[..., Explainer]] = {}
 _ALIASES: Dict[str, str] = {}
@@ -87,6 +88,8 @@ register("deeplift_shap", DeepLiftShap, aliases=("deepliftshap",))
 register("guided_backprop", GuidedBackprop, aliases=("gbp", "guidedbackprop"))
 register("deconvnet", Deconvnet, aliases=("deconvolution", "deconv"))
 register("guided_gradcam", GuidedGradCAM, aliases=("guided_grad_cam", "guidedgradcam"))
+register("meaningful_perturbation", MeaningfulPerturbation, aliases=("mp", "mask", "meaningful"))
+register("extremal_perturbation", ExtremalPerturbation, aliases=("ep", "extremal"))
 
 from .lime import LIME, TabularLIME  # noqa: E402
 
@@ -99,7 +102,8 @@ register("tabular_lime", TabularLIME, aliases=("lime_tabular",))
 __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
     "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients",
-    "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "get", "names", "register", "select_score",
+    "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "MeaningfulPerturbation",
+    "ExtremalPerturbation", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME", "FeatureLIME"]

@@ -192,7 +192,7 @@ class Explainer(ParamsMixin):
         allow_int = layer_mode or self.accepts_integer_inputs
         for i, t in enumerate(inputs):
             check_inputs(t, model, min_dim=2 if multi else self.min_dim, name=f"x[{i}]" if multi else "x",
-                         allow_integer=allow_int)
+                         allow_integer=allow_int, whole_input=not multi)
         if multi and len({t.shape[0] for t in inputs}) > 1:
             raise ValueError(f"the inputs have different batch sizes {[t.shape[0] for t in inputs]}")
         if target is not None and self._explains_neuron():
@@ -231,10 +231,20 @@ class Explainer(ParamsMixin):
                     setattr(est, name, torch.cat([p.expand(rows, -1) for p in parts], dim=1))
                 else:
                     setattr(est, name, packing.pack_like(v, inputs, name))
-            elif name == "baseline" and callable(v) and not isinstance(v, (str, torch.Tensor)):
-                def packed(z, fn=v):
-                    b = fn(packing.unpack(z))
-                    return packing.pack_like(b if isinstance(b, (tuple, list)) else (b,), packing.unpack(z))
+            elif name in ("baseline", "background") and callable(v) and not isinstance(v, (str, torch.Tensor)):
+                def packed(z, fn=v, name=name):
+                    parts = packing.unpack(z)
+                    b = fn(parts)
+                    b = b if isinstance(b, (tuple, list)) else (b,)
+                    if name == "background":  # reference rows (M, ...) per input, equal M
+                        if len(b) != len(parts) or not all(isinstance(t, torch.Tensor) for t in b):
+                            raise ValueError(f"with {len(parts)} inputs the background callable must return a "
+                                             f"tuple of {len(parts)} tensors (M, ...), one per input")
+                        rows = {t.shape[0] for t, p in zip(b, parts) if t.dim() == p.dim()}
+                        if len(rows - {1}) > 1:
+                            raise ValueError(f"the background callable returned {sorted(rows)} reference rows "
+                                             f"for the inputs; give every input the same number M")
+                    return packing.pack_like(b, parts, name)
                 setattr(est, name, packed)
         if hasattr(est, "base") and isinstance(est.base, Explainer):
             est.base = est.base._packed_copy(packing, inputs)

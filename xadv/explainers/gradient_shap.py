@@ -2,7 +2,7 @@
 from a background set and random points on the path."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -19,12 +19,14 @@ from .chunking import chunked_forward, rows_per_pass
 #: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
 DEFAULT_BATCH_ROWS: Optional[int] = None
 
-BackgroundLike = Union[None, float, torch.Tensor]
+BackgroundLike = Union[None, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _check_background(background: BackgroundLike) -> BackgroundLike:
     if background is None:
         return None
+    if callable(background) and not isinstance(background, (torch.Tensor, str)):
+        return background  # (x) -> reference inputs; its result is checked in make_background
     if isinstance(background, (tuple, list)):
         return tuple(_check_background(b) for b in background)
     if isinstance(background, torch.Tensor):
@@ -36,8 +38,8 @@ def _check_background(background: BackgroundLike) -> BackgroundLike:
                              f"{tuple(background.shape)}")
         return check_finite(background, "background")
     if isinstance(background, bool) or not isinstance(background, (int, float)):
-        raise TypeError(f"background must be None, a number or a tensor (M, ...) of reference inputs, "
-                        f"got {type(background).__name__}")
+        raise TypeError(f"background must be None, a number, a tensor (M, ...) of reference inputs or a callable "
+                        f"(x) -> tensor, got {type(background).__name__}")
     return check_finite(background, "background")
 
 
@@ -55,12 +57,16 @@ class GradientSHAP(LayerOptions, Explainer):
 
     Parameters
     ----------
-    background : Tensor (M, ...) or (...), float or None, default None
+    background : Tensor (M, ...) or (...), float, callable or None, default None
         Reference inputs the baselines are drawn from (Erion et al. recommend training
         samples, e.g. 100-1000 of them), shape ``x.shape[1:]`` per row; one input
         without the leading M is a single baseline; a number is a constant baseline.
-        ``None``: the zero baseline (then the method is Integrated Gradients from zeros
-        with random path points). Can also be given per call:
+        A callable ``(x) -> Tensor (M, ...)`` builds the reference inputs from the batch
+        (captum's callable ``baselines``), e.g. ``lambda x: x.mean(0, keepdim=True)``; its
+        result is a constant of the explanation (not differentiated). Several inputs: a
+        tuple, one per input, or one callable taking the tuple of inputs and returning a
+        tuple. ``None``: the zero baseline (then the method is Integrated Gradients from
+        zeros with random path points). Can also be given per call:
         ``explainer(model, x, target, background=b)``.
     n_samples : int, default 50
         Draws (baseline, path point, noise) per input (captum's ``n_samples``, shap's
@@ -114,6 +120,9 @@ class GradientSHAP(LayerOptions, Explainer):
     torch.Size([4, 3])
     >>> bool(e.delta.abs().max() < 0.05)   # completeness, up to Monte-Carlo error
     True
+    >>> around = xadv.explainers.GradientSHAP(lambda x: x.mean(0) + 0.1 * background[:5], n_samples=20, seed=0)
+    >>> around(net, torch.rand(4, 3), target=1).attributions.shape   # reference rows built from the batch
+    torch.Size([4, 3])
     """
 
     name = "gradient_shap"
@@ -154,6 +163,16 @@ class GradientSHAP(LayerOptions, Explainer):
         """The background rows for inputs ``x``: (M, ...) on ``x``'s device and dtype."""
         b = self.background
         feat = tuple(x.shape[1:])
+        if callable(b) and not isinstance(b, torch.Tensor):
+            v = b(x.detach())
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"the background callable must return a tensor (M, {', '.join(map(str, feat))}) "
+                                f"of reference inputs, got {type(v).__name__}")
+            if tuple(v.shape) != feat and (v.dim() < 1 or tuple(v.shape[1:]) != feat or v.shape[0] == 0):
+                raise ValueError(f"the background callable returned shape {tuple(v.shape)} for inputs "
+                                 f"{tuple(x.shape)}: return (M, {', '.join(map(str, feat))}) reference inputs "
+                                 f"(M >= 1) or a single one")
+            b = _check_background(v)
         if isinstance(b, tuple):
             raise ValueError("a tuple of backgrounds is for a model with several inputs (one per input)")
         if b is None or not isinstance(b, torch.Tensor):

@@ -22,6 +22,7 @@ from ..explanation import Explanation
 from .base import Explainer, check_score, forward, select_score
 from .integrated_gradients import gaussian_blur
 from .._common import make_generator
+from .._progress import bar as progress_bar
 
 __all__ = ["LIME", "TabularLIME", "weighted_ridge", "exponential_kernel", "segment"]
 
@@ -45,6 +46,8 @@ def default_rows(x: torch.Tensor, row_numel: int) -> int:
     return max(lo, min(hi, DEFAULT_BATCH_ELEMENTS[kind] // max(1, row_numel)))
 #: bytes of surrogate design matrix per group of images (bounds memory for large N)
 _GROUP_BYTES = 64 << 20
+#: with progress=None, a bar only for at least this many perturbed samples (a few seconds)
+_BAR_ROWS = 2000
 
 SegmentationLike = Union[str, torch.Tensor, np.ndarray, Callable[[np.ndarray], Any]]
 
@@ -291,8 +294,10 @@ class LIME(Explainer):
         Used instead of ``seed``. Masks are drawn image after image, so explaining
         a batch equals explaining its images one at a time in order with the same
         generator.
-    progress : bool, optional
-        tqdm bar over the images; default: shown when explaining 64 or more images.
+    progress : bool or None, default None
+        Progress bar over the perturbed samples (integer counts). None: shown in terminals
+        and notebooks for 2000 samples or more (off in tests and pipes; see
+        :func:`xadv.set_progress`).
     memory_format : {"auto", "contiguous", "channels_last"}, default "auto"
         Layout of the perturbed batches handed to the model. ``auto`` uses
         channels-last on a CPU, where convolutions run 1.3x to 2x faster in it
@@ -457,9 +462,8 @@ class LIME(Explainer):
         return torch.contiguous_format
 
     def _explain(self, model, x, target, create_graph):
-        from tqdm.auto import tqdm
-
         from .chunking import chunked_forward
+
         x = x.detach()
         n, c, h, w = x.shape
         rows = self._rows_per_batch(model, x)
@@ -478,8 +482,7 @@ class LIME(Explainer):
         # groups of images bound the memory of the design matrices
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * s_max * 8)))
         fmt = self._format(x)
-        show = self.progress if self.progress is not None else n >= 64
-        bar = tqdm(total=n, unit="img", desc="LIME", disable=not show, leave=False)
+        bar = progress_bar(n * (ns - 1), "LIME", progress=self.progress, unit="sample", min_total=_BAR_ROWS)
         coef_l, icpt_l, score_l, local_l = [], [], [], []
         seg_flat = segments.reshape(n, h * w)
         # one input batch and one pixel-mask buffer, reused by every forward pass: fresh
@@ -522,7 +525,7 @@ class LIME(Explainer):
                             ob = forward(model, xb.clone(memory_format=torch.contiguous_format))
                         sc = select_score(ob, trows[r0:r1], self.score)
                         yflat[r0:r1] = sc.detach().to(yflat.dtype)
-                    bar.update((r1 - r0) / m)
+                    bar.update(r1 - r0)
                 ys[:, 1:] = yflat.view(g1 - g0, m)
                 dt = _solve_dtype(x.device)
                 zf = gm.to(dt)
@@ -633,8 +636,8 @@ class TabularLIME(Explainer):
     seed, generator
         Reproducible sampling; draws are made row after row, so a batch equals its
         rows explained one at a time with the same generator.
-    progress : bool, optional
-        tqdm bar over rows; default shown for 64 rows or more.
+    progress : bool or None, default None
+        Progress bar over the perturbed samples, as :class:`LIME`.
 
     Shapes: ``x`` (N, D) -> ``attributions`` (N, D), the surrogate's
     coefficients (also in ``segment_weights``). ``extras``: ``intercept``,
@@ -795,8 +798,6 @@ class TabularLIME(Explainer):
         return st
 
     def _explain(self, model, x, target, create_graph):
-        from tqdm.auto import tqdm
-
         x = x.detach()
         if x.dim() != 2 or x.shape[1] != self._d:
             raise ValueError(f"TabularLIME was fitted on {self._d} features and needs x of shape "
@@ -814,8 +815,7 @@ class TabularLIME(Explainer):
         st = self._stats(x.device, dt)
         gen = make_generator(self.seed, self.generator, x.device)
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * d * 8)))
-        show = self.progress if self.progress is not None else n >= 64
-        bar = tqdm(total=n, unit="row", desc="TabularLIME", disable=not show, leave=False)
+        bar = progress_bar(n * (ns - 1), "TabularLIME", progress=self.progress, unit="sample", min_total=_BAR_ROWS)
         coef_l, icpt_l, score_l, local_l = [], [], [], []
         try:
             for g0 in range(0, n, group):
@@ -833,7 +833,7 @@ class TabularLIME(Explainer):
                     with torch.no_grad():
                         ob = forward(model, flat[r0:r1])
                         yflat[r0:r1] = select_score(ob, tt[r0:r1], self.score).to(dt)
-                    bar.update((r1 - r0) / (ns - 1))
+                    bar.update(r1 - r0)
                 ys[:, 1:] = yflat.reshape(g1 - g0, ns - 1)
                 dist = (feats - feats[:, :1]).pow(2).sum(2).sqrt()
                 weights = exponential_kernel(dist, self._kw)

@@ -7,11 +7,15 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._adapter import repeat_rows, sample_rows
+from .._progress import bar as progress_bar
 from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
 from .chunking import chunked_forward, rows_per_pass
 from .integrated_gradients import _blocks
+
+#: with progress=None, a bar only for at least this many occluded rows (a few seconds)
+_BAR_ROWS = 2000
 
 #: rows (window positions x samples) per forward pass when ``batch_size`` is None;
 #: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
@@ -77,8 +81,11 @@ class Occlusion(Explainer):
         (at least 1), so windows overlap.
     baseline : float, Tensor or "mean", default 0.0
         Fill value of the occluded window: a number; a tensor broadcastable to ``x``
-        ((N, ...) per sample, (1, C, 1, 1) per channel, ...); or ``"mean"``, each
-        sample's mean value.
+        ((N, ...) per sample, (1, C, 1, 1) per channel, ...); ``"mean"``, each
+        sample's mean value; or a callable ``(x) -> Tensor`` returning such fill values
+        for the batch, e.g. a blurred copy ``lambda x: blur(x)`` (a constant of the
+        explanation, not differentiated). Several inputs: a tuple, one per input, or one
+        callable taking the tuple of inputs and returning a tuple.
     batch_size : int, optional
         Rows of every model call: window positions x samples per forward pass, and the
         clean pass on ``x``. Memory is bounded by it and results do not depend on it.
@@ -93,6 +100,10 @@ class Occlusion(Explainer):
         tokens); the features of one group are replaced together and each gets the
         group's score drop. ``window`` and ``stride`` are then not used. Several inputs:
         a tuple of masks; equal ids in different inputs form one group.
+    progress : bool or None, default None
+        Progress bar over the occluded rows (windows x samples, integer counts). None:
+        shown in terminals and notebooks for 2000 rows or more (off in tests and pipes;
+        see :func:`xadv.set_progress`).
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...). One forward pass per window
     position (or group) and sample (``extras["windows"]`` per sample), no backward pass.
@@ -122,6 +133,9 @@ class Occlusion(Explainer):
     True
     >>> xadv.explainers.Occlusion(window=2, stride=2)(net, x, target=0).extras["windows"]
     2
+    >>> mean_fill = xadv.explainers.Occlusion(window=1, baseline=lambda b: b.mean(0, keepdim=True))(net, x, target=0)
+    >>> torch.allclose(mean_fill.attributions, (x - x.mean(0)) * net[1].weight[0], atol=1e-6)
+    True
     """
 
     name = "occlusion"
@@ -130,7 +144,7 @@ class Occlusion(Explainer):
 
     def __init__(self, window: SizeLike = None, stride: SizeLike = None,
                  baseline: Union[float, torch.Tensor, str] = 0.0, batch_size: Optional[int] = None,
-                 score="logit", feature_mask: Optional[torch.Tensor] = None):
+                 score="logit", feature_mask: Optional[torch.Tensor] = None, progress: Optional[bool] = None):
         self.window = _check_size(window, "window")
         self.stride = _check_size(stride, "stride")
         if isinstance(baseline, str):
@@ -141,8 +155,11 @@ class Occlusion(Explainer):
                 raise TypeError("a baseline tensor must be real (floating point, or token ids)")
         elif isinstance(baseline, tuple):
             pass  # one baseline per input of a model with several inputs
+        elif callable(baseline) and not isinstance(baseline, bool):
+            pass  # (x) -> fill values; its result is checked in make_baseline
         elif isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-            raise TypeError(f"baseline must be a number, a tensor or 'mean', got {type(baseline).__name__}")
+            raise TypeError(f"baseline must be a number, a tensor, 'mean' or a callable (x) -> tensor, "
+                            f"got {type(baseline).__name__}")
         self.baseline = check_finite(baseline, "baseline")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.score = check_score(score)
@@ -151,6 +168,9 @@ class Occlusion(Explainer):
                     or feature_mask.dtype == torch.bool:
                 raise TypeError("feature_mask must be an integer tensor of group ids broadcastable to x")
         self.feature_mask = feature_mask
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
+        self.progress = progress
 
     # ------------------------------------------------------------ geometry
     def geometry(self, shape: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
@@ -189,6 +209,21 @@ class Occlusion(Explainer):
     def make_baseline(self, x: torch.Tensor) -> torch.Tensor:
         """The fill values for the batch ``x``, shape (N, ...)."""
         b = self.baseline
+        if callable(b) and not isinstance(b, (str, torch.Tensor)):
+            v = b(x.detach())
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"the baseline callable must return a tensor broadcastable to the inputs "
+                                f"{tuple(x.shape)}, got {type(v).__name__}")
+            if v.is_complex() or v.dtype == torch.bool or (x.is_floating_point() and not v.is_floating_point()):
+                raise TypeError(f"the baseline callable returned dtype {v.dtype}; return "
+                                f"{'floating point' if x.is_floating_point() else 'token id'} fill values")
+            try:
+                return torch.broadcast_to(check_finite(v, "the baseline callable's result").to(
+                    device=x.device, dtype=x.dtype), x.shape)
+            except RuntimeError:
+                raise ValueError(f"the baseline callable returned shape {tuple(v.shape)}, which does not broadcast "
+                                 f"to the inputs {tuple(x.shape)}; return (N, ...) fill values or a shape that "
+                                 f"broadcasts, e.g. (1, C, 1, 1)") from None
         if isinstance(b, str):  # "mean"
             m = x.reshape(x.shape[0], -1).mean(1)
             return m.reshape((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
@@ -269,8 +304,10 @@ class Occlusion(Explainer):
         if not create_graph:
             s0 = s0.detach()
         parts = {}
+        bar = progress_bar(n * total, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for p0, p1, i0, i1 in _blocks(n, total, rows):
             k, m = p1 - p0, i1 - i0
+            bar.update(k * m)
             mask = self._masks(covers, positions, p0, p1, s0.dtype)          # (k, ...)
             xs = xi[None, i0:i1]
             with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
@@ -283,6 +320,7 @@ class Occlusion(Explainer):
                 parts[i0] = parts[i0] + part if create_graph else parts[i0].add_(part)
             else:
                 parts[i0] = part
+        bar.close()
         summed = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
         attr = summed / count
         if not create_graph:
@@ -307,8 +345,10 @@ class Occlusion(Explainer):
         G = ids.numel()
         attr = None
         parts = {}
+        bar = progress_bar(n * G, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for g0, g1, i0, i1 in _blocks(n, G, rows):
             k, m = g1 - g0, i1 - i0
+            bar.update(k * m)
             sel = fm if fm.shape[0] == 1 else fm[i0:i1]
             mask = (sel[None] == ids[g0:g1].reshape((k, 1) + (1,) * len(feat))).to(s0.dtype)  # (k, 1|m, ...)
             xs = xi[None, i0:i1]
@@ -319,6 +359,7 @@ class Occlusion(Explainer):
                 drop = s0[None, i0:i1] - s
                 part = (drop.reshape((k, m) + (1,) * len(feat)) * mask).sum(0)
             parts[i0] = parts[i0] + part if i0 in parts else part
+        bar.close()
         attr = torch.cat([p for _, p in sorted(parts.items())]) if len(parts) > 1 else parts[0]
         if not create_graph:
             out, attr = out.detach(), attr.detach()

@@ -63,8 +63,11 @@ class SmoothGrad(Explainer):
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...), or the layer's shape when
     ``base`` attributes to a layer (``layer=``; the noise is added to the inputs, which
-    must then be floating point). When ``base`` reports a completeness error (Integrated
-    Gradients, GradientSHAP), ``delta`` (N,) is its mean over the noisy copies (the
+    must then be floating point). Around several layers (``layer=[a, b]``) the result is
+    a tuple with one averaged attribution per layer, every layer explained on the same
+    noisy copies (captum's ``NoiseTunnel`` around a layer method with a list of layers).
+    When ``base`` reports a completeness error (Integrated Gradients, GradientSHAP),
+    ``delta`` (N,) is its mean over the noisy copies (the
     completeness error of the averaged attribution against the averaged score gap) and
     ``extras["deltas"]`` (n_samples, N) holds every copy's, as captum's ``NoiseTunnel``
     with ``return_convergence_delta=True``.
@@ -156,9 +159,10 @@ class SmoothGrad(Explainer):
         tail = x.shape[1:]
         need_sq = self.variant != "smoothgrad"
         base_x = xi if create_graph else xi.detach()
-        sums = {}
+        sums = {}     # (layer, first sample) -> sum over the copies
         sums_sq = {}
         deltas = {}
+        several = False
         layer_extras = {}
         for j0 in range(0, self.n_samples, k_max):
             k = min(k_max, self.n_samples - j0)
@@ -172,12 +176,8 @@ class SmoothGrad(Explainer):
                 # __call__: go straight to the base method (no re-validation per pass)
                 with sample_rows(repeat_rows(i0, i1, k, x.device), n):
                     eb = base._explain(model, bx, bt, create_graph)
-                a = eb.attributions
-                if isinstance(a, tuple):
-                    raise ValueError("SmoothGrad around several layers is not supported; give one layer")
-                if not create_graph:
-                    a = a.detach()
-                a = a.reshape((k, i1 - i0) + tuple(a.shape[1:]))
+                several = isinstance(eb.attributions, tuple)  # several layers: one attribution each
+                attrs = eb.attributions if several else (eb.attributions,)
                 if eb.delta is not None:
                     deltas[(j0, i0)] = eb.delta.detach().reshape(k, i1 - i0)
                 for key in ("attribute_to",):
@@ -185,19 +185,24 @@ class SmoothGrad(Explainer):
                         layer_extras[key] = eb.extras[key]
                 if "layer" in eb.params:
                     layer_extras["layer"] = eb.params["layer"]
-                _accumulate(sums, i0, a.sum(0), create_graph)
-                if need_sq:
-                    _accumulate(sums_sq, i0, (a * a).sum(0), create_graph)
-        total = _gather(sums)
-        total_sq = _gather(sums_sq) if need_sq else None
+                for li, a in enumerate(attrs):
+                    if not create_graph:
+                        a = a.detach()
+                    a = a.reshape((k, i1 - i0) + tuple(a.shape[1:]))
+                    sums.setdefault(li, {})
+                    _accumulate(sums[li], i0, a.sum(0), create_graph)
+                    if need_sq:
+                        sums_sq.setdefault(li, {})
+                        _accumulate(sums_sq[li], i0, (a * a).sum(0), create_graph)
 
-        mean = total / self.n_samples
-        if self.variant == "smoothgrad":
-            attr = mean
-        elif self.variant == "smoothgrad_sq":
-            attr = total_sq / self.n_samples
-        else:
-            attr = total_sq / self.n_samples - mean * mean
+        def combine(li):
+            mean = _gather(sums[li]) / self.n_samples
+            if self.variant == "smoothgrad":
+                return mean
+            mean_sq = _gather(sums_sq[li]) / self.n_samples
+            return mean_sq if self.variant == "smoothgrad_sq" else mean_sq - mean * mean
+
+        attr = tuple(combine(li) for li in sorted(sums)) if several else combine(0)
         params = self._params_for_result()
         extras = {}
         if "layer" in layer_extras:

@@ -22,7 +22,8 @@ import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-from tqdm.auto import tqdm
+from .._progress import bar as progress_bar
+from .._validation import checked_inputs
 
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, check_positive_int
@@ -236,6 +237,41 @@ def norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {"linf": f.abs().max(1).values, "l2": f.norm(dim=1), "l0": (f != 0).sum(1)}
 
 
+def _slice_ctx(ctx: Dict[str, Any], n: int, a: int, b: int) -> Dict[str, Any]:
+    """The per-call context for rows ``a:b``: per-sample tensors and explanations sliced."""
+    out = {}
+    for k, v in ctx.items():
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
+            v = v[a:b]
+        elif isinstance(v, Explanation) and len(v) == n:
+            v = v[a:b]
+        out[k] = v
+    return out
+
+
+def cat_explanations(parts) -> Explanation:
+    """One explanation from explanations of consecutive row chunks (per-sample fields concatenated)."""
+    import dataclasses
+
+    if len(parts) == 1:
+        return parts[0]
+    sizes = [len(e) for e in parts]
+
+    def join(vals, size_of=None):
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor) and v0.dim() > 0 and all(
+                isinstance(v, torch.Tensor) and v.shape[0] == m for v, m in zip(vals, sizes)):
+            return torch.cat(vals)
+        return v0
+
+    kw = {}
+    for f in dataclasses.fields(Explanation):
+        vals = [getattr(e, f.name) for e in parts]
+        kw[f.name] = {k: join([e.extras.get(k) for e in parts]) for k in vals[0]} if f.name == "extras" \
+            else join(vals)
+    return Explanation(**kw)
+
+
 class FoolingAttack:
     """Base class of the input-space fooling attacks (see :mod:`xadv.fooling`).
 
@@ -252,9 +288,11 @@ class FoolingAttack:
                  steps: int = 300, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (30.0, 300.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "sign", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
+                 progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1,
+                 batch_size: Optional[int] = None):
         self.explainer = resolve_explainer(explainer)
-        check_explainer_differentiable(self.explainer)
+        if not self.accepts_mask_explainer(self.explainer):
+            check_explainer_differentiable(self.explainer)
         if not float(eps) > 0:
             raise ValueError(f"eps must be positive (L-inf radius in input units), got {eps!r}")
         self.eps = float(eps)
@@ -273,13 +311,29 @@ class FoolingAttack:
         pool_schedule(pool_beta, [1.0, 1.0])
         self.pool_beta = pool_beta if isinstance(pool_beta, (tuple, list)) or pool_beta is None else float(pool_beta)
         self.seed = seed
-        self.progress = bool(progress)
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
+        self.progress = progress
         if schedule not in _SCHEDULES:
             raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
         self.restarts = check_positive_int(restarts, "restarts")
+        if batch_size is not None:
+            batch_size = check_positive_int(batch_size, "batch_size")
+        self.batch_size = batch_size
 
     # ------------------------------------------------------------- hooks
+    def accepts_mask_explainer(self, explainer: Explainer) -> bool:
+        """Whether this attack handles ``explainer`` although it is not differentiable
+        (:class:`JointAttack` attacks mask explainers by a bilevel scheme)."""
+        return False
+
+    def evaluate(self, model, x: torch.Tensor, ctx: Dict[str, Any]) -> Explanation:
+        """The explanation of a candidate on the ORIGINAL model, for the accept /
+        criterion checks of each step. Default: the explainer itself, in chunks of
+        ``batch_size`` rows."""
+        return self._explain_rows(model, x, self.target_for(ctx))
+
     def setup(self, model, x: torch.Tensor, y: torch.Tensor, e0: Explanation) -> Dict[str, Any]:
         """Per-call context (reference maps etc.)."""
         return {"x": x, "y": y, "e0": e0, "ref_map": normalized_map(e0, self.reduce).detach(),
@@ -307,14 +361,45 @@ class FoolingAttack:
     def after_step(self, pred: torch.Tensor, ctx: Dict[str, Any]) -> None:
         """Called after each step with the original model's predictions of the iterate."""
 
+    def _explain_rows(self, model, x: torch.Tensor, target) -> Explanation:
+        """The explainer on ``x`` without a graph, in chunks of ``batch_size`` rows."""
+        n = x.shape[0]
+        rows = self.batch_size or n
+        if rows >= n:
+            return self.explainer(model, x, target)
+        tt = target if isinstance(target, torch.Tensor) and target.dim() > 0 and target.shape[0] == n else None
+        return cat_explanations([self.explainer(model, x[a:a + rows], target if tt is None else tt[a:a + rows])
+                                 for a in range(0, n, rows)])
+
+    def _loss_grad(self, expl, twin, x_cur, ctx) -> torch.Tensor:
+        """Gradient of ``loss`` w.r.t. the inputs, chunk by chunk (each double backward done
+        before the next chunk: the loss of one sample depends on that sample only)."""
+        n = x_cur.shape[0]
+        rows = self.batch_size or n
+        parts = []
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            c = ctx if (a, b) == (0, n) else _slice_ctx(ctx, n, a, b)
+            xa = x_cur[a:b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                e = expl(twin, xa, self.target_for(c), create_graph=True)
+                loss = self.loss(e, c)
+                g = None
+                if loss.requires_grad:
+                    (g,) = torch.autograd.grad(loss.sum(), xa, allow_unused=True)
+            if g is None:
+                raise ValueError(
+                    f"{type(self).__name__}: the {type(self.explainer).__name__} map of this model does not depend "
+                    f"on the input (a model that is linear in x, e.g. Flatten + Linear, has the same gradient map "
+                    f"for every input), so no input change can fool it; attack a model with non-linearities, or an "
+                    f"explainer whose map changes with x (e.g. input_x_gradient or integrated_gradients)")
+            parts.append(g)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def candidate(self, model, twin, x_cur, step, t, ctx, state) -> torch.Tensor:
         """Next candidate from ``x_cur`` (N, ...): one gradient step of ``loss`` on ``twin``."""
         expl = bind_explainer(self.explainer, model) if twin is not model else self.explainer
-        xa = x_cur.detach().requires_grad_(True)
-        with torch.enable_grad():
-            e = expl(twin, xa, self.target_for(ctx), create_graph=True)
-            loss = self.loss(e, ctx)
-            (g,) = torch.autograd.grad(loss.sum(), xa)
+        g = self._loss_grad(expl, twin, x_cur, ctx)
         if self.optimizer == "sign":
             d = -g.sign()
         else:
@@ -353,14 +438,16 @@ class FoolingAttack:
         x = x.detach().clone()
         betas = beta_schedule(self.beta, self.steps)
         with preserved(model):
-            e0 = self.explainer(model, x, y).detach()
+            e0 = self._explain_rows(model, x, y).detach()
             yt = e0.target
             pred0 = e0.output.argmax(1)
             ctx = self.setup(model, x, yt, e0)
             ctx["pred0"] = pred0
             pools = pool_schedule(self.pool_beta, betas) if betas else None
+            n0 = x.shape[0]  # the probe for functional relus: one chunk
             twin, smoothed = make_twin(model, self.explainer, betas[0] if betas else None,
-                                       pools[0] if pools else None, x, type(self).__name__)
+                                       pools[0] if pools else None, x[: self.batch_size or n0],
+                                       type(self).__name__)
             n = x.shape[0]
             # a step that does not shrink with ``steps``; the schedule decays it
             base_step = self.step_size if self.step_size is not None else self.eps / 10
@@ -374,6 +461,7 @@ class FoolingAttack:
             accepted = torch.zeros(n, dtype=torch.long, device=x.device)
             view = (-1,) + (1,) * (x.dim() - 1)
             gen = None
+            bar = progress_bar(self.restarts * self.steps, type(self).__name__, progress=self.progress, unit="step")
             for r in range(self.restarts):
                 step = torch.full((n,), base_step, dtype=x.dtype, device=x.device)
                 x_cur = x.clone()
@@ -384,34 +472,36 @@ class FoolingAttack:
                     u = torch.rand(x.shape, generator=gen, device=x.device).to(x.dtype)
                     start = (x + (2 * u - 1) * self.eps).clamp(lo, hi)
                     with torch.no_grad():
-                        ok0 = self.accept(self.explainer(model, start, self.target_for(ctx)).output.argmax(1), ctx)
+                        ok0 = self.accept(self._explain_rows(model, start, self.target_for(ctx)).output.argmax(1), ctx)
                     x_cur = torch.where(ok0.view(view), start, x)
                 state: Dict[str, Any] = {}
-                it = range(self.steps)
-                if self.progress:
-                    it = tqdm(it, desc=type(self).__name__, leave=False)
-                for t in it:
-                    if smoothed and betas is not None:
-                        # pooling sharpens with the softplus so the copy converges to the model
-                        set_beta(twin, betas[t], None if pools is None else pools[t])
-                    cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
-                                          t, ctx, state).detach()
-                    cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
-                    ec = self.explainer(model, cand, self.target_for(ctx))
-                    pred = ec.output.argmax(1)
-                    ok = self.accept(pred, ctx)
-                    x_cur = torch.where(ok.view(view), cand, x_cur)
-                    step = torch.where(ok, step, step * 0.5)
-                    accepted += ok.long()
-                    c = self.criterion(ec.detach(), ctx)
-                    better = ok & self.valid(pred, ctx) & (c < best_c)
-                    best_c = torch.where(better, c, best_c)
-                    best_x = torch.where(better.view(view), cand, best_x)
-                    self.after_step(pred, ctx)
-                    history.append(float(best_c[torch.isfinite(best_c)].mean()) if torch.isfinite(best_c).any()
-                                   else float("nan"))
-            e_adv = self.explainer(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
-                                   else yt).detach()
+                with checked_inputs():  # x and the targets were checked above: no host sync per step
+                    for t in range(self.steps):
+                        if smoothed and betas is not None:
+                            # pooling sharpens with the softplus so the copy converges to the model
+                            set_beta(twin, betas[t], None if pools is None else pools[t])
+                        cand = self.candidate(model, twin, x_cur, step * _decay(self.schedule, t, self.steps),
+                                              t, ctx, state).detach()
+                        cand = torch.min(torch.max(cand, x - self.eps), x + self.eps).clamp(lo, hi)
+                        ec = self.evaluate(model, cand, ctx)
+                        pred = ec.output.argmax(1)
+                        ok = self.accept(pred, ctx)
+                        x_cur = torch.where(ok.view(view), cand, x_cur)
+                        step = torch.where(ok, step, step * 0.5)
+                        accepted += ok.long()
+                        c = self.criterion(ec.detach(), ctx)
+                        better = ok & self.valid(pred, ctx) & (c < best_c)
+                        best_c = torch.where(better, c, best_c)
+                        best_x = torch.where(better.view(view), cand, best_x)
+                        self.after_step(pred, ctx)
+                        # the mean finite criterion, on the device (nan when none is finite): no host sync per step
+                        finite = torch.isfinite(best_c)
+                        history.append(torch.where(finite, best_c, torch.zeros_like(best_c)).sum() / finite.sum())
+                        bar.update(1)
+            bar.close()
+            history = torch.stack(history).tolist() if history else []
+            e_adv = self._explain_rows(model, best_x, self.target_for(ctx) if self.explain_adv_for_target
+                                       else yt).detach()
             pred_adv = e_adv.output.argmax(1)
             if not self.explain_adv_for_target:
                 kept = pred_adv == pred0
@@ -432,7 +522,7 @@ class FoolingAttack:
 
     def get_params(self) -> Dict[str, Any]:
         keys = ["explainer", "eps", "steps", "step_size", "bounds", "beta", "k", "optimizer", "pool_beta", "seed",
-                "schedule", "restarts"]
+                "schedule", "restarts", "batch_size"]
         return {k: getattr(self, k) for k in keys if hasattr(self, k)}
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..explainers import Explainer
+from ..explainers.base import forward
 from ..explanation import Explanation
 from ..metrics.similarity import as_maps, center_of_mass, mse as map_mse
 from ._engine import BetaLike, FoolingAttack, PoolBetaLike, normalized_map
@@ -49,7 +50,15 @@ _COMMON = """
         ReLU's). A number is the start value, sharpened in proportion to ``beta``; a
         pair ``(start, end)`` anneals geometrically; ``None`` keeps max pooling.
     seed : int, optional
-    progress : bool, default False
+    progress : bool or None, default None
+        Progress bar over steps x restarts (None: in terminals and notebooks, see
+        :func:`xadv.set_progress`).
+    batch_size : int, optional
+        Rows per model call; None = the whole batch in one call. Explanations, the
+        gradient of the loss and the checks on the original model run in chunks of at
+        most ``batch_size`` rows (each chunk's double backward finished before the next),
+        so memory stays flat in N; samples are independent and the result equals the
+        unchunked one up to float rounding (same seed).
 """
 
 
@@ -286,10 +295,11 @@ class TargetedManipulation(FoolingAttack):
                  eps: float = 8 / 255, steps: int = 400, step_size: Optional[float] = None, bounds=(0.0, 1.0),
                  beta: BetaLike = (10.0, 1000.0), k: Union[int, float] = 0.1, reduce: str = "abs",
                  optimizer: str = "adam", pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None,
-                 progress: bool = False, schedule: str = "cosine", restarts: int = 1):
+                 progress: Optional[bool] = None, schedule: str = "cosine", restarts: int = 1,
+                 batch_size: Optional[int] = None):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
-                         schedule=schedule, restarts=restarts)
+                         schedule=schedule, restarts=restarts, batch_size=batch_size)
         if not float(gamma) >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if not isinstance(target_map, (torch.Tensor, Explanation)):
@@ -403,10 +413,28 @@ class JointAttack(FoolingAttack):
     target by the original model, the one whose map is closest to the benign map.
     ``kept`` in the result means "classified as the target".
 
+    **Mask explainers** (:class:`~xadv.explainers.MeaningfulPerturbation`, the MASK
+    interpreter of ADV^2) are the solution of an optimisation, not a formula, so the
+    map term is taken through ADV^2's bilevel approximation: the mask ``m`` is kept as
+    a state, warm-started along the iterates (``inner_steps`` Adam steps of the
+    explainer's own objective on each new iterate, on the original model), and the
+    input step differentiates one unrolled inner step,
+    ``m'(x') = clip(m - xi * grad_m L_mask(m; x'), 0, 1)``, so that
+    ``CE(f(x'), t) + c ||m'(x') - m_benign||^2`` sees how ``x'`` moves the mask
+    (``create_graph`` through the mask gradient). The per-step criterion uses the
+    warm-started mask; the returned explanation of ``x_adv`` is the explainer run from
+    scratch (its full ``steps``), so the reported similarity is not flattered by the
+    warm start. The benign mask is the explainer's for the clean prediction.
+
     Parameters
     ----------
     explainer, eps, steps, step_size, bounds, beta, k, reduce, seed, progress
-        As in :class:`TopKAttack`.
+        As in :class:`TopKAttack`; also a :class:`~xadv.explainers.MeaningfulPerturbation`.
+    inner_steps : int, default 10
+        Mask explainers only: warm-start Adam steps of the mask per attack step.
+    xi : float, optional
+        Mask explainers only: step size of the unrolled inner step (default the
+        explainer's ``lr``).
     target : int, LongTensor (N,) or None, default None
         Target class; ``attack(model, x, y)`` with ``y`` given uses ``y`` as the
         target. With neither, the runner-up class of the clean prediction.
@@ -417,6 +445,7 @@ class JointAttack(FoolingAttack):
     References
     ----------
     Zhang, Wang, Ji, Wang, Yuan. Interpretable Deep Learning under Fire. USENIX Security 2020.
+    Fong, Vedaldi. Interpretable Explanations of Black Boxes by Meaningful Perturbation. ICCV 2017.
 
     Examples
     --------
@@ -426,6 +455,16 @@ class JointAttack(FoolingAttack):
     >>> res = JointAttack(eps=0.3, steps=10)(net, torch.rand(2, 1, 4, 4))
     >>> res.y.shape
     torch.Size([2])
+
+    Against the mask explainer (images of at least 2 x 2 mask cells):
+
+    >>> from xadv.explainers import MeaningfulPerturbation
+    >>> conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                            torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3))
+    >>> mp = MeaningfulPerturbation(steps=10, perturbation="constant")
+    >>> res = JointAttack(mp, eps=0.3, steps=3, inner_steps=2)(conv, torch.rand(2, 1, 8, 8))
+    >>> res.explanation_adv.method
+    'meaningful_perturbation'
     """
 
     name = "joint"
@@ -436,11 +475,17 @@ class JointAttack(FoolingAttack):
                  beta: BetaLike = (30.0, 300.0), c: float = 1.0, c_factor: float = 1.5, c_min: float = 1e-2,
                  c_max: float = 1e3,
                  k: Union[int, float] = 0.1, reduce: str = "abs", optimizer: str = "sign",
-                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: bool = False,
-                 schedule: str = "cosine", restarts: int = 1):
+                 pool_beta: PoolBetaLike = (3.0, 3000.0), seed: Optional[int] = None, progress: Optional[bool] = None,
+                 schedule: str = "cosine", restarts: int = 1, batch_size: Optional[int] = None,
+                 inner_steps: int = 10, xi: Optional[float] = None):
         super().__init__(explainer, eps=eps, steps=steps, step_size=step_size, bounds=bounds, beta=beta, k=k,
                          reduce=reduce, optimizer=optimizer, pool_beta=pool_beta, seed=seed, progress=progress,
-                         schedule=schedule, restarts=restarts)
+                         schedule=schedule, restarts=restarts, batch_size=batch_size)
+        from .._validation import check_positive_int
+        self.inner_steps = check_positive_int(inner_steps, "inner_steps")
+        if xi is not None and not float(xi) > 0:
+            raise ValueError(f"xi must be positive, got {xi!r}")
+        self.xi = None if xi is None else float(xi)
         if not (float(c) > 0 and float(c_factor) >= 1 and 0 < float(c_min) <= float(c_max)):
             raise ValueError("need c > 0, c_factor >= 1 and 0 < c_min <= c_max")
         self.target = target
@@ -462,7 +507,56 @@ class JointAttack(FoolingAttack):
             tgt = e0.output.detach().topk(2, dim=1).indices[:, 1]
         ctx["tclass"] = resolve_target(tgt, e0.output.detach())
         ctx["c"] = torch.full((x.shape[0],), self.c, dtype=x.dtype, device=x.device)
+        if self._bilevel:
+            ctx["mask0"] = e0.raw[:, None].detach()
+            ctx["mask"], _ = self.explainer.optimize(model, x, ctx["tclass"], init=ctx["mask0"],
+                                                     steps=self.inner_steps)
         return ctx
+
+    # ------------------------------------------------ mask explainers (bilevel)
+    @property
+    def _bilevel(self) -> bool:
+        return self.accepts_mask_explainer(self.explainer)
+
+    def accepts_mask_explainer(self, explainer) -> bool:
+        from ..explainers import MeaningfulPerturbation
+        return isinstance(explainer, MeaningfulPerturbation)
+
+    def evaluate(self, model, x, ctx):
+        if not self._bilevel:
+            return super().evaluate(model, x, ctx)
+        ex, t = self.explainer, ctx["tclass"]
+        m, _ = ex.optimize(model, x, t, init=ctx["mask"], steps=self.inner_steps)
+        ctx["mask"] = m   # every step is taken, so the candidate is the next iterate
+        with torch.no_grad():
+            out = forward(model, x)
+            m_up = ex.upsample(m, x.shape[-2:])
+        return ex._result(x, t, out.detach(), m, 1 - m_up, {"mask": m_up})
+
+    def candidate(self, model, twin, x_cur, step, t, ctx, state):
+        if not self._bilevel:
+            return super().candidate(model, twin, x_cur, step, t, ctx, state)
+        ex = self.explainer
+        xi = self.xi if self.xi is not None else ex.lr
+        xa = x_cur.detach().requires_grad_(True)
+        m = ctx["mask"].detach().requires_grad_(True)
+        with torch.enable_grad():
+            inner = ex.objective(twin, xa, m, ctx["tclass"], floor=False)
+            (gm,) = torch.autograd.grad(inner.sum(), m, create_graph=True)
+            m1 = m - xi * gm   # not clipped: the clip would cut the gradient where m = 1
+            dist = (m1 - ctx["mask0"]).pow(2).flatten(1).mean(1)
+            ce = F.cross_entropy(twin(xa), ctx["tclass"], reduction="none")
+            loss = ce + ctx["c"] * dist * self._mask_scale(ctx)
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+        view = (-1,) + (1,) * (x_cur.dim() - 1)
+        return x_cur - step.view(view) * g.sign()
+
+    @staticmethod
+    def _mask_scale(ctx) -> torch.Tensor:
+        """Puts the mask distance on the scale of the unit-mean map distance of the
+        gradient explainers: divide by the benign deleted area squared."""
+        area = (1 - ctx["mask0"]).abs().flatten(1).mean(1).clamp_min(1e-3)
+        return 1.0 / area.pow(2)
 
     def target_for(self, ctx):
         return ctx["tclass"]
@@ -492,4 +586,6 @@ class JointAttack(FoolingAttack):
     def get_params(self) -> Dict[str, Any]:
         p = super().get_params()
         p.update(target=self.target, c=self.c, c_factor=self.c_factor)
+        if self._bilevel:
+            p.update(inner_steps=self.inner_steps, xi=self.xi)
         return p

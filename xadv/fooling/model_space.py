@@ -140,7 +140,7 @@ class ModelManipulation:
     classes : (int, int), optional  for ``active``
     fsr_threshold : float, optional
     seed : int, default 0
-    progress : bool, default False
+    progress : bool or None, default None
 
     References
     ----------
@@ -162,7 +162,7 @@ class ModelManipulation:
                  epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, beta: Optional[float] = None,
                  region: Union[str, torch.Tensor] = "frame", k: Union[int, float] = 0.1,
                  classes: Optional[Tuple[int, int]] = None, fsr_threshold: Optional[float] = None,
-                 seed: Optional[int] = 0, progress: bool = False):
+                 seed: Optional[int] = 0, progress: Optional[bool] = None):
         self.explainer = resolve_explainer(explainer)
         check_explainer_differentiable(self.explainer)
         if kind not in _KINDS:
@@ -185,7 +185,7 @@ class ModelManipulation:
         defaults = {"location": 0.5, "topk": 0.3, "center_mass": 0.25, "active": 0.0}
         self.fsr_threshold = float(fsr_threshold) if fsr_threshold is not None else defaults[kind]
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
 
     # ------------------------------------------------------------ losses
     def _maps(self, model, x, target, create_graph) -> torch.Tensor:
@@ -359,7 +359,7 @@ class FeatureHiding:
     methods : sequence of {"lime", "shap"}, default ("lime", "shap")
     n_explain : int, default 30     held-out rows explained by LIME / SHAP
     seed : int, default 0
-    progress : bool, default False
+    progress : bool or None, default None
 
     References
     ----------
@@ -379,7 +379,7 @@ class FeatureHiding:
     def __init__(self, feature: int, *, lam: float = 10.0, epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 128, methods: Sequence[str] = ("lime", "shap"), n_explain: int = 30,
                  lime_samples: int = 1000, shap_samples: int = 200, seed: Optional[int] = 0,
-                 progress: bool = False):
+                 progress: Optional[bool] = None):
         self.feature = int(feature)
         if not float(lam) >= 0:
             raise ValueError(f"lam must be >= 0, got {lam!r}")
@@ -394,7 +394,7 @@ class FeatureHiding:
         self.n_explain = check_positive_int(n_explain, "n_explain")
         self.lime_samples, self.shap_samples = int(lime_samples), int(shap_samples)
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = progress
 
     def _share_and_rank(self, model, x) -> Tuple[float, float]:
         xi = x.detach().requires_grad_(True)

@@ -17,8 +17,8 @@ import torch
 from .._model import preserved
 from .._validation import check_positive_int
 from ._base import (ExplainerLike, check_attributions, check_nonnegative, explanation_fn, flat, metric, setup,
-                    target_scores)
-from .faithfulness.scores import BaselineLike, _order_steps, _perturbed, _scores, _step_masks, baseline_values
+                    scores_of, target_scores)
+from .faithfulness.scores import BaselineLike, _masked_scores, _order_steps, _step_masks, baseline_values
 
 __all__ = ["completeness", "non_sensitivity", "input_invariance", "ShiftedModel"]
 
@@ -50,9 +50,9 @@ def completeness(model, x: torch.Tensor, y, a, *, baseline: BaselineLike = 0.0, 
     ----------
     Sundararajan, Taly, Yan. Axiomatic Attribution for Deep Networks. ICML 2017.
     """
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     a = check_attributions(a, x)
-    f0 = target_scores(model, x, t, batch_size, softmax)
+    f0 = scores_of(out, t, softmax)
     fb = target_scores(model, baseline_values(x, baseline).contiguous(), t, batch_size, softmax)
     gap = (flat(a).sum(1) - (f0 - fb)).abs()
     if relative:
@@ -93,14 +93,14 @@ def non_sensitivity(model, x: torch.Tensor, y, a, *, eps: float = 1e-5, features
     Nguyen, Martinez. On quantitative aspects of model interpretability. arXiv:2007.07584, 2020.
     """
     eps = check_nonnegative(eps, "eps")
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     a = check_attributions(a, x)
     af = flat(a)
     step = check_positive_int(features_in_step, "features_in_step")
     idx = _order_steps(af, step, descending=False)
     masks = _step_masks(idx, af.shape[1], cumulative=False)  # (S, N, F)
-    y0 = target_scores(model, x, t, batch_size, softmax)
-    yp = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)  # (N, S)
+    y0 = scores_of(out, t, softmax)
+    yp = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)  # (N, S)
     ignored = (yp - y0[:, None]).abs() < eps  # (N, S)
     ignored_f = (masks.transpose(0, 1) & ignored[..., None]).any(1)  # (N, F)
     zero_f = af.abs() < eps
@@ -123,7 +123,7 @@ class ShiftedModel(torch.nn.Module):
 
 @metric("axiomatic", "lower", needs=("model", "explainer"))
 def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
-                     shift: float = -1.0, rtol: float = 1e-3) -> torch.Tensor:
+                     shift: float = -1.0, rtol: float = 1e-3, batch_size: Optional[int] = None) -> torch.Tensor:
     """Input invariance (Kindermans et al., 2019): the relative change of the explanation
     when the input is shifted by a constant and the model compensates the shift.
 
@@ -144,6 +144,8 @@ def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: Expla
         Kindermans et al.'s shift maps [0, 1] images to [-1, 0].
     rtol : float, default 1e-3
         Unused by the score; :func:`xadv.metrics.evaluate` counts a pass below it.
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`).
 
     Returns
     -------
@@ -164,8 +166,8 @@ def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: Expla
     >>> bool((input_invariance(net, x, 0, explainer="input_x_gradient") > 0.1).all())
     True
     """
-    explain = explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     with preserved(model):
         a0 = check_attributions(explain(model, x, t) if a is None else a, x)
         shifted = ShiftedModel(model, shift)

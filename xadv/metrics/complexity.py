@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import check_attributions, check_nonnegative, flat, metric, prepare
+from ._base import check_attributions, check_nonnegative, flat, metric, prepare, sort_values_rows
 
 __all__ = ["sparseness", "complexity", "effective_complexity"]
 
@@ -53,7 +53,7 @@ def sparseness(a, *, abs: bool = True, normalise: bool = False) -> torch.Tensor:
     """
     f = flat(prepare(check_attributions(a), abs, normalise)) + 1e-7
     d = f.shape[1]
-    s = torch.sort(f, dim=1).values
+    s = sort_values_rows(f)
     i = torch.arange(1, d + 1, dtype=f.dtype, device=f.device)
     return ((2 * i - d - 1) * s).sum(1) / (d * s.sum(1))
 

@@ -35,7 +35,7 @@ import torch
 from .._model import preserved
 from .._validation import check_positive_int
 from ._base import (ExplainerLike, check_attributions, check_nonnegative, explanation_fn, flat, generator, metric,
-                    pearson_rows, prepare, setup, spearman_rows)
+                    pearson_rows, prepare, rank_rows, setup, spearman_rows)
 
 __all__ = ["RandomisationResult", "model_parameter_randomisation", "mprt", "smooth_mprt", "efficient_mprt",
            "random_logit", "data_randomisation", "randomisable_layers"]
@@ -96,8 +96,8 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
                                   explainer: ExplainerLike = "saliency", order: str = "top_down",
                                   independent: bool = False, similarity: Union[str, Callable] = "spearman",
                                   layers: Optional[List[str]] = None, seed: int = 42, abs: bool = False,
-                                  normalise: bool = False, explain_noise: Optional[Callable] = None
-                                  ) -> RandomisationResult:
+                                  normalise: bool = False, explain_noise: Optional[Callable] = None,
+                                  batch_size: Optional[int] = None) -> RandomisationResult:
     """Model-parameter randomisation test (Adebayo et al., 2018).
 
     Layers are re-initialised (``reset_parameters`` under ``torch.manual_seed(seed + 1)``,
@@ -128,6 +128,9 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
         Preprocessing of both explanations (Adebayo et al. report ``abs=True``).
     explain_noise : callable, optional
         Replaces the explanation function (used by :func:`smooth_mprt`).
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
     -------
@@ -143,8 +146,8 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
     if order not in ("top_down", "bottom_up"):
         raise ValueError(f"order must be 'top_down' or 'bottom_up', got {order!r}")
     sim = _similarity(similarity)
-    explain = explain_noise or explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explain_noise or explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     names = randomisable_layers(model) if layers is None else list(layers)
     known = dict(model.named_modules())
     for n in names:
@@ -158,9 +161,14 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
             a0 = _explain_preprocessed(explain, model, x, t, abs, normalise)
         else:
             a0 = flat(prepare(check_attributions(a, x), abs, normalise))
+        if sim is spearman_rows:  # rank the trained model's explanation once, not once per layer
+            r0 = rank_rows(a0)
+
+            def sim(a, b):
+                return pearson_rows(r0, rank_rows(b))
         original = sim(a0, _explain_preprocessed(explain, model, x, t, abs, normalise))
         twin = copy.deepcopy(model)
-        state = copy.deepcopy(model.state_dict())
+        state = copy.deepcopy(model.state_dict()) if independent else None
         mods = dict(twin.named_modules())
         rows = []
         rng_state = torch.random.get_rng_state()
@@ -207,7 +215,7 @@ def mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "
 @metric("randomisation", "lower", needs=("model", "explainer"))
 def smooth_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                 n_samples: int = 10, noise: float = 0.1, seed: Optional[int] = 0, abs: bool = True,
-                **kw) -> torch.Tensor:
+                batch_size: Optional[int] = None, **kw) -> torch.Tensor:
     """Smooth MPRT (Hedström et al., 2023): the randomisation test with every explanation
     averaged over ``n_samples`` copies of the input with Gaussian noise of std
     ``noise * (max(x) - min(x))``, the same draws for the trained and random models.
@@ -220,6 +228,9 @@ def smooth_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerL
     noise : float, default 0.1
     seed : int, optional
     abs : bool, default True
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        an expanding explainer without a ``batch_size`` of its own gets this one).
     **kw : passed to :func:`model_parameter_randomisation`
 
     Returns
@@ -232,7 +243,7 @@ def smooth_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerL
     Checks Revisited: An Exploration to Repair the Model Parameter Randomisation Test.
     XAI in Action workshop, NeurIPS 2023.
     """
-    base = explanation_fn(explainer)
+    base = explanation_fn(explainer, batch_size)
     n_samples = check_positive_int(n_samples, "n_samples")
     noise = check_nonnegative(noise, "noise")
     xd = x.detach()
@@ -242,9 +253,13 @@ def smooth_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerL
     draws = draws * (noise * scale).reshape((1, -1) + (1,) * (x.dim() - 1))
 
     def smoothed(m, xb, t, create_graph=False):
-        return sum(base(m, xb + d, t) for d in draws) / n_samples
+        # all noisy copies of all samples explained together: (n_samples * N) rows
+        xs = (xb[None] + draws).reshape((-1,) + tuple(xb.shape[1:]))
+        ts = t.repeat(n_samples) if isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) == len(xb) else t
+        return base(m, xs, ts).reshape(draws.shape).mean(0)
 
-    return model_parameter_randomisation(model, x, y, None, explain_noise=smoothed, abs=abs, **kw).mean()
+    return model_parameter_randomisation(model, x, y, None, explain_noise=smoothed, abs=abs, batch_size=batch_size,
+                                         **kw).mean()
 
 
 def _histogram_entropy(f: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -259,7 +274,7 @@ def _histogram_entropy(f: torch.Tensor, n_bins: int) -> torch.Tensor:
 @metric("randomisation", "higher", needs=("model", "explainer"))
 def efficient_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                    n_bins: int = 100, abs: bool = True, normalise: bool = True, seed: int = 42,
-                   order: str = "bottom_up") -> torch.Tensor:
+                   order: str = "bottom_up", batch_size: Optional[int] = None) -> torch.Tensor:
     """Efficient MPRT (Hedström et al., 2023): how much more complex the explanation of the
     fully randomised model is, ``H(e_random) / H(e_trained)`` with ``H`` the entropy of a
     ``n_bins`` histogram of the (absolute, max-normalised) attributions.
@@ -272,6 +287,9 @@ def efficient_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: Explain
     seed : int, default 42
     order : {"bottom_up", "top_down"}, default "bottom_up"
         Order of randomisation (the end state, every layer random, is the same).
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
     -------
@@ -280,8 +298,8 @@ def efficient_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: Explain
     if not isinstance(model, torch.nn.Module):
         raise TypeError("efficient_mprt needs a torch.nn.Module")
     n_bins = check_positive_int(n_bins, "n_bins")
-    explain = explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     with preserved(model):
         a0 = explain(model, x, t) if a is None else a
         h0 = _histogram_entropy(flat(prepare(check_attributions(a0, x), abs, normalise)), n_bins)
@@ -305,7 +323,8 @@ def efficient_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: Explain
 @metric("randomisation", "lower", needs=("model", "explainer"))
 def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                  similarity: Union[str, Callable] = "ssim", abs: bool = True, normalise: bool = False,
-                 seed: Optional[int] = 42, other: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 seed: Optional[int] = 42, other: Optional[torch.Tensor] = None,
+                 batch_size: Optional[int] = None) -> torch.Tensor:
     """Random logit test (Sixt et al., 2020): similarity between the explanation of class
     ``y`` and that of a uniformly drawn other class.
 
@@ -319,6 +338,9 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
     seed : int, optional
     other : LongTensor (N,), optional
         The other classes (must differ from ``y``); drawn with ``seed`` otherwise.
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
     -------
@@ -328,8 +350,8 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
     ----------
     Sixt, Granz, Landgraf. When Explanations Lie: Why Many Modified BP Attributions Fail. ICML 2020.
     """
-    explain = explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     k = out.shape[1]
     if k < 2:
         raise ValueError("random_logit needs a model with at least two classes")
@@ -341,9 +363,13 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
     if (other == t).any():
         raise ValueError("other classes must differ from the explained ones")
     with preserved(model):
-        a0 = explain(model, x, t) if a is None else a
-        a0 = prepare(check_attributions(a0, x), abs, normalise)
-        a1 = prepare(check_attributions(explain(model, x, other), x), abs, normalise)
+        if a is None:  # both classes in one call: (2N) rows
+            xx = torch.cat([x, x])  # a seeded explainer sees the same noise for both classes
+            both = check_attributions(explain.with_output(model, xx, torch.cat([t, other]), group=x.shape[0])[0], xx)
+            a0, a1 = both[:x.shape[0]], both[x.shape[0]:]
+        else:
+            a0, a1 = check_attributions(a, x), check_attributions(explain(model, x, other), x)
+        a0, a1 = prepare(a0, abs, normalise), prepare(a1, abs, normalise)
     if similarity == "ssim":
         if x.dim() == 4:
             from .similarity import ssim
@@ -355,7 +381,7 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
 @metric("randomisation", "lower", needs=("model", "explainer", "retrain"))
 def data_randomisation(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                        retrain: Callable[[], torch.nn.Module], similarity: Union[str, Callable] = "spearman",
-                       abs: bool = True, normalise: bool = False) -> torch.Tensor:
+                       abs: bool = True, normalise: bool = False, batch_size: Optional[int] = None) -> torch.Tensor:
     """Data randomisation test (Adebayo et al., 2018): similarity between the explanation of
     the model and that of a model trained on randomly permuted labels.
 
@@ -367,6 +393,9 @@ def data_randomisation(model, x: torch.Tensor, y=None, a=None, *, explainer: Exp
         code: xadv does not know your data). Called once.
     similarity : {"spearman", "pearson"} or callable, default "spearman"
     abs, normalise : bool
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
     -------
@@ -374,8 +403,8 @@ def data_randomisation(model, x: torch.Tensor, y=None, a=None, *, explainer: Exp
     """
     if not callable(retrain):
         raise TypeError("retrain must be a function () -> nn.Module trained on permuted labels")
-    explain = explanation_fn(explainer)
-    x, out, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     with preserved(model):
         a0 = explain(model, x, t) if a is None else a
         a0 = flat(prepare(check_attributions(a0, x), abs, normalise))

@@ -9,6 +9,7 @@ True
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
@@ -89,8 +90,17 @@ class ReportCard:
         r = self.ranks()
         return sorted(r, key=lambda e: sum(r[e].values()) / max(1, len(r[e])))
 
-    def figure(self, ax=None):
-        """Heat map of the ranks (1 = best) with the values written in the cells; returns the Figure."""
+    def figure(self, ax=None, style=None):
+        """Heat map of the ranks (1 = best) with the values written in the cells; returns the Figure.
+
+        ``style``: a style for this figure only, as ``style=`` of :mod:`xadv.plot`'s functions
+        (``"paper"``, ``"notebook"``, ``"dark"``, a matplotlib style, a ``.mplstyle`` file or a
+        dict of rcParams); default the current settings.
+        """
+        if style is not None:
+            from ..plot._style import styled
+
+            return styled(type(self).figure)(self, ax=ax, style=style)
         import matplotlib.pyplot as plt
         import numpy as np
 
@@ -136,7 +146,7 @@ def _name(e) -> str:
 def evaluate(model, x: torch.Tensor, y=None, explainers: Union[Sequence, Mapping[str, Any]] = ("saliency",),
              metrics: Optional[Sequence] = None, *, mask: Optional[torch.Tensor] = None,
              quadrants: Optional[torch.Tensor] = None, retrain: Optional[Callable] = None,
-             params: Optional[Mapping[str, dict]] = None) -> ReportCard:
+             params: Optional[Mapping[str, dict]] = None, batch_size: Optional[int] = None) -> ReportCard:
     """Score every explainer with every metric on one batch.
 
     Parameters
@@ -157,6 +167,10 @@ def evaluate(model, x: torch.Tensor, y=None, explainers: Union[Sequence, Mapping
         For :func:`~xadv.metrics.data_randomisation`.
     params : dict metric name -> dict, optional
         Keyword arguments per metric.
+    batch_size : int, optional
+        Rows per model call, passed to every metric that calls the model (unless its
+        ``params`` set one) and used for the explanations (default
+        :func:`xadv.explainers.base.default_batch_rows`).
 
     Returns
     -------
@@ -167,19 +181,21 @@ def evaluate(model, x: torch.Tensor, y=None, explainers: Union[Sequence, Mapping
     params = dict(params or {})
     if not isinstance(explainers, Mapping):
         explainers = {_name(e): e for e in explainers}
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     values: Dict[str, Dict[str, float]] = {}
     per: Dict[str, Dict[str, torch.Tensor]] = {}
     secs: Dict[str, Dict[str, float]] = {}
     with preserved(model):
         for ename, e in explainers.items():
-            explain = explanation_fn(e)
+            explain = explanation_fn(e, batch_size)
             t0 = time.perf_counter()
             a = explain(model, x, t)
             t_explain = time.perf_counter() - t0
             values[ename], per[ename], secs[ename] = {}, {}, {"explain": t_explain}
             for mname, fn in fns:
                 kw = dict(params.get(mname, {}))
+                if batch_size is not None and "batch_size" in inspect.signature(fn).parameters:
+                    kw.setdefault("batch_size", batch_size)
                 t0 = time.perf_counter()
                 if fn.needs == ():
                     v = fn(a, **kw)
@@ -256,7 +272,8 @@ def bhatt_aggregate(model, x: torch.Tensor, y=None, explainers: Sequence = ("sal
 
 
 def warnecke_criteria(model, x: torch.Tensor, y=None, explainers: Sequence = ("saliency", "ig"), *,
-                      seed: int = 0, attack: Optional[dict] = None) -> ReportCard:
+                      seed: int = 0, attack: Optional[dict] = None,
+                      batch_size: Optional[int] = None) -> ReportCard:
     """Warnecke et al.'s six criteria as one table.
 
     * descriptive accuracy -- faithfulness correlation (higher better),
@@ -272,16 +289,18 @@ def warnecke_criteria(model, x: torch.Tensor, y=None, explainers: Sequence = ("s
     ----------
     Warnecke, Arp, Wressnegger, Rieck. Evaluating Explanation Methods for Deep Learning
     in Security. EuroS&P 2020.
+
+    ``batch_size`` bounds the rows of every model call (as in :func:`evaluate`).
     """
     from .complexity import sparseness
     from .faithfulness.scores import faithfulness_correlation
     from .robustness import avg_sensitivity
 
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     n = x.shape[0]
     rows = {}
     for e in explainers:
-        f = explanation_fn(e)
+        f = explanation_fn(e, batch_size)
         t0 = time.perf_counter()
         a = f(model, x, t)
         eff = (time.perf_counter() - t0) / n
@@ -289,12 +308,14 @@ def warnecke_criteria(model, x: torch.Tensor, y=None, explainers: Sequence = ("s
         rob = float("nan")
         if getattr(f, "differentiable", False):
             rob = float(avg_sensitivity(model, x, t, a, explainer=e, mode="attack", seed=seed,
-                                        attack=attack or {"steps": 10}).nanmean())
+                                        attack=attack or {"steps": 10}, batch_size=batch_size).nanmean())
         rows[_name(e)] = {
             "descriptive_accuracy": float(faithfulness_correlation(model, x, t, a, seed=seed,
-                                                                   subset_size=min(224, x[0].numel() // 4)).nanmean()),
+                                                                   subset_size=min(224, x[0].numel() // 4),
+                                                                   batch_size=batch_size).nanmean()),
             "sparsity": float(sparseness(a).mean()),
-            "stability": float(avg_sensitivity(model, x, t, a, explainer=e, seed=seed, radius=0.05).nanmean()),
+            "stability": float(avg_sensitivity(model, x, t, a, explainer=e, seed=seed, radius=0.05,
+                                               batch_size=batch_size).nanmean()),
             "efficiency": eff,
             "robustness": rob,
             "completeness": float(ok.float().mean()),

@@ -3,7 +3,8 @@
 Maps (:func:`heatmap`, :func:`overlay`, :func:`bar` for tabular rows, :func:`grid` and the ready-made
 :func:`explanation_grid`, :func:`attack_grid`, :func:`fooling_grid`), curves
 (:func:`success_curve`, :func:`deletion_curve`, :func:`roc_curve`,
-:func:`fooling_curve`), the ``paper`` style (:func:`style`), reproducible
+:func:`fooling_curve`), the ``paper``, ``notebook`` and ``dark`` styles (:func:`style`, or
+``style=`` on every figure function for one figure), reproducible
 :func:`save` (PNG, PDF, SVG chosen by extension), raw attributions as ``.npz``
 (:func:`export_attributions`) and metric tables (:func:`to_latex`,
 :func:`to_markdown`, :func:`save_table`).
@@ -24,13 +25,13 @@ from ._curves import budget_curve, deletion_curve, fooling_curve, roc_curve, suc
 from ._maps import (DIVERGING, SEQUENTIAL, Column, attack_grid, bar, color_limit, default_reduce,
                     explanation_grid, fooling_grid, grid, heatmap, norm_for, overlay, to_image, to_map)
 from ._html import html_report, markdown_to_html
-from ._style import COLUMN_WIDTHS, export_attributions, figure, save, style
+from ._style import COLUMN_WIDTHS, export_attributions, figure, resolve_style, save, style
 from ._tables import latex_escape, save_table, to_latex, to_markdown
 from ._text import text, text_html
 
 __all__ = [
     "html_report", "markdown_to_html",
-    "style", "figure", "save", "export_attributions", "COLUMN_WIDTHS",
+    "style", "resolve_style", "figure", "save", "export_attributions", "COLUMN_WIDTHS",
     "heatmap", "overlay", "bar", "grid", "Column", "explanation_grid", "attack_grid", "fooling_grid",
     "to_image", "to_map", "color_limit", "norm_for", "default_reduce", "DIVERGING", "SEQUENTIAL",
     "success_curve", "fooling_curve", "budget_curve", "deletion_curve", "roc_curve",

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..results import AttackResult, DetectionReport, FoolingResult
 from ._maps import _np
+from ._style import styled
 
 # colour-blind safe (Okabe-Ito) with line styles and markers, readable in grayscale print
 _COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
@@ -15,7 +16,12 @@ _LINES = ["-", "--", "-.", ":"]
 
 
 def _cycle(i: int) -> Dict[str, Any]:
-    return {"color": _COLORS[i % len(_COLORS)], "marker": _MARKERS[i % len(_MARKERS)],
+    import matplotlib as mpl
+
+    c = _COLORS[i % len(_COLORS)]
+    if c == "#000000":              # the black of the cycle is the text colour (white on a dark style)
+        c = mpl.rcParams["text.color"]
+    return {"color": c, "marker": _MARKERS[i % len(_MARKERS)],
             "linestyle": _LINES[(i // len(_COLORS)) % len(_LINES)]}
 
 
@@ -51,9 +57,10 @@ def _value(v, key: str) -> float:
     return float(_np(v))
 
 
+@styled
 def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate", xlabel: str = "budget ε",
                  ylabel: str = "", ylim=None, title: Optional[str] = None, band=None, legend: bool = True,
-                 ax=None):
+                 ax=None, style=None):
     """A metric against the attack budget, one line per series.
 
     Parameters
@@ -67,6 +74,8 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
     band : sequence (B,) or dict name -> sequence, optional
         Half-width of a shaded band (e.g. a standard error).
     xlabel, ylabel, ylim, title, legend, ax : axis decoration and target Axes.
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (see :func:`xadv.plot.heatmap`); default: the current settings.
 
     Returns
     -------
@@ -74,6 +83,10 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
     """
     fig, ax = _ax(ax)
     b = np.asarray(budgets, dtype=float)
+    if b.ndim != 1 or b.size == 0:
+        raise ValueError(f"budgets must be a non-empty sequence of numbers, got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"budgets must be finite numbers, got {b.tolist()}")
     bands = _series(band) if band is not None else {}
     for i, (name, vals) in enumerate(_series(values).items()):
         y = np.array([_value(v, key) for v in vals], dtype=float)
@@ -101,7 +114,8 @@ def budget_curve(budgets: Sequence[float], values, *, key: str = "success_rate",
     return fig
 
 
-def success_curve(budgets: Sequence[float], success, *, norm: Optional[str] = None, ax=None, **kw):
+@styled
+def success_curve(budgets: Sequence[float], success, *, norm: Optional[str] = None, ax=None, style=None, **kw):
     """Attack success rate against the budget ε, one line per attack.
 
     Parameters
@@ -111,6 +125,14 @@ def success_curve(budgets: Sequence[float], success, *, norm: Optional[str] = No
         Success rates in [0, 1] or AttackResult objects (one per budget).
     norm : {"linf", "l2", "l0"}, optional
         Written in the x label ("ε (L∞)").
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (see :func:`xadv.plot.heatmap`); default: the current settings.
+    **kw
+        Passed to :func:`budget_curve`.
+
+    Returns
+    -------
+    matplotlib Figure
 
     Examples
     --------
@@ -124,12 +146,14 @@ def success_curve(budgets: Sequence[float], success, *, norm: Optional[str] = No
                         xlabel=f"budget ε ({lab})" if lab else "budget ε", ax=ax, **kw)
 
 
+@styled
 def fooling_curve(budgets: Sequence[float], metric, *, key: str = "spearman", ylabel: Optional[str] = None,
-                  ax=None, **kw):
+                  ax=None, style=None, **kw):
     """A fooling metric (e.g. rank correlation or top-k intersection between the maps
     before and after) against the budget, one line per attack or explainer.
 
-    ``metric`` holds numbers or FoolingResult objects (``summary()[key]`` is plotted).
+    ``metric`` holds numbers or FoolingResult objects (``summary()[key]`` is plotted);
+    ``style`` as in :func:`budget_curve`, other keywords are passed to it.
     """
     return budget_curve(budgets, metric, key=key, ylabel=ylabel or key.replace("_", " "), ax=ax, **kw)
 
@@ -138,8 +162,9 @@ def _auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
+@styled
 def deletion_curve(fractions: Sequence[float], scores, *, kind: str = "deletion", band: Optional[str] = "sem",
-                   ylabel: str = "score of the explained class", auc: bool = True, ax=None):
+                   ylabel: str = "score of the explained class", auc: bool = True, ax=None, style=None):
     """Deletion or insertion curves: model score as pixels are removed / added in order of attribution.
 
     Parameters
@@ -154,6 +179,8 @@ def deletion_curve(fractions: Sequence[float], scores, *, kind: str = "deletion"
         Shaded band around the mean over samples.
     auc : bool, default True
         Write the area under each mean curve in the legend.
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (see :func:`xadv.plot.heatmap`); default: the current settings.
 
     Returns
     -------
@@ -211,8 +238,9 @@ def _roc_label(key: str) -> str:
 _LOG_FPR_MIN = 1e-3
 
 
+@styled
 def roc_curve(curves: Union[DetectionReport, Mapping[str, Any]], *, keys: Optional[Sequence[str]] = None,
-              labels: Optional[Mapping[str, str]] = None, log_fpr: bool = False, ax=None):
+              labels: Optional[Mapping[str, str]] = None, log_fpr: bool = False, ax=None, style=None):
     """ROC curves of detectors, with AUROC in the legend and the chance diagonal.
 
     Parameters
@@ -226,6 +254,8 @@ def roc_curve(curves: Union[DetectionReport, Mapping[str, Any]], *, keys: Option
     labels : dict key -> legend text, optional
     log_fpr : bool, default False
         Logarithmic FPR axis (to read TPR at 1% FPR).
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (see :func:`xadv.plot.heatmap`); default: the current settings.
 
     Returns
     -------

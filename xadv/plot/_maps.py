@@ -9,7 +9,7 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize, TwoSlopeNorm
 
 from ..explanation import Explanation
 from ..results import AttackResult, FoolingResult
-from ._style import nice_factor
+from ._style import current_cmap, nice_factor, styled
 
 ArrayLike = Any
 
@@ -90,8 +90,10 @@ def to_map(attributions: Union[Explanation, ArrayLike], index: int = 0, reduce: 
     else:
         m = _np(attributions).astype(np.float64)
         if m.ndim == 4:
-            if m.shape[0] != 1:
-                raise ValueError(f"expected one map, got a batch of {m.shape[0]}; select one, e.g. a[0]")
+            if m.shape[0] != 1:  # a batch (N, C, H, W): sample ``index``
+                from .._views import check_index
+
+                m = m[check_index(index, m.shape[0], "maps")]
             m = m[0]
         if m.ndim == 3:
             if m.shape[-1] in (1, 3) and m.shape[0] not in (1, 3):
@@ -191,9 +193,10 @@ def _colorbar(fig, ax, im, label: Optional[str] = None):
 
 
 # ---------------------------------------------------------------------------- single panels
+@styled
 def heatmap(attributions: Union[Explanation, ArrayLike], *, index: int = 0, reduce: Optional[str] = None,
             sign: str = "auto", cmap=None, percentile: float = 99.5, limit: Optional[float] = None,
-            colorbar: bool = False, title: Optional[str] = None, ax=None):
+            colorbar: bool = False, title: Optional[str] = None, ax=None, style=None):
     """Draw an attribution map on its own.
 
     Signed maps use :data:`DIVERGING` centred at zero (white = no attribution,
@@ -216,8 +219,14 @@ def heatmap(attributions: Union[Explanation, ArrayLike], *, index: int = 0, redu
     limit : float, optional
         Explicit colour limit (overrides ``percentile``; used for shared scales).
     colorbar : bool, default False
+        A colour bar labelled ``attribution`` (signed) or ``|attribution|`` (absolute).
     title : str, optional
     ax : matplotlib Axes, optional
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (the global settings are left as they are): ``"paper"``,
+        ``"notebook"``, ``"dark"``, a matplotlib style name or ``.mplstyle`` file, or a dict
+        of rcParams (with optional ``base``, ``dpi``, ``font_size``, ``cmap_signed``,
+        ``cmap_absolute``); see :func:`xadv.plot.resolve_style`. Default: the current settings.
 
     Returns
     -------
@@ -234,21 +243,22 @@ def heatmap(attributions: Union[Explanation, ArrayLike], *, index: int = 0, redu
     if not s:
         m = np.abs(m) if sign == "absolute" else m
     lim = limit if limit is not None else color_limit([m], s, percentile)
-    im = ax.imshow(m, cmap=cmap or (DIVERGING if s else SEQUENTIAL), norm=norm_for(s, lim),
+    im = ax.imshow(m, cmap=cmap or current_cmap(s), norm=norm_for(s, lim),
                    interpolation="nearest")
     mark_constant(ax, m, title or "the map")
     _clean_axes(ax)
     if title:
         ax.set_title(title)
     if colorbar:
-        _colorbar(fig, ax, im)
+        _colorbar(fig, ax, im, "attribution" if s else "|attribution|")
     return fig
 
 
+@styled
 def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanation, ArrayLike, None] = None, *,
             index: int = 0, reduce: Optional[str] = None, sign: str = "auto", cmap=None, alpha: float = 0.75,
             percentile: float = 99.5, limit: Optional[float] = None, colorbar: bool = False,
-            title: Optional[str] = None, ax=None):
+            title: Optional[str] = None, ax=None, style=None):
     """Attribution heatmap over the image it explains.
 
     The image is drawn in gray (RGB images desaturated), the map on top with an
@@ -265,7 +275,7 @@ def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanatio
         The map, when ``image`` is not an Explanation.
     index : int, default 0
         Sample of an Explanation.
-    reduce, sign, cmap, percentile, limit, colorbar, title, ax
+    reduce, sign, cmap, percentile, limit, colorbar, title, ax, style
         As in :func:`heatmap`.
     alpha : float in [0, 1], default 0.75
         Opacity of the map where ``|map|`` reaches the colour limit.
@@ -286,7 +296,7 @@ def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanatio
     if isinstance(image, Explanation):
         if attributions is None:
             attributions = image
-        img = to_image(image.inputs[index])
+        img = to_image(image[index].inputs[0])  # Explanation[index]: IndexError naming the valid range
     else:
         if attributions is None:
             raise TypeError("overlay needs attributions: pass an Explanation, or an image and a map")
@@ -300,7 +310,7 @@ def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanatio
     gray = img if img.ndim == 2 else img @ np.array([0.299, 0.587, 0.114])
     ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     strength = np.clip(np.abs(m) / lim, 0.0, 1.0)
-    im = ax.imshow(m, cmap=cmap or (DIVERGING if s else SEQUENTIAL), norm=norm_for(s, lim),
+    im = ax.imshow(m, cmap=cmap or current_cmap(s), norm=norm_for(s, lim),
                    alpha=alpha * strength, interpolation="nearest")
     _clean_axes(ax)
     if title:
@@ -309,7 +319,7 @@ def overlay(image: Union[Explanation, ArrayLike], attributions: Union[Explanatio
         # the colorbar shows the colours at full strength
         import matplotlib.cm as cm
         sm = cm.ScalarMappable(norm=im.norm, cmap=im.cmap)
-        _colorbar(fig, ax, sm)
+        _colorbar(fig, ax, sm, "attribution" if s else "|attribution|")
     return fig
 
 
@@ -335,6 +345,9 @@ class Column:
         Columns with the same group share one colour scale (when ``share`` is on);
         default: the column's own title.
     reduce, sign : channel reduction and sign handling, as in :func:`heatmap`.
+    label : str, optional
+        Label of the column's colour bar (default: "attribution (signed, shared scale)" or
+        "|attribution| (absolute, shared scale)").
     """
 
     data: Any
@@ -347,6 +360,7 @@ class Column:
     reduce: Optional[str] = None
     sign: str = "auto"
     extras: Dict[str, Any] = field(default_factory=dict)
+    label: Optional[str] = None
 
     def __post_init__(self):
         if self.kind not in ("image", "map", "overlay", "perturbation"):
@@ -374,10 +388,11 @@ def _label(pred, conf, i, class_names) -> Optional[str]:
     return f"{name} ({100 * c:.0f}%)"
 
 
+@styled
 def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "column",
          percentile: float = 99.5, colorbar: bool = True, class_names: Optional[Sequence[str]] = None,
          alpha: float = 0.75, panel_size: Optional[float] = None, row_labels: Optional[Sequence[str]] = None,
-         fig=None):
+         fig=None, style=None):
     """Rows of samples, columns of methods or stages.
 
     Parameters
@@ -394,7 +409,11 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
     percentile : float, default 99.5
         Colour limit at this percentile of ``|map|`` pooled over the shared panels.
     colorbar : bool, default True
-        Colorbars under map columns (with ``share="column"`` or ``"all"``).
+        One labelled colour bar per shared colour scale: under each column (or group of
+        adjacent columns) with ``share="column"``, under all map columns with ``"all"``,
+        right of each row with ``"row"`` (none with ``"none"``: every panel has its own
+        scale). The label is the column's ``label`` or says what is shown, e.g.
+        "attribution (signed, shared scale)".
     class_names : sequence of str, optional
         Names used in the "class (confidence)" labels.
     alpha : float, default 0.75
@@ -405,6 +424,11 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
     row_labels : sequence of str, optional
         Text left of each row.
     fig : Figure, optional
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (the global settings are left as they are): ``"paper"``,
+        ``"notebook"``, ``"dark"``, a matplotlib style name or ``.mplstyle`` file, or a dict
+        of rcParams (with optional ``base``, ``dpi``, ``font_size``, ``cmap_signed``,
+        ``cmap_absolute``); see :func:`xadv.plot.resolve_style`. Default: the current settings.
 
     Returns
     -------
@@ -474,11 +498,14 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
             key = {"column": ("g", columns[j].group or f"col{j}"), "row": ("r", i),
                    "all": ("all",), "none": (i, j)}[share]
             units.setdefault(key, []).append((i, j))
+    unit_signed: Dict[Tuple[int, int], bool] = {}
     for key, cells in units.items():
         sg = any(signed[j] for _, j in cells)
         lim = color_limit([panels[j][i]["map"] for i, j in cells], sg, percentile)
         for cell in cells:
             limits[cell] = lim
+            # one scale, one colour map: absolute maps sharing a scale with signed ones use its upper half
+            unit_signed[cell] = sg if share in ("all", "row") else signed[cell[1]]
     # perturbations share one factor per column
     factors = {}
     for j, c in enumerate(columns):
@@ -492,7 +519,7 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
         panel_size = min(1.6, (float(mpl.rcParams["figure.figsize"][0]) - (0.3 if row_labels else 0.0)) / ncols)
     if not panel_size > 0:
         raise ValueError(f"panel_size must be positive, got {panel_size}")
-    show_cb = colorbar and share in ("column", "all") and map_cols
+    show_cb = bool(colorbar and share != "none" and map_cols)
     has_labels = any(c.pred is not None for c in columns)
     titles = []
     for j, c in enumerate(columns):
@@ -503,15 +530,52 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
     lines = max((t.count("\n") + 1 for t in titles if t), default=1)
     title_h = 0.42 + 0.2 * (lines - 1)
     label_h = 0.17 if has_labels else 0.02
-    cb_h = 0.42 if show_cb else 0.0
-    width = ncols * panel_size + (0.3 if row_labels else 0.0)
+
+    # one colour bar per colour scale: spans of adjacent map columns that share a scale (and a colour map)
+    spans: List[List[int]] = []
+    if show_cb and share in ("column", "all"):
+        for j in map_cols:
+            prev = spans[-1] if spans else None
+            same = prev is not None and (share == "all" or (
+                prev[-1] == j - 1 and signed[j] == signed[prev[0]] and columns[j].group is not None
+                and columns[j].group == columns[prev[0]].group))
+            if same:
+                prev.append(j)
+            else:
+                spans.append([j])
+    scope = {"column": "shared scale", "all": "one scale for all panels", "row": "per row"}.get(share, "")
+
+    def cb_label(j: int) -> str:
+        if columns[j].label:
+            return columns[j].label
+        sg = unit_signed[(0, j)]
+        if share in ("all", "row") and len({signed[k] for k in map_cols}) > 1:
+            return f"attribution ({scope}; absolute maps use the positive half)"
+        return f"{'attribution' if sg else '|attribution|'} ({'signed' if sg else 'absolute'}, {scope})"
+
+    from matplotlib.font_manager import FontProperties
+    cb_pts = FontProperties(size="small").get_size_in_points()
+    cb_labels = {span[0]: _wrap(cb_label(span[0]), (span[-1] - span[0] + 1) * panel_size * 0.98, cb_pts)
+                 for span in spans}
+    cb_lines = max((t.count("\n") + 1 for t in cb_labels.values()), default=0)
+    cb_h = (0.42 + cb_lines * cb_pts * 1.3 / 72) if spans else 0.0
+    # share="row": a vertical bar right of each row
+    row_cb = show_cb and share == "row"
+    row_cb_w = 0.75 if row_cb else 0.0
+    row_label = ""
+    if row_cb:
+        j0 = map_cols[0]
+        row_label = _wrap(cb_label(j0), panel_size + label_h, cb_pts)
+    left_w = 0.3 if row_labels else 0.0
+    width = ncols * panel_size + left_w + row_cb_w
     height = rows * (panel_size + label_h) + title_h + cb_h
     if fig is None:
         fig = plt.figure(figsize=(width, height))
-    heights = [panel_size + label_h] * rows + ([cb_h * 0.35] if show_cb else [])
-    gs = fig.add_gridspec(len(heights), ncols, height_ratios=heights,
-                          left=(0.3 / width if row_labels else 0.01), right=0.99,
-                          top=1 - title_h / height, bottom=(cb_h * 0.55 / height if show_cb else 0.01),
+    heights = [panel_size + label_h] * rows + ([0.147] if spans else [])
+    widths = [panel_size] * ncols + ([row_cb_w * 0.9] if row_cb else [])
+    gs = fig.add_gridspec(len(heights), len(widths), height_ratios=heights, width_ratios=widths,
+                          left=(left_w / width if row_labels else 0.01), right=0.99,
+                          top=1 - title_h / height, bottom=((cb_h - 0.147) / height if spans else 0.01),
                           hspace=0.12 + (0.25 if has_labels else 0.0), wspace=0.06)
     mappables: Dict[int, Any] = {}
     for j, (c, col) in enumerate(zip(columns, panels)):
@@ -528,10 +592,10 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                 ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1,
                           interpolation="nearest")
             else:
-                s = signed[j]
-                m = p["map"] if s else np.abs(p["map"]) if c.sign == "absolute" else p["map"]
+                s = unit_signed[(i, j)]
+                m = p["map"] if signed[j] else np.abs(p["map"]) if c.sign == "absolute" else p["map"]
                 lim = limits[(i, j)]
-                cm_ = DIVERGING if s else SEQUENTIAL
+                cm_ = current_cmap(s)
                 if c.kind == "overlay":
                     img = p["img"]
                     gray = img if img.ndim == 2 else img @ np.array([0.299, 0.587, 0.114])
@@ -550,31 +614,45 @@ def grid(columns: Sequence[Column], *, n: Optional[int] = None, share: str = "co
                 ax.set_xlabel(lab, labelpad=2, fontsize="small")
             if row_labels is not None and j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i])
-    if show_cb:
-        import matplotlib.cm as cm
-        # one colour bar per colour scale: adjacent columns of one group share a bar under both
-        spans: List[List[int]] = []
-        for j in map_cols:
-            same = spans and spans[-1][-1] == j - 1 and share == "column" and columns[j].group is not None \
-                and columns[j].group == columns[spans[-1][0]].group and signed[j] == signed[spans[-1][0]]
-            if same:
-                spans[-1].append(j)
-            else:
-                spans.append([j])
-        for span in spans:
-            j = span[0]
-            lim = limits[(0, j)]
-            holder = fig.add_subplot(gs[rows, span[0]:span[-1] + 1])
+    import matplotlib.cm as cm
+    for span in spans:
+        j = span[0]
+        lim = limits[(0, j)]
+        sg = unit_signed[(0, j)]
+        holder = fig.add_subplot(gs[rows, span[0]:span[-1] + 1])
+        holder.axis("off")
+        w = 0.72 if len(span) == 1 else 0.6
+        cax = holder.inset_axes([(1 - w) / 2, 0.0, w, 1.0])  # narrower than the panels: end labels fit
+        sm = cm.ScalarMappable(norm=norm_for(sg, lim), cmap=current_cmap(sg))
+        cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+        cb.ax.tick_params(labelsize="x-small", length=2, pad=1)
+        cb.outline.set_linewidth(0.4)
+        cb.set_ticks([-lim, 0, lim] if sg else [0, lim])
+        cb.ax.xaxis.set_major_formatter(_short_formatter())
+        cb.set_label(cb_labels[j], fontsize="small", labelpad=2, linespacing=1.1)
+    if row_cb:
+        for i in range(rows):
+            sg = unit_signed[(i, map_cols[0])]
+            lim = limits[(i, map_cols[0])]
+            holder = fig.add_subplot(gs[i, ncols])
             holder.axis("off")
-            w = 0.72 if len(span) == 1 else 0.6
-            cax = holder.inset_axes([(1 - w) / 2, 0.0, w, 1.0])  # narrower than the panels: end labels fit
-            sm = cm.ScalarMappable(norm=norm_for(signed[j], lim), cmap=DIVERGING if signed[j] else SEQUENTIAL)
-            cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+            cax = holder.inset_axes([0.06, 0.08, 0.12, 0.84])
+            sm = cm.ScalarMappable(norm=norm_for(sg, lim), cmap=current_cmap(sg))
+            cb = fig.colorbar(sm, cax=cax, orientation="vertical")
             cb.ax.tick_params(labelsize="x-small", length=2, pad=1)
             cb.outline.set_linewidth(0.4)
-            cb.set_ticks([-lim, 0, lim] if signed[j] else [0, lim])
-            cb.ax.xaxis.set_major_formatter(_short_formatter())
+            cb.set_ticks([-lim, 0, lim] if sg else [0, lim])
+            cb.ax.yaxis.set_major_formatter(_short_formatter())
+            cb.set_label(row_label, fontsize="small", labelpad=2, linespacing=1.1)
     return fig
+
+
+def _wrap(text: str, width_in: float, pts: float, max_lines: int = 3) -> str:
+    """Break ``text`` on spaces so each line fits ``width_in`` inches at ``pts`` points."""
+    import textwrap
+
+    chars = max(6, int(width_in * 72 / (0.56 * pts)))
+    return "\n".join(textwrap.wrap(text, chars, break_long_words=False, max_lines=max_lines, placeholder="…"))
 
 
 def _wrap_title(title: str, panel_size: float) -> str:
@@ -642,8 +720,9 @@ def _budget(attack: str) -> str:
         return ""
 
 
+@styled
 def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
-                     share: str = "column", class_names=None, **kw):
+                     share: str = "column", class_names=None, style=None, **kw):
     """Input | one column per method, for explanations of the same batch.
 
     Parameters
@@ -652,7 +731,7 @@ def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
         All of the same inputs (the first one's inputs are drawn). Lists and single
         explanations are labelled as figures name the methods (``Grad-CAM``, ``IG``).
     kind : {"map", "overlay"}, default "map"
-    n, share, class_names, **kw : see :func:`grid`
+    n, share, class_names, style, **kw : see :func:`grid`
 
     Returns
     -------
@@ -682,8 +761,9 @@ def explanation_grid(explanations, *, n: Optional[int] = 4, kind: str = "map",
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
 
 
+@styled
 def attack_grid(result: AttackResult, before: Optional[Explanation] = None, after: Optional[Explanation] = None,
-                *, n: Optional[int] = 4, share: str = "column", class_names=None, **kw):
+                *, n: Optional[int] = 4, share: str = "column", class_names=None, style=None, **kw):
     """Input | adversarial | perturbation (amplified) [| map before | map after] for an attack.
 
     Titles carry the predicted class and confidence on the clean and the
@@ -695,7 +775,7 @@ def attack_grid(result: AttackResult, before: Optional[Explanation] = None, afte
     result : AttackResult
     before, after : Explanation, optional
         Explanations of ``result.x`` and ``result.x_adv``.
-    n, share, class_names, **kw : see :func:`grid`
+    n, share, class_names, style, **kw : see :func:`grid`
 
     Returns
     -------
@@ -714,8 +794,9 @@ def attack_grid(result: AttackResult, before: Optional[Explanation] = None, afte
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
 
 
+@styled
 def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "column", kind: str = "map",
-                 class_names=None, difference: bool = True, **kw):
+                 class_names=None, difference: bool = True, style=None, **kw):
     """Input | manipulated input | perturbation | map before | map after | difference for a fooling attack.
 
     Column titles name the explainer (``Saliency before``) and the budget
@@ -726,6 +807,13 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
     target map, and the three maps are drawn as unit-sum absolute maps (the scale the
     attack compares them on). The maps share one colour scale. Each panel title shows the prediction
     (kept by a successful fooling attack).
+
+    Parameters
+    ----------
+    result : FoolingResult
+    kind : {"map", "overlay"}, default "map"
+    difference : bool, default True
+    n, share, class_names, style, **kw : see :func:`grid`
 
     Returns
     -------
@@ -754,7 +842,7 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
             m = e.saliency_map(default_reduce(e.method) if kind == "map" else "abs").detach().float()
             return m / m.abs().reshape(m.shape[0], -1).max(1).values.clamp_min(1e-12).view(-1, *[1] * (m.dim() - 1))
         cols.append(Column(unit_max(ea) - unit_max(eb), "map", "after − before", group="difference",
-                           sign="signed"))
+                           sign="signed", label="after − before (maps at unit max)"))
     if target is not None:
         # TargetedManipulation: the map it imitates, on the same (unit-sum) scale as the two maps
         def unit(m):
@@ -764,12 +852,14 @@ def fooling_grid(result: FoolingResult, *, n: Optional[int] = 4, share: str = "c
         scale = [unit(e.saliency_map("abs")).reshape(shape) for e in (eb, ea)]
         cols[-2].data, cols[-1].data = scale
         cols[-2].kind = cols[-1].kind = "map"
+        cols[-2].label = cols[-1].label = "|attribution| (unit sum, shared scale)"
         cols.append(Column(unit(target.to(scale[0].device)).reshape(shape), "map", "target map", group="maps"))
     return grid(cols, n=n, share=share, class_names=class_names, **kw)
 
 
+@styled
 def bar(attributions: Union[Explanation, ArrayLike], *, index: int = 0, feature_names: Optional[Sequence[str]] = None,
-        top: Optional[int] = 10, title: Optional[str] = None, ax=None):
+        top: Optional[int] = 10, title: Optional[str] = None, ax=None, style=None):
     """Signed attributions of one tabular sample as horizontal bars, largest |value| on top.
 
     Red bars raise the explained class score, blue bars lower it (the colours of
@@ -786,6 +876,8 @@ def bar(attributions: Union[Explanation, ArrayLike], *, index: int = 0, feature_
         Draw the ``top`` features by ``|attribution|`` (None: all).
     title : str, optional
     ax : matplotlib Axes, optional
+    style : optional
+        As in :func:`heatmap`.
 
     Returns
     -------
@@ -816,7 +908,8 @@ def bar(attributions: Union[Explanation, ArrayLike], *, index: int = 0, feature_
         fig, ax = plt.subplots(figsize=(w, 0.5 + 0.18 * len(vals)))
     else:
         fig = ax.figure
-    colors = [DIVERGING(0.85) if v > 0 else DIVERGING(0.15) for v in vals]
+    cmap = current_cmap(True)
+    colors = [cmap(0.85) if v > 0 else cmap(0.15) for v in vals]
     ax.barh(np.arange(len(vals)), vals, color=colors, height=0.7)
     ax.set_yticks(np.arange(len(vals)))
     ax.set_yticklabels(labels)

@@ -1,4 +1,4 @@
-"""Figure styles (notebook, paper) and reproducible saving of figures and arrays."""
+"""Figure styles (paper, notebook, dark; ``style=`` of every figure function) and reproducible saving of figures and arrays."""
 from __future__ import annotations
 
 import io
@@ -68,15 +68,138 @@ _STYLES: Dict[str, Dict[str, Any]] = {
 }
 
 
+_DARK_RC: Dict[str, Any] = {
+    **_STYLES["notebook"],
+    "figure.facecolor": "black", "axes.facecolor": "black", "savefig.facecolor": "black",
+    "figure.edgecolor": "black", "savefig.edgecolor": "black",
+    "text.color": "white", "axes.labelcolor": "white", "axes.edgecolor": "white",
+    "xtick.color": "white", "ytick.color": "white", "grid.color": "white",
+    "legend.labelcolor": "white",
+}
+_STYLES["dark"] = _DARK_RC
+
+#: colour maps of signed and of absolute (non-negative) maps per named style; None = xadv's
+#: DIVERGING / SEQUENTIAL (white at zero). On a dark background zero is black.
+_STYLE_CMAPS: Dict[str, Dict[str, Any]] = {
+    "paper": {"signed": None, "absolute": None},
+    "notebook": {"signed": None, "absolute": None},
+    "dark": {"signed": "berlin", "absolute": "inferno"},
+}
+#: the colour maps in force (set by :class:`style` and by ``style=`` of the figure functions)
+_CURRENT_CMAPS: Dict[str, Any] = {"signed": None, "absolute": None}
+
+#: keys of a ``style=`` dict that are not rcParams
+_SPEC_KEYS = ("base", "columns", "aspect", "dpi", "font_size", "cmap_signed", "cmap_absolute")
+
+
+def _style_rc(name: str, columns: int = 1, aspect: float = 0.75, dpi: Optional[int] = None,
+              font_size: Optional[float] = None) -> Dict[str, Any]:
+    """The rcParams of a named style (see :class:`style`)."""
+    if name not in _STYLES:
+        raise ValueError(f"unknown style {name!r}; choose one of {sorted(_STYLES)}")
+    if columns not in COLUMN_WIDTHS:
+        raise ValueError(f"columns must be 1 or 2, got {columns!r}")
+    if not aspect > 0:
+        raise ValueError(f"aspect must be positive, got {aspect}")
+    rc = dict(_STYLES[name])
+    width = COLUMN_WIDTHS[columns] if name == "paper" else 6.4 * columns
+    rc["figure.figsize"] = (width, width * aspect)
+    if dpi is not None:
+        if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not dpi > 0:
+            raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+        rc["savefig.dpi"] = int(dpi)
+    if font_size is not None:
+        if isinstance(font_size, bool) or not isinstance(font_size, (int, float)) or not font_size > 1:
+            raise ValueError(f"font_size must be a number of points > 1, got {font_size!r}")
+        s = float(font_size)
+        rc.update({"font.size": s, "axes.titlesize": s, "axes.labelsize": s,
+                   "xtick.labelsize": s - 1, "ytick.labelsize": s - 1, "legend.fontsize": s - 1,
+                   "figure.titlesize": s + 1})
+    return rc
+
+
+def _check_cmap(c: Any, what: str) -> Any:
+    if c is None:
+        return None
+    import matplotlib.colors as mcolors
+
+    if isinstance(c, mcolors.Colormap):
+        return c
+    if isinstance(c, str):
+        try:
+            return mpl.colormaps[c]
+        except KeyError:
+            raise ValueError(f"{what}: unknown colour map {c!r}; use a name of matplotlib.colormaps "
+                             f"(e.g. 'RdBu_r', 'viridis') or a Colormap") from None
+    raise TypeError(f"{what} must be a colour map name or a matplotlib Colormap, got {type(c).__name__}")
+
+
+def resolve_style(spec: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """``(rcParams, colour maps)`` of a ``style=`` argument, or None for "the current settings".
+
+    ``spec`` is None, a named style (``"paper"``, ``"notebook"``, ``"dark"``), one of
+    matplotlib's style names (``"ggplot"``), a ``.mplstyle`` file, a :class:`style`
+    object, or a dict of rcParams with optional keys ``base`` (a named style the dict
+    starts from), ``columns``, ``aspect``, ``dpi``, ``font_size``, ``cmap_signed`` and
+    ``cmap_absolute`` (colour maps of signed and of absolute attribution maps).
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, style):
+        return dict(spec.rc), dict(spec.cmaps)
+    if isinstance(spec, Mapping):
+        d = dict(spec)
+        base = d.pop("base", None)
+        opts = {k: d.pop(k) for k in ("columns", "aspect", "dpi", "font_size") if k in d}
+        cm = {"signed": _check_cmap(d.pop("cmap_signed", None), "cmap_signed"),
+              "absolute": _check_cmap(d.pop("cmap_absolute", None), "cmap_absolute")}
+        if base is not None or opts:
+            rc = _style_rc(base or "paper", **opts)
+            cmaps = dict(_STYLE_CMAPS[base or "paper"])
+        else:
+            rc, cmaps = {}, {"signed": None, "absolute": None}
+        bad = [k for k in d if k not in mpl.rcParams]
+        if bad:
+            raise ValueError(f"style: {bad} are not matplotlib rcParams (nor one of {', '.join(_SPEC_KEYS)}); "
+                             f"see matplotlib.rcParams.keys()")
+        rc.update(d)
+        cmaps.update({k: v for k, v in cm.items() if v is not None})
+        return rc, cmaps
+    if isinstance(spec, (str, Path)):
+        name = str(spec)
+        if name in _STYLES:
+            return _style_rc(name), dict(_STYLE_CMAPS[name])
+        import matplotlib.style as mstyle
+
+        if name in mstyle.library:
+            return dict(mstyle.library[name]), {"signed": None, "absolute": None}
+        p = Path(name)
+        if p.suffix == ".mplstyle" or p.is_file():
+            if not p.is_file():
+                raise FileNotFoundError(f"style file {name!r} does not exist")
+            # a plain key: value file; nothing in it is executed
+            return dict(mpl.rc_params_from_file(str(p), use_default_template=False)), \
+                {"signed": None, "absolute": None}
+        raise ValueError(f"unknown style {name!r}; use one of {sorted(_STYLES)}, a matplotlib style "
+                         f"(matplotlib.style.available), a .mplstyle file or a dict of rcParams")
+    raise TypeError(f"style must be a name, a .mplstyle path, a dict of rcParams or xadv.plot.style(...), "
+                    f"got {type(spec).__name__}")
+
+
 class style:
     """Apply a figure style; also a context manager that restores the previous settings.
 
+    To style one figure without touching the global settings, pass ``style=`` to the
+    figure function instead (``xp.heatmap(e, style="dark")``).
+
     Parameters
     ----------
-    name : {"paper", "notebook"}, default "paper"
+    name : {"paper", "notebook", "dark"}, default "paper"
         ``paper``: 8 pt text, thin lines, figure width of one or two columns,
         300 dpi PNG, TrueType fonts embedded in PDF (``pdf.fonttype`` 42) and SVG
-        text kept as ``<text>``. ``notebook``: larger text for screens.
+        text kept as ``<text>``. ``notebook``: larger text for screens. ``dark``:
+        the notebook sizes on black, with colour maps that are black at zero
+        (``berlin`` for signed maps, ``inferno`` for absolute maps).
     columns : {1, 2}, default 1
         Figure width: one column (3.4 in) or the full width of a two-column
         paper (7.0 in). The height follows ``aspect``.
@@ -98,30 +221,18 @@ class style:
 
     def __init__(self, name: str = "paper", columns: int = 1, *, aspect: float = 0.75,
                  dpi: Optional[int] = None, font_size: Optional[float] = None):
-        if name not in _STYLES:
-            raise ValueError(f"unknown style {name!r}; choose one of {sorted(_STYLES)}")
-        if columns not in COLUMN_WIDTHS:
-            raise ValueError(f"columns must be 1 or 2, got {columns!r}")
-        if not aspect > 0:
-            raise ValueError(f"aspect must be positive, got {aspect}")
+        self.rc = _style_rc(name, columns, aspect, dpi, font_size)
+        self.cmaps = dict(_STYLE_CMAPS[name])
         self.name, self.columns, self.aspect = name, columns, aspect
         self._saved = dict(mpl.rcParams)
-        rc = dict(_STYLES[name])
-        width = COLUMN_WIDTHS[columns] if name == "paper" else 6.4 * columns
-        rc["figure.figsize"] = (width, width * aspect)
-        if dpi is not None:
-            rc["savefig.dpi"] = int(dpi)
-        if font_size is not None:
-            s = float(font_size)
-            rc.update({"font.size": s, "axes.titlesize": s, "axes.labelsize": s,
-                       "xtick.labelsize": s - 1, "ytick.labelsize": s - 1, "legend.fontsize": s - 1,
-                       "figure.titlesize": s + 1})
-        mpl.rcParams.update(rc)
+        self._saved_cmaps = dict(_CURRENT_CMAPS)
+        mpl.rcParams.update(self.rc)
+        _CURRENT_CMAPS.update(self.cmaps)
 
     @property
     def width(self) -> float:
         """Figure width in inches."""
-        return float(mpl.rcParams["figure.figsize"][0])
+        return float(self.rc["figure.figsize"][0])
 
     def __enter__(self) -> "style":
         return self
@@ -129,9 +240,61 @@ class style:
     def __exit__(self, *exc) -> None:
         with _quiet():
             mpl.rcParams.update(self._saved)
+        _CURRENT_CMAPS.clear()
+        _CURRENT_CMAPS.update(self._saved_cmaps)
 
     def __repr__(self) -> str:
         return f"style({self.name!r}, columns={self.columns})"
+
+
+def _keep_save_settings(fig) -> None:
+    """Record the style's save settings on ``fig``: :func:`save` uses them later, when the
+    style is no longer in force (text, colours and tick labels are fixed on the artists
+    when they are created, matplotlib copies later ticks from the first one)."""
+    rc = mpl.rcParams
+    fig._xadv_savefig = {k: rc[k] for k in ("savefig.dpi", "savefig.facecolor", "savefig.edgecolor",
+                                             "savefig.bbox", "savefig.pad_inches", "savefig.transparent")}
+
+
+def styled(fn):
+    """Decorator of the figure functions: ``style=`` applies a style to that one figure.
+
+    The rcParams (and xadv's colour maps) of the style are in force while the figure is
+    built; its save settings (dpi, face colour) are recorded on the figure for :func:`save`,
+    so the figure keeps its style when drawn or saved later. The global settings are unchanged.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        spec = kwargs.pop("style", None)
+        resolved = resolve_style(spec)
+        if resolved is None:
+            return fn(*args, **kwargs)
+        rc, cmaps = resolved
+        ax = kwargs.get("ax")     # drawing into the user's Axes: their figure keeps its own save settings
+        saved = dict(_CURRENT_CMAPS)
+        try:
+            with mpl.rc_context(rc):
+                _CURRENT_CMAPS.update(cmaps)
+                fig = fn(*args, **kwargs)
+                if hasattr(fig, "savefig") and ax is None:
+                    _keep_save_settings(fig)
+        finally:
+            _CURRENT_CMAPS.clear()
+            _CURRENT_CMAPS.update(saved)
+        return fig
+
+    return wrapper
+
+
+def current_cmap(signed: bool):
+    """The colour map of signed (True) or absolute maps in force: a style's, else xadv's default."""
+    c = _CURRENT_CMAPS["signed" if signed else "absolute"]
+    if c is None:
+        from ._maps import DIVERGING, SEQUENTIAL
+        return DIVERGING if signed else SEQUENTIAL
+    return mpl.colormaps[c] if isinstance(c, str) else c
 
 
 class _quiet:
@@ -230,7 +393,8 @@ def save(fig, path: Union[str, Path], *, dpi: Optional[int] = None, attributions
     md = dict(_METADATA.get(fmt, {}))
     if metadata:
         md.update(metadata)
-    rc = {k: _COMMON[k] for k in ("pdf.fonttype", "ps.fonttype", "svg.fonttype", "svg.hashsalt")}
+    rc = dict(getattr(fig, "_xadv_savefig", {}))    # a figure drawn with style= keeps its dpi, colours
+    rc.update({k: _COMMON[k] for k in ("pdf.fonttype", "ps.fonttype", "svg.fonttype", "svg.hashsalt")})
     opts: Dict[str, Any] = {"format": fmt}
     if md and fmt not in ("jpg", "tiff"):
         opts["metadata"] = md

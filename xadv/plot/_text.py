@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ._maps import DIVERGING
+from ._style import current_cmap, styled
 
 TokensLike = Union[Sequence[str], Sequence[Sequence[str]]]
 
@@ -15,6 +15,9 @@ def _rows(tokens: TokensLike, scores) -> tuple:
     s = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores, dtype=float)
     s = np.asarray(s, dtype=float)
     if tokens and isinstance(tokens[0], str):
+        if s.size != len(tokens):
+            raise ValueError(f"one sequence of {len(tokens)} tokens needs {len(tokens)} scores, got {s.size} "
+                             f"(shape {s.shape}); pass one score per token")
         tokens, s = [list(tokens)], s.reshape(1, -1)
     tokens = [list(t) for t in tokens]
     if s.ndim != 2 or s.shape[0] != len(tokens):
@@ -37,8 +40,9 @@ def _limit(tokens, s, vmax) -> float:
     return m if m > 0 else 1.0
 
 
+@styled
 def text(tokens: TokensLike, scores, *, vmax: Optional[float] = None, labels: Optional[Sequence[str]] = None,
-         width: float = 6.75, colorbar: bool = True, fontsize: float = 8.0):
+         width: float = 6.75, colorbar: bool = True, fontsize: float = 8.0, style=None):
     """Tokens as coloured boxes, one row per sequence, on one diverging scale (red:
     for the class, blue: against it, white: zero; shared limit ``vmax``, default the
     largest ``|score|``).
@@ -53,6 +57,8 @@ def text(tokens: TokensLike, scores, *, vmax: Optional[float] = None, labels: Op
     labels : list of str, optional
         A label written left of each row (e.g. the class and the prediction).
     width : float, default 6.75 (inches)
+    style : str, dict, path or xadv.plot.style, optional
+        Style of this figure only (see :func:`xadv.plot.heatmap`); default: the current settings.
 
     Returns
     -------
@@ -72,6 +78,7 @@ def text(tokens: TokensLike, scores, *, vmax: Optional[float] = None, labels: Op
     tokens, s = _rows(tokens, scores)
     lim = _limit(tokens, s, vmax)
     norm = Normalize(-lim, lim)
+    cmap = current_cmap(True)
     line_h = fontsize / 72 * 2.0
     n_lines, rows = 0, []
     # lay out tokens greedily in lines of ``width`` (character-width estimate)
@@ -100,13 +107,13 @@ def text(tokens: TokensLike, scores, *, vmax: Optional[float] = None, labels: Op
             ax.text(0.05, (first + 0.8) * line_h, str(labels[r]), fontsize=fontsize, va="center", ha="left")
         for tok, v, x, w, line in placed:
             y = (first + line + 0.3) * line_h
-            ax.add_patch(plt.Rectangle((left0 + x, y), w, line_h * 0.9, facecolor=DIVERGING(norm(v)),
+            ax.add_patch(plt.Rectangle((left0 + x, y), w, line_h * 0.9, facecolor=cmap(norm(v)),
                                        edgecolor="0.85", linewidth=0.4))
             ax.text(left0 + x + w / 2, y + line_h * 0.45, tok, fontsize=fontsize, ha="center", va="center",
                     color="white" if abs(v) > 0.65 * lim else "black")
     if colorbar:
         cax = fig.add_axes([0.3, 0.1 * bar_h, 0.4, 0.35 * bar_h])
-        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=DIVERGING), cax=cax, orientation="horizontal")
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
         cb.ax.tick_params(labelsize=fontsize * 0.8)
     return fig
 
@@ -131,7 +138,7 @@ def text_html(tokens: TokensLike, scores, *, vmax: Optional[float] = None,
             out.append(f'<span style="display:inline-block;min-width:8em">{html.escape(str(labels[r]))}</span>')
         for i, tok in enumerate(t):
             v = float(s[r, i])
-            rgba = DIVERGING(0.5 + 0.5 * max(-1.0, min(1.0, v / lim)))
+            rgba = current_cmap(True)(0.5 + 0.5 * max(-1.0, min(1.0, v / lim)))
             color = "#%02x%02x%02x" % tuple(int(round(255 * c)) for c in rgba[:3])
             out.append(f'<span title="{v:.4g}" style="background:{color};padding:1px 3px;margin:1px;'
                        f'border-radius:2px">{html.escape(tok)}</span>')

@@ -85,7 +85,9 @@ def build_model(spec: Any):
             raise ValueError(f"model {spec!r}: {mod_name} has no callable {fn_name!r}")
         model = fn()
         if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            from .._io import load_state_dict_file
+
+            model.load_state_dict(load_state_dict_file(weights, map_location="cpu"))  # runs no code
         return model.eval()
     if Path(name).is_file():
         return torch.jit.load(name, map_location="cpu").eval()
@@ -244,8 +246,45 @@ def metric_cell(p: Mapping[str, Any], model, x, y) -> List[Row]:
     return [{"n": int(len(x)), "metric": name, "value": _mean(v), "std": _f(v.std()) if v.numel() > 1 else 0.0}]
 
 
+#: experiments of :mod:`xadv.experiments` that run as ``experiment`` cells
+EXPERIMENTS = ("attacks", "fooling", "detection")
+
+
+def experiment_module(name: str):
+    """The :mod:`xadv.experiments` module of an ``experiment`` cell (``PARTS``, ``SETTINGS``, ``part_rows``)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; experiments that run as sweep cells: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"..experiments.{name}", __package__)
+
+
+def _scalar(v: Any) -> Any:
+    """An experiment row value as a number, string, bool or None (lists and dicts as JSON text)."""
+    import json
+
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, tuple):
+        v = list(v)
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def experiment_cell(p: Mapping[str, Any]) -> List[Row]:
+    """One part of an experiment of :mod:`xadv.experiments` (a section, one explainer's rows, one
+    detector): ``part_rows(part, seed, **settings)`` of the module, the experiment's own rows.
+
+    Rows drop the experiment's ``seconds`` (the cell's duration is recorded with the cell), so
+    the same cell gives the same rows on every backend.
+    """
+    mod = experiment_module(p["experiment"])
+    rows = mod.part_rows(p["part"], seed=int(p.get("seed") or 0), **dict(p.get("settings") or {}))
+    return [{k: _scalar(v) for k, v in r.items() if k != "seconds"} for r in rows]
+
+
 CELL_KINDS: Dict[str, Callable[..., List[Row]]] = {
     "attack": attack_cell, "fooling": fooling_cell, "detection": detection_cell, "explain-metric": metric_cell,
+    "experiment": experiment_cell,
 }
 
 
@@ -283,13 +322,15 @@ def run_cell(params: Mapping[str, Any]) -> List[Row]:
         seed = params.get("seed")
         if seed is not None:
             torch.manual_seed(int(seed))
+        if opts.get("fail"):
+            raise RuntimeError(str(opts["fail"]))          # a deliberate failure, for tests of the machinery
+        if kind == "experiment":                            # the experiment loads its own model and data
+            return [_clean(r) for r in experiment_cell(params)]
         model = build_model(params.get("model", "digits_cnn"))
         with torch.random.fork_rng(devices=[]):
             x, y = load_data(params.get("data", {"name": "digits"}), model)
         if len(x) == 0:
             raise ValueError(f"no samples left for data {params.get('data')!r} (check n, offset, correct)")
-        if opts.get("fail"):
-            raise RuntimeError(str(opts["fail"]))          # a deliberate failure, for tests of the machinery
         return [_clean(r) for r in CELL_KINDS[kind](params, model, x, y)]
     finally:
         torch.set_num_threads(old_threads)

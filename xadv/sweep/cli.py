@@ -61,7 +61,7 @@ def main_args(a) -> int:
             from .run import run
 
             s = run(a.grid, a.db, backend=a.backend, workers=a.workers, address=a.address, num_gpus=a.num_gpus,
-                    max_retries=a.max_retries, resume=a.resume, allow_changes=a.allow_changes, progress=not a.quiet)
+                    max_retries=a.max_retries, resume=a.resume, allow_changes=a.allow_changes, progress=False if a.quiet else None)
             for n in s["notes"]:
                 print(f"note: {n}")
             print(f"{s['cells']} cells: {s['done']} done, {s['failed']} failed, {s['skipped']} already done; "

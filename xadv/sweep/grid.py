@@ -19,7 +19,12 @@ axis             values
 ``metrics``      :mod:`xadv.metrics` function names or ``{name = ..., params}``
 ``budgets``      ``eps`` values given to the attack (or fooling attack, or detector attack)
 ``seeds``        integers
+``parts``        ``experiment`` blocks: parts of the experiment (default all of them)
 ===============  =====================================================================
+
+An ``experiment`` block (``experiment = "attacks"``, ``"fooling"`` or ``"detection"``)
+runs parts of :mod:`xadv.experiments` (sections, one explainer's rows, one detector) with
+the ``settings`` table passed to the experiment's ``run``; the rows are the experiment's.
 
 Each cell's parameters are plain JSON; its key is the SHA-256 of their canonical
 JSON (sorted keys), so the same cell has the same key in every grid and every run.
@@ -32,7 +37,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-KINDS = ("attack", "fooling", "detection", "explain-metric")
+KINDS = ("attack", "fooling", "detection", "explain-metric", "experiment")
 
 #: axes each kind expands over (others are ignored for the kind, with an error if given)
 _AXES = {
@@ -40,12 +45,13 @@ _AXES = {
     "fooling": ("models", "data", "attacks", "explainers", "budgets", "seeds"),
     "detection": ("models", "data", "detectors", "explainers", "attacks", "budgets", "seeds"),
     "explain-metric": ("models", "data", "explainers", "metrics", "seeds"),
+    "experiment": ("parts", "seeds"),
 }
 _REQUIRED = {"attack": ("attacks",), "fooling": ("attacks", "explainers"), "detection": ("detectors",),
-             "explain-metric": ("explainers", "metrics")}
+             "explain-metric": ("explainers", "metrics"), "experiment": ("experiment",)}
 _SINGULAR = {"models": "model", "data": "data", "attacks": "attack", "explainers": "explainer",
-             "detectors": "detector", "metrics": "metric", "budgets": "eps", "seeds": "seed"}
-_BLOCK_KEYS = set(_SINGULAR) | {"kind", "name", "label", "options"}
+             "detectors": "detector", "metrics": "metric", "budgets": "eps", "seeds": "seed", "parts": "part"}
+_BLOCK_KEYS = set(_SINGULAR) | {"kind", "name", "label", "options", "experiment", "settings"}
 
 
 class GridError(ValueError):
@@ -96,14 +102,24 @@ def load_grid(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise GridError(f"{path}: reading YAML grids needs PyYAML (pip install pyyaml); "
-                            f"or write the grid as TOML") from None
-        data = yaml.safe_load(text)
+            raise GridError(f"{path}: reading YAML grids needs PyYAML: pip install 'xadv[sweep]' (or pyyaml); "
+                            f"or write the grid as TOML or JSON") from None
+        try:
+            data = yaml.safe_load(text)     # the safe loader only: no tags that build Python objects
+        except yaml.YAMLError as e:
+            raise GridError(f"{path}: not a valid YAML grid (only plain YAML is read; tags such as "
+                            f"!!python/... are refused): {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise GridError(f"{path}: a grid is a mapping at the top level, got {type(data).__name__}")
         return data
     if ext == ".json":
-        return json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GridError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise GridError(f"{path}: a grid is a mapping at the top level, got {type(data).__name__}")
+        return data
     raise GridError(f"{path}: grids are .toml, .yaml/.yml or .json files, got {ext or 'no extension'!r}")
 
 
@@ -112,6 +128,10 @@ def _spec(v: Any, axis: str) -> Any:
     if axis in ("budgets",):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise GridError(f"budgets must be numbers (eps values), got {v!r}")
+        return v
+    if axis == "parts":
+        if not isinstance(v, str):
+            raise GridError(f"parts are names of parts of the experiment, got {v!r}")
         return v
     if axis == "seeds":
         if isinstance(v, bool) or not isinstance(v, int):
@@ -157,7 +177,10 @@ def expand(grid: Union[str, Path, Mapping[str, Any]]) -> List[Dict[str, Any]]:
     cells: List[Dict[str, Any]] = []
     seen = set()
     for bi, b in enumerate(blocks):
-        blk = {**{k: v for k, v in defaults.items() if k != "name"}, **b}
+        kind0 = b.get("kind", defaults.get("kind"))
+        # grid-level axes are defaults for the blocks they apply to (models do not apply to experiment cells)
+        blk = {**{k: v for k, v in defaults.items() if k != "name" and not (
+            g.get("blocks") and k in _SINGULAR and kind0 in _AXES and k not in _AXES[kind0])}, **b}
         unknown = set(blk) - _BLOCK_KEYS
         if unknown:
             raise GridError(f"block {bi}: unknown keys {sorted(unknown)}; a block has "
@@ -172,8 +195,11 @@ def expand(grid: Union[str, Path, Mapping[str, Any]]) -> List[Dict[str, Any]]:
         extra = [a for a in _SINGULAR if a in blk and a not in axes]
         if extra:
             raise GridError(f"block {bi} ({kind}): {extra} do not apply to {kind} cells (axes: {', '.join(axes)})")
-        blk.setdefault("models", ["digits_cnn"])
-        blk.setdefault("data", {"name": "digits"})
+        if kind == "experiment":
+            _check_experiment(blk, bi)
+        else:
+            blk.setdefault("models", ["digits_cnn"])
+            blk.setdefault("data", {"name": "digits"})
         blk.setdefault("seeds", [0])
         present = [a for a in axes if a in blk]
         values = [_as_list(blk[a], a) for a in present]
@@ -183,6 +209,9 @@ def expand(grid: Union[str, Path, Mapping[str, Any]]) -> List[Dict[str, Any]]:
             raise GridError(f"block {bi}: 'options' must be a table of cell options")
         for combo in itertools.product(*values):
             params = {"kind": kind, "block": label, **{_SINGULAR[a]: v for a, v in zip(present, combo)}}
+            if kind == "experiment":
+                params["experiment"] = blk["experiment"]
+                params["settings"] = dict(blk.get("settings") or {})
             if options:
                 params["options"] = dict(options)
             key = cell_key(params)
@@ -191,6 +220,30 @@ def expand(grid: Union[str, Path, Mapping[str, Any]]) -> List[Dict[str, Any]]:
             seen.add(key)
             cells.append({"key": key, "params": json.loads(canonical(params))})
     return cells
+
+
+def _check_experiment(blk: Dict[str, Any], bi: int) -> None:
+    """An ``experiment`` block: a known experiment, known parts (default: all), known settings."""
+    import inspect
+
+    from .cells import EXPERIMENTS, experiment_module
+
+    name = blk.get("experiment")
+    if name not in EXPERIMENTS:
+        raise GridError(f"block {bi} (experiment): 'experiment' must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
+    mod = experiment_module(name)
+    blk.setdefault("parts", list(mod.PARTS))
+    parts = blk["parts"] if isinstance(blk["parts"], list) else [blk["parts"]]
+    bad = [p for p in parts if p not in mod.PARTS]
+    if bad:
+        raise GridError(f"block {bi} (experiment {name}): unknown parts {bad}; parts: {', '.join(mod.PARTS)}")
+    settings = blk.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise GridError(f"block {bi} (experiment {name}): 'settings' must be a table of run() settings")
+    bad = [k for k in settings if k not in mod.SETTINGS]
+    if bad:
+        raise GridError(f"block {bi} (experiment {name}): unknown settings {bad}; settings: {', '.join(mod.SETTINGS)} "
+                        f"(the seed is the 'seeds' axis)")
 
 
 def grid_hash(cells: Sequence[Mapping[str, Any]]) -> str:

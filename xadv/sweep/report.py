@@ -45,6 +45,39 @@ def tables(db: Union[str, Path]) -> Dict[str, List[Dict[str, Any]]]:
     return out
 
 
+def experiment_rows(db: Union[str, Path]) -> Dict[str, Dict[str, Any]]:
+    """``{block: {"experiment": name, "rows": [...]}}`` for the ``experiment`` blocks of a sweep:
+    the experiment's own rows, parts in the experiment's order (``PARTS``), then by seed."""
+    from .cells import experiment_module
+
+    with Store(db, read_only=True) as st:
+        cells = st.cell_rows("experiment")
+    by: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        by[str(c["params"].get("block"))].append(c)
+    out: Dict[str, Dict[str, Any]] = {}
+    for block, cs in by.items():
+        name = cs[0]["params"]["experiment"]
+        parts = list(experiment_module(name).PARTS)
+        cs.sort(key=lambda c: (c["params"].get("seed") or 0, parts.index(c["params"]["part"])
+                               if c["params"]["part"] in parts else len(parts)))
+        out[block] = {"experiment": name, "rows": [r for c in cs for r in c["rows"]],
+                      "seeds": sorted({c["params"].get("seed") for c in cs}, key=str)}
+    return out
+
+
+def experiment_markdown(name: str, rows: List[Dict[str, Any]]) -> str:
+    """The tables of experiment ``name`` (``xadv.experiments.<name>.to_markdown``) from its rows."""
+    from .cells import experiment_module
+
+    mod = experiment_module(name)
+    if name == "detection":
+        from ..results import DetectionReport
+
+        return mod.to_markdown(DetectionReport(rows=list(rows)))
+    return mod.to_markdown(list(rows))
+
+
 def _plot_budget(rows, metric: str, series: str, title: str, path: Path):
     import matplotlib.pyplot as plt
 
@@ -130,8 +163,15 @@ def report(db: Union[str, Path], out: Union[str, Path], *, digits: int = 3) -> D
           f"{(st['cell_seconds'] or 0):.1f} s of cell time.\n"]
     tex = ["% needs \\usepackage{booktabs}"]
     figs: List[str] = []
+    experiments = experiment_rows(db)
     for block, rows in tabs.items():
         kind = rows[0]["_kind"]
+        if kind == "experiment":        # the experiment's own tables, as python -m xadv.experiments.<name> prints
+            ex = experiments[block]
+            seeds = ", ".join(str(s) for s in ex["seeds"])
+            md += [f"## {block} (experiment {ex['experiment']}, seed {seeds})\n",
+                   experiment_markdown(ex["experiment"], ex["rows"]), ""]
+            continue
         shown = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         md += [f"## {block} ({kind})\n", xp.to_markdown(shown, digits=digits), ""]
         tex += [xp.to_latex(shown, digits=digits, caption=f"{block} ({kind})"), ""]

@@ -108,7 +108,7 @@ def _ray(todo, address: Optional[str], num_gpus: float, max_retries: int, on_res
 
 def run(grid: Union[str, Path, Mapping[str, Any]], db: Union[str, Path], *, backend: str = "local",
         workers: int = 1, address: Optional[str] = None, num_gpus: float = 0, max_retries: int = 2,
-        resume: bool = False, allow_changes: bool = False, progress: bool = True,
+        resume: bool = False, allow_changes: bool = False, progress: Optional[bool] = None,
         callback: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Run every cell of ``grid`` not yet done in ``db``; returns a summary.
 
@@ -134,8 +134,9 @@ def run(grid: Union[str, Path, Mapping[str, Any]], db: Union[str, Path], *, back
         Without it an existing sweep in ``db`` is an error.
     allow_changes : bool, default False
         Resume even though the grid or the xadv version changed (reported in ``notes``).
-    progress : bool, default True
-        One tqdm bar over the cells (on stderr).
+    progress : bool or None, default None
+        One bar over the cells (on stderr); None: shown in terminals and notebooks, off in
+        pipes and tests (see :func:`xadv.set_progress`).
     callback : callable, optional
         Called with each finished cell's record after it is committed.
 
@@ -171,10 +172,10 @@ def run(grid: Union[str, Path, Mapping[str, Any]], db: Union[str, Path], *, back
         store.add_cells(cells)
         status = store.keys()
         todo = [c for c in cells if status.get(c["key"]) != "done"]
-        from tqdm.auto import tqdm
+        from .._progress import bar as progress_bar
 
-        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="cell", file=sys.stderr,
-                   disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(len(cells), "sweep", progress=progress, unit="cell", leave=True,
+                           initial=len(cells) - len(todo))
         counts = {"done": 0, "failed": 0}
         running: set = set()
 

@@ -197,17 +197,35 @@ class Store:
             d = out.get((key, row))
             if d is None:
                 d = out[(key, row)] = {"cell": key, "row": row, **flatten_params(json.loads(params))}
-            if text is None:
-                d[metric] = value
-            elif text == "int":
-                d[metric] = int(value)
-            elif text in ("true", "false"):
-                d[metric] = text == "true"
-            elif text == "nan":
-                d[metric] = float("nan")
-            else:
-                d[metric] = text
+            d[metric] = _value(value, text)
         return list(out.values())
+
+
+    def cell_rows(self, kind: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every done cell with its own rows (no parameter columns): ``[{"key", "params", "rows"}]``,
+        ordered by key; the rows of a cell in their order."""
+        q = ("SELECT c.key, c.params, r.row, r.metric, r.value, r.text FROM cells c LEFT JOIN results r "
+             "ON c.key = r.cell_key WHERE c.status = 'done'" + (" AND c.kind = ?" if kind else "") +
+             " ORDER BY c.key, r.row, r.metric")
+        cells: Dict[str, Dict[str, Any]] = {}
+        for key, params, row, metric, value, text in self.con.execute(q, [kind] if kind else []).fetchall():
+            c = cells.setdefault(key, {"key": key, "params": json.loads(params), "rows": {}})
+            if row is None:
+                continue
+            c["rows"].setdefault(row, {})[metric] = _value(value, text)
+        return [{**c, "rows": [c["rows"][i] for i in sorted(c["rows"])]} for c in cells.values()]
+
+
+def _value(value, text):
+    if text is None:
+        return value
+    if text == "int":
+        return int(value)
+    if text in ("true", "false"):
+        return text == "true"
+    if text == "nan":
+        return float("nan")
+    return text
 
 
 def _label(spec: Any) -> Optional[str]:

@@ -69,16 +69,15 @@ def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
 
 def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
-         weight_decay: float, seed: int, max_shift: int = 0, progress: bool = True,
+         weight_decay: float, seed: int, max_shift: int = 0, progress: Optional[bool] = None,
          adv_eps: float = 0.0, adv_steps: int = 7) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (x.shape[0] + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    it = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=type(model).__name__, unit="epoch")
+    from .._progress import track
+
+    it = track(range(epochs), type(model).__name__, progress=progress, unit="epoch", leave=True)
     model.train()
     for _ in it:
         perm = torch.randperm(x.shape[0], generator=g)
@@ -97,7 +96,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr:
     model.eval()
 
 
-def train_digits(seed: int = 0, epochs: int = 30, progress: bool = True) -> Tuple[DigitsCNN, Dict]:
+def train_digits(seed: int = 0, epochs: int = 30, progress: Optional[bool] = None) -> Tuple[DigitsCNN, Dict]:
     """Train :class:`DigitsCNN` on ``load_digits("train")``; returns (model in eval mode, metrics)."""
     torch.manual_seed(seed)
     (xtr, ytr), (xte, yte) = load_digits(None)
@@ -129,7 +128,7 @@ def robust_record(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int = 2
 
 
 def train_mnist(seed: int = 0, epochs: int = 20, adversarial: bool = False, eps: float = 0.1, pgd_steps: int = 7,
-                progress: bool = True) -> Tuple[DigitsCNN, Dict]:
+                progress: Optional[bool] = None) -> Tuple[DigitsCNN, Dict]:
     """Train :class:`DigitsCNN` on the real MNIST subset (``load_mnist()``, 4,000 train / 1,000 test).
 
     ``adversarial=True``: PGD adversarial training (Madry et al.) at L-inf ``eps``
@@ -157,7 +156,7 @@ def train_mnist(seed: int = 0, epochs: int = 20, adversarial: bool = False, eps:
     return model, info
 
 
-def train_tabular(seed: int = 0, epochs: int = 60, progress: bool = True) -> Tuple[TabularMLP, Dict]:
+def train_tabular(seed: int = 0, epochs: int = 60, progress: Optional[bool] = None) -> Tuple[TabularMLP, Dict]:
     """Train :class:`TabularMLP` on ``load_tabular("train")``; returns (model in eval mode, metrics)."""
     torch.manual_seed(seed)
     (xtr, ytr), (xte, yte) = load_tabular(None)
@@ -204,7 +203,7 @@ def main(argv: Optional[list] = None) -> int:
         for name in (["digits", "tabular", "mnist", "mnist_pgd"] if a.which == "all" else [a.which]):
             fn, filename = jobs[name]
             kw = {} if a.epochs is None else {"epochs": a.epochs}
-            model, info = fn(seed=a.seed, progress=not a.no_progress, **kw)
+            model, info = fn(seed=a.seed, progress=False if a.no_progress else None, **kw)
             info["threads"] = a.threads
             _save(model, info, out, filename)
             print(f"{name}: held-out accuracy {info['test_accuracy']:.4f} ({info['n_test']} samples), "

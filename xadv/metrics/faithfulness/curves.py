@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..._model import preserved
 from ..._validation import check_bounds, check_inputs, check_model, check_positive_int, resolve_target
-from ...explainers.base import forward
+from .._base import predict, predict_rows, rows_per_call
 from ...explainers.integrated_gradients import gaussian_blur
 from ...explanation import Explanation
 
@@ -155,25 +155,24 @@ def _curve(model, x, attributions, target, steps, fill, reduce, score, bounds, b
     if fill == "noise" and seed is not None:
         gen = torch.Generator(device=x.device).manual_seed(int(seed))
     base = fill_values(x, fill, bounds=bounds, blur_sigma=blur_sigma, generator=gen)
-    rows = batch_size or max(1, 4096 // max(n, 1)) * n
+    rows = rows_per_call(x, batch_size)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(f, device=x.device).expand(n, f))
+    kt = torch.tensor(ks, device=x.device)
+    # insertion starts from the fill and reveals the top-k features; deletion removes them
+    src, dst = (base, x) if insertion else (x, base)
+
+    def build(i, j):  # rows i:j of the (levels x N) perturbed inputs, level-major
+        r = torch.arange(i, j, device=x.device)
+        k = r % n
+        mask = _expand_mask(ranks[k] < kt[r // n][:, None], x)
+        return torch.where(mask, dst[k], src[k])
+
     with preserved(model), torch.no_grad():
-        out = forward(model, x)
+        out = predict(model, x, batch_size)
         t = resolve_target(target if not isinstance(attributions, Explanation) or target is not None
                            else attributions.target, out)
-        scores = torch.empty(n, len(ks), dtype=x.dtype, device=x.device)
-        # build the perturbed batches level by level, several levels per forward pass
-        per = max(1, rows // n)
-        for start in range(0, len(ks), per):
-            lev = ks[start:start + per]
-            xs = []
-            for k in lev:
-                if insertion:  # start from the fill, reveal the top-k features
-                    xs.append(remove_features(base, order, k, x))
-                else:
-                    xs.append(remove_features(x, order, k, base))
-            o = forward(model, torch.cat(xs))
-            s = _score(o, t.repeat(len(lev)), score).reshape(len(lev), n)
-            scores[:, start:start + len(lev)] = s.T
+        o = predict_rows(model, len(ks) * n, build, rows)
+        scores = _score(o, t.repeat(len(ks)), score).reshape(len(ks), n).T.contiguous()
     fractions = torch.tensor(ks, dtype=x.dtype, device=x.device) / f
     return fractions, scores
 
@@ -202,7 +201,7 @@ def deletion_curve(model, x: torch.Tensor, attributions: AttrLike, target=None, 
     bounds : (float, float), default (0, 1)   range of ``fill="noise"``
     blur_sigma : float, default 2.0
     seed : int, optional                      for ``fill="noise"``
-    batch_size : int, optional                rows per forward pass (default ~4096)
+    batch_size : int, optional                rows per model call (default ``default_batch_rows``)
 
     Returns
     -------

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..._validation import check_positive_int
-from .._base import (check_nonnegative, flat, generator, metric, pearson_rows, predict, prepare, setup,
-                     spearman_rows, target_scores, check_attributions)
+from .._base import (check_attributions, check_nonnegative, flat, generator, metric, pearson_rows, predict,
+                     predict_rows, prepare, rows_per_call, scores_of, setup, spearman_rows)
 
 __all__ = ["faithfulness_correlation", "faithfulness_estimate", "pixel_flipping", "region_perturbation",
            "selectivity", "sensitivity_n", "monotonicity", "monotonicity_correlation", "irof", "road",
@@ -53,15 +53,29 @@ def baseline_values(x: torch.Tensor, baseline: BaselineLike) -> torch.Tensor:
     return stats[baseline]().reshape((-1,) + (1,) * (x.dim() - 1)).expand_as(x)
 
 
-def _scores(model, xs: torch.Tensor, t: torch.Tensor, batch_size, softmax: bool) -> torch.Tensor:
-    """xs (S, N, ...) -> target scores (N, S)."""
-    s, n = xs.shape[:2]
-    out = target_scores(model, xs.reshape((s * n,) + tuple(xs.shape[2:])), t.repeat(s), batch_size, softmax)
-    return out.reshape(s, n).T
+def _masked_scores(model, x: torch.Tensor, masks: torch.Tensor, base: torch.Tensor, t: torch.Tensor, batch_size,
+                   softmax: bool, crop=None) -> torch.Tensor:
+    """Target scores (N, S) of the S x N inputs ``x`` with ``masks`` (S, N, F) set to ``base``.
+
+    The perturbed rows are built per model call (at most ``batch_size`` rows, step-major),
+    so memory holds the boolean masks and one call's rows, never all S x N inputs.
+    """
+    s, n, f = masks.shape
+    xf, bf, mf = flat(x), flat(base), masks.reshape(s * n, f)
+    shape = tuple(x.shape[1:])
+
+    def build(i, j):
+        k = torch.arange(i, j, device=x.device) % n
+        xs = torch.where(mf[i:j], bf[k], xf[k]).reshape((j - i,) + shape)
+        return xs if crop is None else crop(xs)
+
+    probe = x[:1] if crop is None else crop(x[:1])
+    out = predict_rows(model, s * n, build, rows_per_call(probe, batch_size), softmax)
+    return out.gather(1, t.repeat(s)[:, None]).reshape(s, n).T
 
 
-def _setup(model, x, y, a, min_dim=2):
-    x, out, t = setup(model, x, y, min_dim)
+def _setup(model, x, y, a, min_dim=2, batch_size=None):
+    x, out, t = setup(model, x, y, min_dim, batch_size)
     return x, out, t, check_attributions(a, x)
 
 
@@ -85,12 +99,6 @@ def _step_masks(idx: torch.Tensor, f: int, cumulative: bool) -> torch.Tensor:
     if cumulative:
         m = m.cumsum(1) > 0
     return m.transpose(0, 1)
-
-
-def _perturbed(x: torch.Tensor, masks: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """x (N, ...), masks (S, N, F) -> (S, N, ...) with masked features set to ``base``."""
-    xf, bf = flat(x), flat(base)
-    return torch.where(masks, bf[None], xf[None]).reshape((masks.shape[0],) + tuple(x.shape))
 
 
 @metric("faithfulness", "higher")
@@ -138,20 +146,21 @@ def faithfulness_correlation(model, x: torch.Tensor, y, a, *, n_runs: int = 100,
     >>> faithfulness_correlation(net, x, 1, a, n_runs=20, subset_size=4, seed=0).round(decimals=4)
     tensor([1., 1.])
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     n, f = x.shape[0], x[0].numel()
     if indices is None:
         check_positive_int(n_runs, "n_runs")
         if not 0 < subset_size <= f:
             raise ValueError(f"subset_size must be in 1..{f} (the number of features), got {subset_size!r}")
         g = generator(seed, x.device)
-        indices = torch.rand(n, n_runs, f, generator=g, device=x.device).argsort(-1)[..., :subset_size]
+        # a uniform random subset per run: the positions of the subset_size largest uniforms
+        indices = torch.rand(n, n_runs, f, generator=g, device=x.device).topk(subset_size, -1).indices
     indices = indices.to(x.device).long()
     if indices.dim() != 3 or indices.shape[0] != n:
         raise ValueError(f"indices must have shape (N, n_runs, subset_size), got {tuple(indices.shape)}")
     masks = _step_masks(indices, f, cumulative=False)
-    y0 = target_scores(model, x, t, batch_size, softmax)
-    yp = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)
+    y0 = scores_of(out, t, softmax)
+    yp = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)
     att = flat(a).gather(1, indices.reshape(n, -1)).reshape(indices.shape).sum(-1)
     return pearson_rows(att, y0[:, None] - yp)
 
@@ -181,13 +190,13 @@ def faithfulness_estimate(model, x: torch.Tensor, y, a, *, features_in_step: int
     Alvarez-Melis, Jaakkola. Towards Robust Interpretability with Self-Explaining Neural
     Networks. NeurIPS 2018.
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     step = check_positive_int(features_in_step, "features_in_step")
     af = flat(a)
     idx = _order_steps(af, step)
     masks = _step_masks(idx, af.shape[1], cumulative=False)
-    y0 = target_scores(model, x, t, batch_size, softmax)
-    yp = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)
+    y0 = scores_of(out, t, softmax)
+    yp = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)
     att = (masks.transpose(0, 1) * af[:, None]).sum(-1)
     return pearson_rows(att, y0[:, None] - yp)
 
@@ -225,11 +234,11 @@ def pixel_flipping(model, x: torch.Tensor, y, a, *, features_in_step: int = 1, b
     Bach, Binder, Montavon, Klauschen, Müller, Samek. On Pixel-Wise Explanations for
     Non-Linear Classifier Decisions by Layer-Wise Relevance Propagation. PLoS ONE 2015.
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     af = flat(a)
     idx = _order_steps(af, check_positive_int(features_in_step, "features_in_step"))
     masks = _step_masks(idx, af.shape[1], cumulative=True)
-    curve = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)
+    curve = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)
     return curve if return_curve else _trapz(curve)
 
 
@@ -271,10 +280,9 @@ def _patch_curve(model, x, t, a, patch_size, baseline, order, regions, softmax, 
     o = o[:, :regions]
     idx = blocks[o]  # (N, R, C p p)
     masks = _step_masks(idx, xp[0].numel(), cumulative=True)
-    xs = _perturbed(xp, masks, baseline_values(xp, baseline))
     H, W = xp.shape[2:]
-    xs = xs[..., ph0:H - ph1, pw0:W - pw1]
-    return _scores(model, xs, t, batch_size, softmax)
+    crop = (lambda z: z[..., ph0:H - ph1, pw0:W - pw1]) if (ph0 + ph1 + pw0 + pw1) else None
+    return _masked_scores(model, xp, masks, baseline_values(xp, baseline), t, batch_size, softmax, crop)
 
 
 @metric("faithfulness", "higher")
@@ -309,11 +317,11 @@ def region_perturbation(model, x: torch.Tensor, y, a, *, patch_size: int = 8, re
     Samek, Binder, Montavon, Lapuschkin, Müller. Evaluating the Visualization of What a
     Deep Neural Network Has Learned. IEEE TNNLS 2017.
     """
-    x, out, t, a = _setup(model, x, y, a, min_dim=4)
+    x, out, t, a = _setup(model, x, y, a, min_dim=4, batch_size=batch_size)
     g = generator(seed, x.device) if order == "random" else None
     curve = _patch_curve(model, x, t, a, patch_size, baseline, order, check_positive_int(regions, "regions"),
                          softmax, batch_size, g)
-    curve = target_scores(model, x, t, batch_size, softmax)[:, None] - curve
+    curve = scores_of(out, t, softmax)[:, None] - curve
     return curve if return_curve else _trapz(curve)
 
 
@@ -339,7 +347,7 @@ def selectivity(model, x: torch.Tensor, y, a, *, patch_size: int = 8, baseline: 
     Montavon, Samek, Müller. Methods for Interpreting and Understanding Deep Neural
     Networks. Digital Signal Processing 2018.
     """
-    x, out, t, a = _setup(model, x, y, a, min_dim=4)
+    x, out, t, a = _setup(model, x, y, a, min_dim=4, batch_size=batch_size)
     curve = _patch_curve(model, x, t, a, patch_size, baseline, "morf", 10 ** 9, softmax, batch_size)
     return curve if return_curve else _trapz(curve)
 
@@ -413,14 +421,13 @@ def monotonicity(model, x: torch.Tensor, y, a, *, features_in_step: int = 1, bas
     Arya et al. One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI
     Explainability Techniques. arXiv:1909.03012, 2019.
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     af = flat(a)
     idx = _order_steps(af, check_positive_int(features_in_step, "features_in_step"), descending=False)
     masks = _step_masks(idx, af.shape[1], cumulative=True)
     base = baseline_values(x, baseline)
     # revealed features take x's values, the rest the baseline
-    xs = _perturbed(base, masks, x)
-    curve = _scores(model, xs, t, batch_size, softmax)
+    curve = _masked_scores(model, base, masks, x, t, batch_size, softmax)
     return (curve[:, 1:] - curve[:, :-1] >= 0).all(1).to(x.dtype)
 
 
@@ -450,14 +457,14 @@ def monotonicity_correlation(model, x: torch.Tensor, y, a, *, features_in_step: 
     ----------
     Nguyen, Martinez. On quantitative aspects of model interpretability. arXiv:2007.07584, 2020.
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     eps = check_nonnegative(eps, "eps")
     af = flat(a)
     idx = _order_steps(af, check_positive_int(features_in_step, "features_in_step"), descending=False)
     masks = _step_masks(idx, af.shape[1], cumulative=False)
-    y0 = target_scores(model, x, t, batch_size, softmax)
+    y0 = scores_of(out, t, softmax)
     inv = torch.where(y0.abs() >= eps, 1.0 / y0.abs(), torch.ones_like(y0)) ** 2
-    yp = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)
+    yp = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)
     var = (yp - y0[:, None]) ** 2 * inv[:, None]
     att = (masks.transpose(0, 1) * af[:, None]).sum(-1)
     return spearman_rows(att, var)
@@ -496,7 +503,7 @@ def irof(model, x: torch.Tensor, y, a, *, segments: Optional[torch.Tensor] = Non
     Rieger, Hansen. IROF: a low resource evaluation metric for explanation methods.
     ICLR-W 2020.
     """
-    x, out, t, a = _setup(model, x, y, a, min_dim=4)
+    x, out, t, a = _setup(model, x, y, a, min_dim=4, batch_size=batch_size)
     if segments is None:
         segments = grid_segments(x, check_positive_int(patch_size, "patch_size"))
     segments = torch.as_tensor(segments, device=x.device).long()
@@ -517,8 +524,8 @@ def irof(model, x: torch.Tensor, y, a, *, segments: Optional[torch.Tensor] = Non
     steps = torch.arange(ns, device=x.device)
     masks = (pix_rank[None] <= steps[:, None, None])  # (S, N, HW)
     masks = masks[:, :, None, :].expand(-1, -1, c, -1).reshape(ns, n, -1)
-    y0 = target_scores(model, x, t, batch_size, softmax)
-    curve = _scores(model, _perturbed(x, masks, baseline_values(x, baseline)), t, batch_size, softmax)
+    y0 = scores_of(out, t, softmax)
+    curve = _masked_scores(model, x, masks, baseline_values(x, baseline), t, batch_size, softmax)
     curve = curve / y0[:, None]
     valid = (steps[None] < present.sum(1, keepdim=True)).to(x.dtype)
     curve = curve * valid
@@ -578,7 +585,7 @@ def road(model, x: torch.Tensor, y, a, *, percentages: Sequence[float] = tuple(r
     Rong, Leemann, Borisov, Kasneci, Kasneci. A Consistent and Efficient Evaluation
     Strategy for Attribution Methods. ICML 2022.
     """
-    x, out, t, a = _setup(model, x, y, a, min_dim=4)
+    x, out, t, a = _setup(model, x, y, a, min_dim=4, batch_size=batch_size)
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     af = flat(a)
@@ -586,13 +593,12 @@ def road(model, x: torch.Tensor, y, a, *, percentages: Sequence[float] = tuple(r
     o = torch.sort(af, dim=1, descending=order == "morf", stable=True).indices
     rank = torch.empty_like(o).scatter_(1, o, torch.arange(f, device=x.device).expand_as(o))
     g = generator(seed, x.device)
-    hits = []
-    for p in percentages:
-        k = int(f * float(p) / 100)
-        mask = (rank < k).reshape(x.shape)
-        xi = noisy_linear_imputation(x, mask, noise=noise, generator_=g)
-        hits.append((predict(model, xi, batch_size).argmax(1) == t).to(x.dtype))
-    curve = torch.stack(hits, 1)
+    ks = torch.tensor([int(f * float(p) / 100) for p in percentages], device=x.device)
+    # every percentage of every sample imputed together: (P * N, ...) rows, percentage-major
+    masks = (rank[None] < ks[:, None, None]).reshape((-1,) + tuple(x.shape[1:]))
+    xi = noisy_linear_imputation(x.repeat((len(ks),) + (1,) * (x.dim() - 1)), masks, noise=noise, generator_=g)
+    hits = (predict(model, xi, batch_size).argmax(1) == t.repeat(len(ks))).to(x.dtype).reshape(len(ks), -1)
+    curve = hits.T
     return curve if return_curve else curve.mean(1)
 
 
@@ -624,7 +630,7 @@ def sufficiency(model, x: torch.Tensor, y, a, *, threshold: float = 0.6, abs: bo
     Dasgupta, Frost, Moshkovitz. Framework for Evaluating Faithfulness of Local
     Explanations. ICML 2022.
     """
-    x, out, t, a = _setup(model, x, y, a)
+    x, out, t, a = _setup(model, x, y, a, batch_size=batch_size)
     threshold = check_nonnegative(threshold, "threshold")
     af = flat(prepare(a, abs, normalise))
     var = af.var(0, unbiased=True) if af.shape[0] > 1 else torch.ones(af.shape[1], dtype=af.dtype)
@@ -635,7 +641,7 @@ def sufficiency(model, x: torch.Tensor, y, a, *, threshold: float = 0.6, abs: bo
     if dmax > 0:
         d = d / dmax
     sim = (d <= threshold).to(x.dtype) * (1 - torch.eye(x.shape[0], dtype=x.dtype, device=x.device))
-    pred = predict(model, x, batch_size).argmax(1)
+    pred = out.argmax(1)
     same = (pred[None] == pred[:, None]).to(x.dtype)
     cnt = sim.sum(1)
     return torch.where(cnt > 0, (same * sim).sum(1) / cnt.clamp_min(1), torch.zeros_like(cnt))

@@ -19,6 +19,7 @@ import torch
 from ..._model import preserved
 from ..._validation import check_inputs, check_model, check_positive_int, resolve_target
 from ...explanation import Explanation
+from .._base import explanation_fn, predict, rows_per_call
 
 __all__ = ["max_sensitivity", "infidelity", "local_lipschitz", "worst_case_sensitivity", "uniform_perturbations",
            "gaussian_perturbations"]
@@ -85,7 +86,7 @@ def _norm(t: torch.Tensor, ord) -> torch.Tensor:
 
 def max_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, target=None, *, radius: float = 0.02,
                     n_samples: int = 10, norm="fro", perturbations: Optional[torch.Tensor] = None,
-                    seed: Optional[int] = None) -> torch.Tensor:
+                    seed: Optional[int] = None, batch_size: Optional[int] = None) -> torch.Tensor:
     """Max-sensitivity (Yeh et al., 2019): ``max_j ||e(x + d_j) - e(x)|| / ||e(x)||``.
 
     Parameters
@@ -103,6 +104,11 @@ def max_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, target=Non
     perturbations : Tensor (n_samples, N, ...), optional
         Use these perturbations instead of drawing them.
     seed : int, optional
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`):
+        all ``n_samples x N`` perturbed inputs are explained together in calls of at
+        most this many inputs (an expanding explainer without a ``batch_size`` of its
+        own gets this one).
 
     Returns
     -------
@@ -120,29 +126,46 @@ def max_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, target=Non
     >>> max_sensitivity("saliency", net, torch.rand(2, 4), seed=0)  # a linear model's gradient is constant
     tensor([0., 0.])
     """
+    def ratio(d, a, a0):
+        den = _norm(a0, norm)
+        return _norm(a - a0, norm) / torch.where(den == 0, torch.ones_like(den), den)
+
+    return _sampled_max(explainer, model, x, target, ratio, radius, n_samples, perturbations, seed, batch_size,
+                        -float("inf"))
+
+
+def _sampled_max(explainer, model, x, target, ratio, radius, n_samples, perturbations, seed, batch_size, floor):
+    """``max_j ratio(d_j, e(x + d_j), e(x))`` with every draw of every sample explained together."""
+    from .._base import explanation_fn
+
     explainer = _explainer(explainer)
+    explain = explanation_fn(explainer, batch_size)
     check_model(model)
     check_inputs(x, model)
     x = x.detach()
     with preserved(model):
-        e0 = explainer(model, x, target)
-        t = e0.target
-        a0 = e0.attributions.detach()
+        e0 = explainer(model, x, target) if x.shape[0] <= rows_per_call(x, batch_size) else None
+        if e0 is None:  # a large batch: the clean explanation in bounded calls too
+            t = resolve_target(target, predict(model, x, batch_size))
+            a0 = explain(model, x, t)
+        else:
+            t, a0 = e0.target, e0.attributions.detach()
         if perturbations is None:
             perturbations = uniform_perturbations(x, check_positive_int(n_samples, "n_samples"), radius, seed)
         perturbations = _check_perturbations(perturbations, x)
-        den = _norm(a0, norm)
-        den = torch.where(den == 0, torch.ones_like(den), den)
-        best = torch.full((x.shape[0],), -float("inf"), dtype=a0.dtype, device=x.device)
-        for d in perturbations:
-            a = _attr(explainer, model, x + d, t)
-            best = torch.maximum(best, _norm(a - a0, norm) / den)
+        s, n = perturbations.shape[:2]
+        xp = (x[None] + perturbations).reshape((s * n,) + tuple(x.shape[1:]))
+        a = explain.with_output(model, xp, t.repeat(s), group=n)[0]
+        rep = (s,) + (1,) * (x.dim() - 1)
+        r = ratio(perturbations.reshape(xp.shape), a, a0.repeat(rep)).reshape(s, n)
+        best = torch.maximum(r.amax(0), torch.full_like(r[0], floor))
     return best
 
 
 def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model, x: torch.Tensor, target=None, *,
                n_samples: int = 10, std: float = 0.1, perturbations: Optional[torch.Tensor] = None,
-               normalize: bool = False, seed: Optional[int] = None) -> torch.Tensor:
+               normalize: bool = False, seed: Optional[int] = None,
+               batch_size: Optional[int] = None) -> torch.Tensor:
     """Infidelity (Yeh et al., 2019): ``E_I[(I . a - (f(x) - f(x - I)))^2]``.
 
     ``f`` is the target logit, ``a`` the attributions and ``I`` a random
@@ -161,6 +184,8 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
         Scale the attributions by the least-squares optimal ``beta`` first (captum's
         ``normalize=True``), making the metric invariant to the attributions' scale.
     seed : int, optional
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`).
 
     Returns
     -------
@@ -175,7 +200,7 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
     check_inputs(x, model)
     x = x.detach()
     with preserved(model), torch.no_grad():
-        out0 = model(x)
+        out0 = predict(model, x, batch_size)
         if isinstance(explainer, Explanation):
             attr = explainer.attributions.detach()
             t = resolve_target(explainer.target if target is None else target, out0)
@@ -183,26 +208,21 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
             attr, t = explainer.detach(), resolve_target(target, out0)
         else:
             with torch.enable_grad():
-                e = _explainer(explainer)(model, x, target)
-            attr, t = e.attributions.detach(), e.target
+                t = resolve_target(target, out0)
+                attr = explanation_fn(_explainer(explainer), batch_size)(model, x, t)
         if attr.shape != x.shape:
             raise ValueError(f"attributions {tuple(attr.shape)} must have the shape of x {tuple(x.shape)}")
         if perturbations is None:
             perturbations = gaussian_perturbations(x, check_positive_int(n_samples, "n_samples"), std, seed)
         perturbations = _check_perturbations(perturbations, x)
         f0 = out0.gather(1, t[:, None]).squeeze(1)
-        s_aa = torch.zeros_like(f0)
-        s_af = torch.zeros_like(f0)
-        s_ff = torch.zeros_like(f0)
-        s_err = torch.zeros_like(f0)
-        for p in perturbations:
-            fp = model(x - p).gather(1, t[:, None]).squeeze(1)
-            df = f0 - fp
-            ia = (p * attr).reshape(x.shape[0], -1).sum(1)
-            s_aa += ia * ia
-            s_af += ia * df
-            s_ff += df * df
-            s_err += (ia - df) ** 2
+        s, n = perturbations.shape[:2]
+        xp = (x[None] - perturbations).reshape((s * n,) + tuple(x.shape[1:]))
+        fp = predict(model, xp, batch_size).gather(1, t.repeat(s)[:, None]).reshape(s, n)
+        df = f0[None] - fp
+        ia = (perturbations * attr[None]).reshape(s, n, -1).sum(-1)
+        s_aa, s_af, s_ff = (ia * ia).sum(0), (ia * df).sum(0), (df * df).sum(0)
+        s_err = ((ia - df) ** 2).sum(0)
         s = perturbations.shape[0]
         if normalize:
             beta = torch.where(s_aa != 0, s_af / torch.where(s_aa != 0, s_aa, torch.ones_like(s_aa)),
@@ -213,11 +233,12 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
 
 def local_lipschitz(explainer: ExplainerLike, model, x: torch.Tensor, target=None, *, radius: float = 0.02,
                     n_samples: int = 20, norm="fro", perturbations: Optional[torch.Tensor] = None,
-                    seed: Optional[int] = None) -> torch.Tensor:
+                    seed: Optional[int] = None, batch_size: Optional[int] = None) -> torch.Tensor:
     """Local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018).
 
     ``max_j ||e(x + d_j) - e(x)|| / ||d_j||`` over random perturbations ``d_j`` in the
     L-inf ball of ``radius`` (norms are Euclidean unless ``norm`` says otherwise).
+    Parameters as :func:`max_sensitivity` (``batch_size`` included).
 
     Returns
     -------
@@ -234,23 +255,12 @@ def local_lipschitz(explainer: ExplainerLike, model, x: torch.Tensor, target=Non
     >>> bool((local_lipschitz("saliency", net, torch.rand(2, 4), seed=0) > 0).all())
     True
     """
-    explainer = _explainer(explainer)
-    check_model(model)
-    check_inputs(x, model)
-    x = x.detach()
-    with preserved(model):
-        e0 = explainer(model, x, target)
-        t, a0 = e0.target, e0.attributions.detach()
-        if perturbations is None:
-            perturbations = uniform_perturbations(x, check_positive_int(n_samples, "n_samples"), radius, seed)
-        perturbations = _check_perturbations(perturbations, x)
-        best = torch.zeros(x.shape[0], dtype=a0.dtype, device=x.device)
-        for d in perturbations:
-            a = _attr(explainer, model, x + d, t)
-            dn = _norm(d, norm)
-            ratio = _norm(a - a0, norm) / torch.where(dn == 0, torch.ones_like(dn), dn)
-            best = torch.maximum(best, torch.where(dn == 0, torch.zeros_like(ratio), ratio))
-    return best
+    def ratio(d, a, a0):
+        dn = _norm(d, norm)
+        r = _norm(a - a0, norm) / torch.where(dn == 0, torch.ones_like(dn), dn)
+        return torch.where(dn == 0, torch.zeros_like(r), r)
+
+    return _sampled_max(explainer, model, x, target, ratio, radius, n_samples, perturbations, seed, batch_size, 0.0)
 
 
 def worst_case_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, target=None, *, eps: float = 8 / 255,

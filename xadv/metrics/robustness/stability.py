@@ -28,8 +28,9 @@ import torch
 
 from ..._model import preserved
 from ..._validation import check_bounds, check_positive_int, find_module
-from .._base import (ExplainerLike, check_attributions, check_nonnegative, explanation_fn, flat, generator,
-                     metric, predict, setup)
+from .._base import (ExplainerLike, check_attributions, check_nonnegative, chunks, explanation_fn, flat, generator,
+                     metric, predict, rows_per_call, setup)
+from ...explainers.base import forward
 from .sensitivity import _check_perturbations
 
 __all__ = ["avg_sensitivity", "continuity", "consistency", "relative_input_stability",
@@ -72,10 +73,12 @@ def worst_case(model, x: torch.Tensor, t: torch.Tensor, explain, objective: Call
     delta = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * eps
     best = torch.full((x.shape[0],), -float("inf"), dtype=x.dtype, device=x.device)
 
+    with_output = getattr(explain, "with_output", None)
+
     def measure(xa):
-        with torch.no_grad():
+        a, out = with_output(model, xa, t) if with_output is not None else (explain(model, xa, t), None)
+        if out is None:
             out = predict(model, xa)
-        a = explain(model, xa, t)
         v = objective(xa, a, out).detach()
         ok = out.argmax(1) == t
         return torch.where(ok & torch.isfinite(v), v, torch.full_like(v, -float("inf")))
@@ -93,32 +96,43 @@ def worst_case(model, x: torch.Tensor, t: torch.Tensor, explain, objective: Call
     return torch.maximum(best, measure((x + delta).clamp(lo, hi)))
 
 
+def _rep(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``t`` (N, ...) repeated ``s`` times along the batch: row ``j * N + i`` is ``t[i]``."""
+    return t.repeat((s,) + (1,) * (t.dim() - 1))
+
+
 def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturbations, seed, nan_on_change,
-         reduce, attack):
+         reduce, attack, batch_size=None):
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    explain = explanation_fn(explainer)
-    x, out0, t = setup(model, x, y)
+    explain = explanation_fn(explainer, batch_size)
+    x, out0, t = setup(model, x, y, batch_size=batch_size)
     with preserved(model):
         a0 = explain(model, x, t) if a is None else check_attributions(a, x)
         a0 = check_attributions(a0, x)
 
-        def obj(xp, ap, outp):
-            return objective(x, xp, a0, ap, out0, outp)
+        if mode == "attack":  # the search runs on chunks of at most batch_size samples
+            vs = []
+            for i, j in chunks(x.shape[0], rows_per_call(x, batch_size)):
+                def obj(xp, ap, outp, i=i, j=j):
+                    return objective(x[i:j], xp, a0[i:j], ap, out0[i:j], outp, torch.arange(i, j, device=x.device))
 
-        if mode == "attack":
-            v = worst_case(model, x, t, explain, obj, seed=seed, **(attack or {}))
+                vs.append(worst_case(model, x[i:j], t[i:j], explain, obj, seed=seed, **(attack or {})))
+            v = torch.cat(vs)
             return torch.where(torch.isinf(v), torch.full_like(v, float("nan")), v)
         p = _draws(x, n_samples, radius, perturbations, seed)
-        vals, keep = [], []
-        for d in p:
-            xp = x + d
-            outp = predict(model, xp)
-            ap = check_attributions(explain(model, xp, t), x)
-            with torch.no_grad():
-                vals.append(obj(xp, ap, outp))
-            keep.append(outp.argmax(1) == out0.argmax(1))
-        v, k = torch.stack(vals, 1), torch.stack(keep, 1)
+        s, n = p.shape[0], x.shape[0]
+        # every draw of every sample explained together, (S * N) rows, draw-major; the
+        # explainer's own forward pass gives the predictions when it reports them
+        xp = (x[None] + p).reshape((s * n,) + tuple(x.shape[1:]))
+        ap, outp = explain.with_output(model, xp, t.repeat(s), group=n)
+        if outp is None:
+            outp = predict(model, xp, batch_size)
+        ap = check_attributions(ap, xp)
+        with torch.no_grad():
+            v = objective(_rep(x, s), xp, _rep(a0, s), ap, _rep(out0, s), outp,
+                          torch.arange(n, device=x.device).repeat(s)).reshape(s, n).T
+        k = (outp.argmax(1) == _rep(out0, s).argmax(1)).reshape(s, n).T
         r = v.mean(1) if reduce == "mean" else v.amax(1)
         if nan_on_change:  # as Quantus: one draw that changes the prediction makes the sample NaN
             r = torch.where(k.all(1), r, torch.full_like(r, float("nan")))
@@ -147,6 +161,10 @@ _DOC_COMMON = """
     attack : dict, optional
         ``eps`` (8/255), ``steps`` (20), ``step_size``, ``bounds``, ``beta`` of the
         worst-case search (``mode="attack"``).
+    batch_size : int, optional
+        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`):
+        the S x N perturbed inputs are explained together in calls of at most this many
+        inputs, and an expanding explainer without a ``batch_size`` of its own gets it.
 """
 
 def _doc(fn):
@@ -159,7 +177,8 @@ def _doc(fn):
 def avg_sensitivity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                     mode: str = "random", n_samples: int = 10, radius: float = 0.2,
                     perturbations: Optional[torch.Tensor] = None, seed: Optional[int] = None,
-                    nan_on_change: bool = True, attack: Optional[dict] = None) -> torch.Tensor:
+                    nan_on_change: bool = True, attack: Optional[dict] = None,
+                    batch_size: Optional[int] = None) -> torch.Tensor:
     """Average sensitivity (Yeh et al., 2019): mean of ``||e(x + d) - e(x)||_2 / ||e(x)||_2``.
 
     Parameters
@@ -180,12 +199,12 @@ def avg_sensitivity(model, x: torch.Tensor, y=None, a=None, *, explainer: Explai
     >>> bool((avg_sensitivity(net, torch.rand(3, 4), 0, seed=0) > 0).all())
     True
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         den = flat(a0).norm(dim=1)
         return flat(a0 - ap).norm(dim=1) / torch.where(den == 0, torch.ones_like(den), den)
 
     return _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturbations, seed, nan_on_change,
-                "mean", attack)
+                "mean", attack, batch_size)
 
 
 def _rel(a0, ap, eps_min):
@@ -198,7 +217,7 @@ def relative_input_stability(model, x: torch.Tensor, y=None, a=None, *, explaine
                              mode: str = "random", n_samples: int = 10, radius: float = 0.2,
                              perturbations: Optional[torch.Tensor] = None, seed: Optional[int] = None,
                              nan_on_change: bool = True, eps_min: float = 1e-6,
-                             attack: Optional[dict] = None) -> torch.Tensor:
+                             attack: Optional[dict] = None, batch_size: Optional[int] = None) -> torch.Tensor:
     """Relative input stability (Agarwal et al., 2022):
     ``max_d ||(e(x) - e(x')) / e(x)||_2 / max(||(x - x') / x||_2, eps_min)``.
 
@@ -215,13 +234,13 @@ def relative_input_stability(model, x: torch.Tensor, y=None, a=None, *, explaine
     Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik, Lakkaraju. Rethinking Stability
     for Attribution-based Explanations. ICLR-W 2022.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
         den = flat((x - xp) / (x + (x == 0) * eps_min)).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
 
     return _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturbations, seed, nan_on_change,
-                "max", attack)
+                "max", attack, batch_size)
 
 
 @metric("robustness", "lower", needs=("model", "explainer"))
@@ -230,7 +249,7 @@ def relative_output_stability(model, x: torch.Tensor, y=None, a=None, *, explain
                               mode: str = "random", n_samples: int = 10, radius: float = 0.2,
                               perturbations: Optional[torch.Tensor] = None, seed: Optional[int] = None,
                               nan_on_change: bool = True, eps_min: float = 1e-6,
-                              attack: Optional[dict] = None) -> torch.Tensor:
+                              attack: Optional[dict] = None, batch_size: Optional[int] = None) -> torch.Tensor:
     """Relative output stability (Agarwal et al., 2022): the explanation's relative change
     over the change of the logits, ``||h(x) - h(x')||_2``, maximised over the draws.
 
@@ -241,27 +260,29 @@ def relative_output_stability(model, x: torch.Tensor, y=None, a=None, *, explain
     -------
     Tensor (N,); lower is more stable.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
         den = (out0 - outp).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
 
     return _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturbations, seed, nan_on_change,
-                "max", attack)
+                "max", attack, batch_size)
 
 
-def _representation(model, layers: Sequence[str]):
+def _representation(model, layers: Sequence[str], batch_size: Optional[int] = None):
     mods = [find_module(model, n) for n in layers]
 
     def rep(xb):
         acts = []
         hs = [m.register_forward_hook(lambda mod, i, o: acts.append(o.reshape(o.shape[0], -1))) for m in mods]
         try:
-            model(xb)
+            for i, j in chunks(xb.shape[0], rows_per_call(xb, batch_size)):
+                forward(model, xb[i:j])  # grad as the caller has it (the worst-case search needs it)
         finally:
             for h in hs:
                 h.remove()
-        return torch.cat(acts, 1)
+        k = len(mods)
+        return torch.cat([torch.cat(acts[c::k]) for c in range(k)], 1) if k else xb.new_zeros(xb.shape[0], 0)
 
     return rep
 
@@ -273,7 +294,8 @@ def relative_representation_stability(model, x: torch.Tensor, y=None, a=None, *,
                                       mode: str = "random", n_samples: int = 10, radius: float = 0.2,
                                       perturbations: Optional[torch.Tensor] = None, seed: Optional[int] = None,
                                       nan_on_change: bool = True, eps_min: float = 1e-6,
-                                      attack: Optional[dict] = None) -> torch.Tensor:
+                                      attack: Optional[dict] = None,
+                                      batch_size: Optional[int] = None) -> torch.Tensor:
     """Relative representation stability (Agarwal et al., 2022): the explanation's
     relative change over the relative change ``||(L(x) - L(x')) / L(x)||_2`` of the
     internal representation ``L`` (outputs of ``layers``, flattened and concatenated).
@@ -295,18 +317,19 @@ def relative_representation_stability(model, x: torch.Tensor, y=None, a=None, *,
         if len(names) < 2:
             raise ValueError("give layers=[...] (module names) for the representation")
         layers = names[:-1]
-    rep = _representation(model, list(layers))
+    rep = _representation(model, list(layers), batch_size)
     with torch.no_grad(), preserved(model):
         l0 = rep(x.detach())
 
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         lp = rep(xp)
+        lr = l0[idx]
         num = flat(_rel(a0, ap, eps_min)).norm(dim=1)
-        den = ((l0 - lp) / (l0 + (l0 == 0) * eps_min)).norm(dim=1)
+        den = ((lr - lp) / (lr + (lr == 0) * eps_min)).norm(dim=1)
         return num / (den + (den == 0) * eps_min)
 
     return _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturbations, seed, nan_on_change,
-                "max", attack)
+                "max", attack, batch_size)
 
 
 def translate(x: torch.Tensor, dx: int, fill: torch.Tensor) -> torch.Tensor:
@@ -322,7 +345,7 @@ def translate(x: torch.Tensor, dx: int, fill: torch.Tensor) -> torch.Tensor:
 @_doc
 def continuity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLike = "saliency",
                mode: str = "random", n_steps: int = 28, nan_on_change: bool = False,
-               attack: Optional[dict] = None) -> torch.Tensor:
+               attack: Optional[dict] = None, batch_size: Optional[int] = None) -> torch.Tensor:
     """Continuity (Montavon et al., 2018): the largest ``||e(x) - e(x')||_1 / ||x - x'||_2``
     over horizontal translations ``x'`` of the image (filled with its minimum), or
     over the L-inf ball (``mode="attack"``).
@@ -350,20 +373,22 @@ def continuity(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerLi
     Montavon, Samek, Müller. Methods for Interpreting and Understanding Deep Neural
     Networks. Digital Signal Processing 2018.
     """
-    def objective(x, xp, a0, ap, out0, outp):
+    def objective(x, xp, a0, ap, out0, outp, idx):
         return flat(a0 - ap).abs().sum(1) / (flat(x - xp).norm(dim=1) + 1e-9)
 
     if mode == "attack":
-        return _run(model, x, y, a, explainer, objective, mode, 1, 0.0, None, None, nan_on_change, "max", attack)
+        return _run(model, x, y, a, explainer, objective, mode, 1, 0.0, None, None, nan_on_change, "max", attack,
+                    batch_size)
     if mode != "random":
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    x_, out0, t = setup(model, x, y, min_dim=4)
+    x_, out0, t = setup(model, x, y, min_dim=4, batch_size=batch_size)
     w = x_.shape[3]
     dx = (2 * w + 1) // check_positive_int(n_steps, "n_steps")
     fill = flat(x_).amin(1)
     shifts = [-w + dx * (i + 1) for i in range(n_steps)]
     p = torch.stack([translate(x_, s, fill) - x_ for s in shifts])
-    return _run(model, x_, t, a, explainer, objective, "random", None, None, p, None, nan_on_change, "max", None)
+    return _run(model, x_, t, a, explainer, objective, "random", None, None, p, None, nan_on_change, "max", None,
+                batch_size)
 
 
 @metric("robustness", "higher", needs=("model",))
@@ -394,7 +419,7 @@ def consistency(model, x: torch.Tensor, y=None, a=None, *, n: int = 5, discretis
     Dasgupta, Frost, Moshkovitz. Framework for Evaluating Faithfulness of Local
     Explanations. ICML 2022.
     """
-    x, out, t = setup(model, x, y)
+    x, out, t = setup(model, x, y, batch_size=batch_size)
     af = flat(check_attributions(a, x))
     n = check_positive_int(n, "n")
     if discretise == "top_n":
@@ -404,7 +429,7 @@ def consistency(model, x: torch.Tensor, y=None, a=None, *, n: int = 5, discretis
     else:
         raise ValueError(f"discretise must be 'top_n' or 'first_n_sign', got {discretise!r}")
     same_a = (key[None] == key[:, None]).all(-1)
-    pred = predict(model, x, batch_size).argmax(1)
+    pred = out.argmax(1)
     same_p = pred[None] == pred[:, None]
     off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     same_a, same_p = same_a & off, same_p & off
