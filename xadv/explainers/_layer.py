@@ -143,6 +143,23 @@ def capture(model, inputs: Sequence[torch.Tensor], modules, names, input_side: b
     return out, tap.acts
 
 
+def capture_chunked(model, inputs: Sequence[torch.Tensor], modules, names, input_side: bool, grad: bool,
+                    rows: int):
+    """:func:`capture` in slices of at most ``rows`` samples (the clean pass of a layer
+    method): ``(output (N, K), [activation (N, ...) per layer])``."""
+    n = inputs[0].shape[0]
+    if n <= rows:
+        return capture(model, inputs, modules, names, input_side, grad)
+    from .base import balanced_slices
+    outs, acts = [], []
+    for i0, i1 in balanced_slices(n, rows):
+        with sample_rows(torch.arange(i0, i1, device=inputs[0].device), n):
+            o, a = capture(model, [t[i0:i1] for t in inputs], modules, names, input_side, grad)
+        outs.append(o)
+        acts.append(a)
+    return torch.cat(outs), [torch.cat([a[li] for a in acts]) for li in range(len(acts[0]))]
+
+
 def layer_gradient(model, inputs, target_fn, score_fn, modules, names, input_side: bool, create_graph: bool):
     """Gradient of the explained score w.r.t. each layer's activation.
 

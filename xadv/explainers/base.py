@@ -30,8 +30,9 @@ MAX_BATCH_ROWS = {"cpu": 2048, "other": 8192}
 
 
 def default_batch_rows(x: torch.Tensor) -> int:
-    """Rows per batched pass when ``batch_size`` is not given, from ``x``'s device and
-    the size of one sample (see ``BATCH_ELEMENTS``)."""
+    """Rows holding about ``BATCH_ELEMENTS`` input elements: the fallback of the chunking
+    policy (:mod:`xadv.explainers.chunking`) for models it does not probe (training mode,
+    plain callables)."""
     kind = "cpu" if x.device.type == "cpu" else "other"
     per_row = max(1, x[0].numel())
     return max(1, min(MAX_BATCH_ROWS[kind], BATCH_ELEMENTS[kind] // per_row))

@@ -10,13 +10,13 @@ from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._common import make_generator
 from .._validation import TargetLike, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
-from ._layer import LayerOptions, add_layer_doc, capture, layer_path
+from ._layer import LayerOptions, add_layer_doc, capture, capture_chunked, layer_path
 from .integrated_gradients import _blocks
-from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
-                   select_score)
+from .base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
+from .chunking import chunked_forward, rows_per_pass
 
 #: rows (draws x samples) per forward/backward pass when ``batch_size`` is None;
-#: None picks them from the device and the input size (``base.default_batch_rows``)
+#: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
 DEFAULT_BATCH_ROWS: Optional[int] = None
 
 BackgroundLike = Union[None, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -76,9 +76,10 @@ class GradientSHAP(LayerOptions, Explainer):
         (captum's ``stdevs``, shap's ``local_smoothing``). As in both, the attribution
         multiplies by ``x~ - b``, the noisy input minus the baseline.
     batch_size : int, optional
-        Rows (draws x samples) per forward/backward pass: memory is bounded by it and
-        results do not depend on it. Default: rows holding about 2^17 input elements on
-        CPU, 2^22 on accelerators.
+        Rows of every model call: the draws x samples of each forward/backward pass, the
+        clean pass on ``x`` and the background scores. Memory is bounded by it and
+        results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     seed : int, optional
         Same seed, same draws on every call (fixed draws, as fooling attacks need).
@@ -191,13 +192,12 @@ class GradientSHAP(LayerOptions, Explainer):
         bg = self.make_background(x)
         n, tail, S = x.shape[0], tuple(x.shape[1:]), self.n_samples
         ones = (1,) * len(tail)
-        with torch.set_grad_enabled(create_graph):
-            out = forward(model, xi)
+        rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=S * n)
+        out = chunked_forward(model, xi, rows, grad=create_graph)
         t = resolve_target(target, out)
         gen = make_generator(self.seed, self.generator, x.device)
         idx = torch.randint(bg.shape[0], (S, n), generator=gen, device=x.device)
         alphas = torch.rand((S, n), generator=gen, device=x.device, dtype=x.dtype)
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
 
         # k draws of a slice of m samples per pass; the noise of draw j is the j-th
         # randn(x.shape) of the generator whatever the passes
@@ -276,15 +276,15 @@ class GradientSHAP(LayerOptions, Explainer):
         bg = self.make_background(x)
         n, S = x.shape[0], self.n_samples
         side = self.attribute_to_layer_input
+        rows = rows_per_pass(model, [x], batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=S * n)
         with torch.set_grad_enabled(create_graph):
-            out, acts = capture(model, [x], mods, names, side, grad=create_graph)
+            out, acts = capture_chunked(model, [x], mods, names, side, create_graph, rows)
         t = resolve_target(target, out)
         ref = acts[0]
         gen = make_generator(self.seed, self.generator, x.device)
         idx = torch.randint(bg.shape[0], (S, n), generator=gen, device=x.device)
         alphas = torch.rand((S, n), generator=gen, device=x.device, dtype=ref.dtype)
         weights = torch.full((S,), 1.0 / S, dtype=ref.dtype, device=ref.device)
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(ref)
         scores_b = torch.zeros((S, n), dtype=ref.dtype, device=ref.device)
 
         def base_acts(s0, s1, i0, i1):

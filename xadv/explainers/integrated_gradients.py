@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from .._adapter import repeat_rows, sample_rows
 from .._validation import check_bounds, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
-from ._layer import LayerOptions, add_layer_doc, capture, layer_path
-from .base import (Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf,
-                   select_score)
+from ._layer import LayerOptions, add_layer_doc, capture_chunked, layer_path
+from .base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
+from .chunking import chunked_forward, rows_per_pass
 from .._common import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 _BASELINES = ("zeros", "uniform", "blur", "mean")
 
 #: rows (interpolation steps x samples) per forward pass when ``batch_size`` is None;
-#: None picks them from the device and the input size (``base.default_batch_rows``)
+#: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
 DEFAULT_BATCH_ROWS: Optional[int] = None
 
 
@@ -138,9 +138,10 @@ class IntegratedGradients(LayerOptions, Explainer):
         Quadrature rule (captum calls it ``method``): ``riemann_left``, ``riemann_right``, ``riemann_middle``,
         ``riemann_trapezoid`` or ``gausslegendre`` (as in captum).
     batch_size : int, optional
-        Rows (steps x samples) per forward pass: memory is bounded by it and not by
-        ``steps * N``; results do not depend on it. Default: rows holding about 2^17
-        input elements on CPU (cache-friendly), 2^22 on accelerators.
+        Rows of every model call: the steps x samples of each forward/backward pass and
+        the clean passes on ``x`` and on the baseline (N rows each, sliced). Memory is
+        bounded by it and not by ``steps * N``; results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     multiply_by_inputs : bool, default True
         ``False`` returns the path-averaged gradient without the factor ``x - x0``
@@ -239,16 +240,16 @@ class IntegratedGradients(LayerOptions, Explainer):
         # with create_graph a baseline computed from x (blur, mean) stays differentiable
         base = self.make_baseline(xi)
         n = x.shape[0]
-        ar = torch.arange(n, device=x.device)
-        with torch.set_grad_enabled(create_graph), sample_rows(torch.cat([ar, ar]), n):
-            both = forward(model, torch.cat([xi, base]))
-        out, out_base = both[:n], both[n:]
+        rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.steps * n)
+        # clean passes on x and on the baseline, each in slices of at most ``rows``; no
+        # graph unless the result must be differentiable
+        out = chunked_forward(model, xi, rows, grad=create_graph)
+        out_base = chunked_forward(model, base, rows, grad=create_graph)
         t = resolve_target(target, out)
         alphas_np, weights_np = quadrature(self.steps, self.rule)
         alphas = torch.as_tensor(alphas_np, dtype=x.dtype, device=x.device)
         weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
         diff = xi - base
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
         attr = diff * grad_sum if self.multiply_by_inputs else grad_sum
         delta = None
@@ -279,18 +280,14 @@ class IntegratedGradients(LayerOptions, Explainer):
         bases = self._layer_baselines(ins)
         n = ins[0].shape[0]
         side = self.attribute_to_layer_input
-        ar = torch.arange(n, device=ins[0].device)
-        with sample_rows(torch.cat([ar, ar]), n):
-            both, acts = capture(model, [torch.cat([a, b]) for a, b in zip(ins, bases)], mods, names, side,
-                                 grad=create_graph)
-        out, out_base = both[:n], both[n:]
-        acts_x, acts_b = [a[:n] for a in acts], [a[n:] for a in acts]
+        rows = rows_per_pass(model, ins, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.steps * n)
+        out, acts_x = capture_chunked(model, ins, mods, names, side, create_graph, rows)
+        out_base, acts_b = capture_chunked(model, bases, mods, names, side, create_graph, rows)
         t = resolve_target(target, out)
         ref = acts_x[0]
         alphas_np, weights_np = quadrature(self.steps, self.rule)
         alphas = torch.as_tensor(alphas_np, dtype=ref.dtype, device=ref.device)[:, None].expand(-1, n)
         weights = torch.as_tensor(weights_np, dtype=ref.dtype, device=ref.device)
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(ref)
 
         def base_acts(s0, s1, i0, i1):
             return [ab[None, i0:i1].expand((s1 - s0,) + tuple(ab[i0:i1].shape)) for ab in acts_b]

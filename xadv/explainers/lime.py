@@ -284,9 +284,9 @@ class LIME(Explainer):
         The explained quantity; ``softmax`` is the class probability, as ``lime``
         explains ``predict_proba``.
     batch_size : int, optional
-        Rows (perturbed images) per forward pass. Default: about 2^17 input
-        elements on a CPU (8 to 256 rows; passes whose activations stay in cache
-        are the fastest there), about 2^22 on other devices (8 to 1000 rows).
+        Rows of every model call (perturbed images per forward pass, and the clean
+        pass). Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
         Results do not depend on it.
     seed : int, optional
         Same seed, same masks on every call.
@@ -450,10 +450,10 @@ class LIME(Explainer):
         return z
 
     # ---------------------------------------------------------------- main
-    def _rows_per_batch(self, x: torch.Tensor) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return default_rows(x, x[0].numel())
+    def _rows_per_batch(self, model, x: torch.Tensor) -> int:
+        from .chunking import rows_per_pass
+        return rows_per_pass(model, x, batch_size=self.batch_size, work=x.shape[0] * (self.n_samples - 1),
+                             grad=False)
 
     def _format(self, x: torch.Tensor) -> torch.memory_format:
         auto_cl = self.memory_format == "auto" and x.device.type == "cpu"
@@ -462,10 +462,12 @@ class LIME(Explainer):
         return torch.contiguous_format
 
     def _explain(self, model, x, target, create_graph):
+        from .chunking import chunked_forward
+
         x = x.detach()
         n, c, h, w = x.shape
-        with torch.no_grad():
-            out = forward(model, x)
+        rows = self._rows_per_batch(model, x)
+        out = chunked_forward(model, x, rows)
         t = resolve_target(target, out)
         segments, counts = self.segments_for(x)
         fill = self.fill_images(x, segments, counts)
@@ -479,7 +481,6 @@ class LIME(Explainer):
 
         # groups of images bound the memory of the design matrices
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * s_max * 8)))
-        rows = self._rows_per_batch(x)
         fmt = self._format(x)
         bar = progress_bar(n * (ns - 1), "LIME", progress=self.progress, unit="sample", min_total=_BAR_ROWS)
         coef_l, icpt_l, score_l, local_l = [], [], [], []
@@ -630,7 +631,8 @@ class TabularLIME(Explainer):
         Ridge penalty.
     score : {"softmax", "logit", "log_softmax"} or callable, default "softmax"
     batch_size : int, optional
-        Rows per forward pass; default about 2^17 input elements (at most 8192 rows).
+        Rows of every model call, the clean pass included. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
     seed, generator
         Reproducible sampling; draws are made row after row, so a batch equals its
         rows explained one at a time with the same generator.
@@ -801,17 +803,17 @@ class TabularLIME(Explainer):
             raise ValueError(f"TabularLIME was fitted on {self._d} features and needs x of shape "
                              f"(N, {self._d}), "
                              f"got {tuple(x.shape)}")
+        from .chunking import chunked_forward, rows_per_pass
         n = x.shape[0]
-        with torch.no_grad():
-            out = forward(model, x)
+        ns, d = self.n_samples, self._d
+        rows = rows_per_pass(model, x, batch_size=self.batch_size, work=n * (ns - 1), grad=False)
+        out = chunked_forward(model, x, rows)
         t = resolve_target(target, out)
         with torch.no_grad():
             pred = select_score(out, t, self.score).detach()
         dt = _solve_dtype(x.device)
         st = self._stats(x.device, dt)
         gen = make_generator(self.seed, self.generator, x.device)
-        ns, d = self.n_samples, self._d
-        rows = self.batch_size or max(default_rows(x, d), min(8192, DEFAULT_BATCH_ELEMENTS["cpu"] // d))
         group = max(1, min(n, _GROUP_BYTES // max(1, ns * d * 8)))
         bar = progress_bar(n * (ns - 1), "TabularLIME", progress=self.progress, unit="sample", min_total=_BAR_ROWS)
         coef_l, icpt_l, score_l, local_l = [], [], [], []

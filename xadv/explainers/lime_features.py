@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 import torch
 
+from .chunking import chunked_forward, rows_per_pass
 from .._adapter import sample_rows
 from .._common import make_generator
 from .._validation import check_positive_int, resolve_target
@@ -42,7 +43,8 @@ class FeatureLIME(Explainer):
     alpha : float, default 1.0
     score : default "softmax"
     batch_size : int, optional
-        Rows per forward pass (default 1024).
+        Rows of every model call, the clean pass included; default: chosen by
+        :mod:`xadv.explainers.chunking`.
     seed, generator : the draws.
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...) (float); ``segment_weights``
@@ -105,8 +107,8 @@ class FeatureLIME(Explainer):
         base = base.to(device=x.device, dtype=x.dtype) if isinstance(base, torch.Tensor) else \
             torch.tensor(base, device=x.device).to(x.dtype)
         base = torch.broadcast_to(base, x.shape)
-        with torch.no_grad():
-            out = forward(model, x)
+        rows = rows_per_pass(model, x, batch_size=self.batch_size, work=n * self.n_samples, grad=False)
+        out = chunked_forward(model, x, rows)
         t = resolve_target(target, out)
         gen = make_generator(self.seed, self.generator, x.device)
         m = self.n_samples - 1
@@ -119,7 +121,6 @@ class FeatureLIME(Explainer):
                 rank = torch.rand(m, S, generator=gen, device=x.device).argsort(1).argsort(1)
                 z = rank >= k
             masks[i, 1:] = z
-        rows = self.batch_size or 1024
         scores = torch.empty(n, self.n_samples, dtype=torch.float64, device=x.device)
         flat_mask = masks.reshape(n * self.n_samples, S)
         sid = torch.arange(n, device=x.device).repeat_interleave(self.n_samples)

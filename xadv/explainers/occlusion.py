@@ -10,14 +10,15 @@ from .._adapter import repeat_rows, sample_rows
 from .._progress import bar as progress_bar
 from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
-from .base import Explainer, check_score, default_batch_rows, forward, input_leaf, select_score
+from .base import Explainer, check_score, forward, input_leaf, select_score
+from .chunking import chunked_forward, rows_per_pass
 from .integrated_gradients import _blocks
 
 #: with progress=None, a bar only for at least this many occluded rows (a few seconds)
 _BAR_ROWS = 2000
 
 #: rows (window positions x samples) per forward pass when ``batch_size`` is None;
-#: None picks them from the device and the input size (``base.default_batch_rows``)
+#: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
 DEFAULT_BATCH_ROWS: Optional[int] = None
 
 SizeLike = Union[int, Sequence[int], None]
@@ -86,9 +87,10 @@ class Occlusion(Explainer):
         explanation, not differentiated). Several inputs: a tuple, one per input, or one
         callable taking the tuple of inputs and returning a tuple.
     batch_size : int, optional
-        Rows (window positions x samples) per forward pass: memory is bounded by it and
-        results do not depend on it. Default: rows holding about 2^17 input elements on
-        CPU, 2^22 on accelerators.
+        Rows of every model call: window positions x samples per forward pass, and the
+        clean pass on ``x``. Memory is bounded by it and results do not depend on it.
+        Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
         The scalar whose drop is recorded.
     feature_mask : LongTensor, optional
@@ -294,13 +296,13 @@ class Occlusion(Explainer):
         total = math.prod(positions)
 
         base = self.make_baseline(xi)
-        with torch.set_grad_enabled(create_graph):
-            out = forward(model, xi)
+        rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS,
+                             work=total * n, grad=create_graph)
+        out = chunked_forward(model, xi, rows, grad=create_graph)
         t = resolve_target(target, out)
         s0 = select_score(out, t, self.score)
         if not create_graph:
             s0 = s0.detach()
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         parts = {}
         bar = progress_bar(n * total, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for p0, p1, i0, i1 in _blocks(n, total, rows):
@@ -333,14 +335,14 @@ class Occlusion(Explainer):
         n, feat = x.shape[0], tuple(x.shape[1:])
         ids, fm = self._group_masks(x)
         base = self.make_baseline(xi)
-        with torch.set_grad_enabled(create_graph):
-            out = forward(model, xi)
+        rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS,
+                             work=ids.numel() * n, grad=create_graph)
+        out = chunked_forward(model, xi, rows, grad=create_graph)
         t = resolve_target(target, out)
         s0 = select_score(out, t, self.score)
         if not create_graph:
             s0 = s0.detach()
         G = ids.numel()
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
         attr = None
         parts = {}
         bar = progress_bar(n * G, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)

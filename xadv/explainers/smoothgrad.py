@@ -1,6 +1,7 @@
 """SmoothGrad, SmoothGrad-squared and VarGrad as a wrapper around any explainer."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -9,13 +10,14 @@ from .._adapter import repeat_rows, sample_rows
 from .._validation import check_finite, check_positive_int, resolve_target
 from .._common import make_generator
 from ..explanation import Explanation
-from .base import Explainer, balanced_slices, default_batch_rows, forward, input_leaf
+from .base import Explainer, balanced_slices, forward, input_leaf
+from .chunking import chunked_forward, rows_per_pass
 from .gradient import Saliency
 
 _VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 #: rows (noisy copies x samples) per call of the base explainer when ``batch_size``
-#: is None; None picks them from the device and the input size (``base.default_batch_rows``)
+#: is None; None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
 DEFAULT_BATCH_ROWS: Optional[int] = None
 
 
@@ -50,9 +52,10 @@ class SmoothGrad(Explainer):
         Mean of the attributions, mean of their squares, or their variance
         (Adebayo et al., 2018).
     batch_size : int, optional
-        Noisy rows per call of ``base``; memory is bounded by it, results do not
-        depend on it. Default: rows holding about 2^17 input elements on CPU, 2^22 on
-        accelerators.
+        Noisy rows per call of ``base`` and rows of the clean pass; also the bound of
+        ``base``'s own model calls when ``base`` has ``batch_size=None``. Memory is
+        bounded by it, results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
+        (a memory probe and a short timed search, cached).
     seed : int, optional
         Same seed, same noise on every call (fixed draws, as fooling attacks need).
     generator : torch.Generator, optional
@@ -127,10 +130,11 @@ class SmoothGrad(Explainer):
             raise TypeError(f"SmoothGrad adds Gaussian noise to the inputs, which are {x.dtype} (token ids?); "
                             f"explain the embedding's output instead, e.g. with a float input model")
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
-        with torch.set_grad_enabled(create_graph):
-            out = forward(model, xi)
-        t = resolve_target(target, out)
         n = x.shape[0]
+        rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.n_samples * n,
+                             grad=self.base.differentiable)
+        out = chunked_forward(model, xi, rows, grad=create_graph)
+        t = resolve_target(target, out)
         if self.noise_mode == "range":
             # with create_graph the noise scale depends on x too (it is part of the function)
             flat = xi.reshape(n, -1)
@@ -139,7 +143,11 @@ class SmoothGrad(Explainer):
             sigma = torch.full((n,), self.noise, dtype=x.dtype, device=x.device)
         sigma = sigma.reshape((n,) + (1,) * (x.dim() - 1))
         gen = make_generator(self.seed, self.generator, x.device)
-        rows = self.batch_size or DEFAULT_BATCH_ROWS or default_batch_rows(x)
+        base = self.base
+        if self.batch_size is not None and getattr(base, "batch_size", 0) is None:
+            # the user's bound holds for the base method's own model calls too
+            base = copy.copy(base)
+            base.batch_size = self.batch_size
 
         # Noise is drawn one full-batch copy at a time (draw j is always the j-th
         # ``randn(x.shape)`` of the generator, whatever ``batch_size``), then
@@ -167,7 +175,7 @@ class SmoothGrad(Explainer):
                 # inputs already checked and the model already preserved by our own
                 # __call__: go straight to the base method (no re-validation per pass)
                 with sample_rows(repeat_rows(i0, i1, k, x.device), n):
-                    eb = self.base._explain(model, bx, bt, create_graph)
+                    eb = base._explain(model, bx, bt, create_graph)
                 several = isinstance(eb.attributions, tuple)  # several layers: one attribution each
                 attrs = eb.attributions if several else (eb.attributions,)
                 if eb.delta is not None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..._validation import resolve_target
 from ..base import balanced_slices, forward, select_score
+from ..chunking import rows_per_pass
 from ..gradcam import GradCAM
 from ._common import finish, layer_activations
 
@@ -16,17 +17,21 @@ class _PassCAM(GradCAM):
     differentiable = False
 
     def __init__(self, layer: Optional[Union[str, torch.nn.Module]] = None, relu: bool = True,
-                 interpolation: str = "bilinear", score="logit", batch_size: int = 32):
+                 interpolation: str = "bilinear", score="logit", batch_size: Optional[int] = None):
         super().__init__(layer=layer, relu=relu, interpolation=interpolation, score=score)
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
 
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
         x = x.detach()
+        self._rows = rows_per_pass(model, x, batch_size=self.batch_size, grad=False)
         with torch.no_grad():
-            out, acts = layer_activations(model, module, x)
+            parts = [layer_activations(model, module, x[i0:i1])
+                     for i0, i1 in balanced_slices(x.shape[0], self._rows)]
+            out, acts = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             t = resolve_target(target, out)
             w = torch.stack([self._weights(model, module, x[i:i + 1], acts[i:i + 1], t[i:i + 1], out[i:i + 1])
                              for i in range(x.shape[0])])
@@ -42,8 +47,9 @@ class ScoreCAM(_PassCAM):
     Parameters
     ----------
     layer, relu, interpolation, score : as :class:`~xadv.explainers.GradCAM`
-    batch_size : int, default 32
-        Masked inputs per forward pass (K passes per input in all).
+    batch_size : int, optional
+        Rows of every model call (masked inputs per pass, K per input in all; the clean
+        pass too). Default: chosen by :mod:`xadv.explainers.chunking`.
 
     Not differentiable (the weights come from K forward passes on masked inputs).
 
@@ -69,7 +75,7 @@ class ScoreCAM(_PassCAM):
         lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
         masks = (up - lo) / (hi - lo + 1e-8)
         scores = []
-        for i0, i1 in balanced_slices(masks.shape[0], self.batch_size):
+        for i0, i1 in balanced_slices(masks.shape[0], self._rows):
             xs = x * masks[i0:i1, None]
             scores.append(select_score(forward(model, xs), t.expand(i1 - i0), self.score))
         return torch.softmax(torch.cat(scores), 0)
@@ -82,8 +88,9 @@ class AblationCAM(_PassCAM):
     Parameters
     ----------
     layer, relu, interpolation, score : as :class:`~xadv.explainers.GradCAM`
-    batch_size : int, default 32
-        Ablated copies per forward pass (K passes per input in all).
+    batch_size : int, optional
+        Rows of every model call (ablated copies per pass, K per input in all; the clean
+        pass too). Default: chosen by :mod:`xadv.explainers.chunking`.
 
     Not differentiable (the weights come from K forward passes with ablated channels).
 
@@ -107,7 +114,7 @@ class AblationCAM(_PassCAM):
         y = select_score(out, t, self.score)
         k = acts.shape[1]
         drops = []
-        for i0, i1 in balanced_slices(k, self.batch_size):
+        for i0, i1 in balanced_slices(k, self._rows):
             m = i1 - i0
             ablated = acts.expand(m, -1, -1, -1).clone()
             ablated[torch.arange(m), torch.arange(i0, i1)] = 0

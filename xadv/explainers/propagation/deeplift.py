@@ -9,12 +9,20 @@ from torch import nn
 from ..._validation import resolve_target
 from ...explanation import Explanation
 from ...nn import count_functional_relus
-from ..base import Explainer, balanced_slices, check_score, default_batch_rows, forward, input_leaf, select_score
+from ..._adapter import sample_rows
+from ..base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
+from ..chunking import chunked_forward, rows_per_pass
 from .core import ACTIVATION_TYPES, MAXPOOL_TYPES, Composite, attached, true_inputs
 from .rules import MaxPoolRescale, Rescale
 
 #: elementwise nonlinearities that get the rescale rule (captum's set and more)
 RESCALE_TYPES = ACTIVATION_TYPES
+
+
+def _check_batch_size(batch_size):
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return None if batch_size is None else int(batch_size)
 
 
 def deeplift_composite(eps: float) -> Composite:
@@ -42,15 +50,19 @@ def _check_baseline(baseline):
     return float(baseline)
 
 
-def deeplift_rows(model, xi, x0, t, score, eps, create_graph):
+def deeplift_rows(model, xi, x0, t, score, eps, create_graph, samples=None, n_total=None):
     """DeepLIFT attributions of rows ``xi`` against references ``x0`` (same shape) for
-    targets ``t``: ``(x - x0) * m`` with the multipliers ``m``; also the score gaps."""
+    targets ``t``: ``(x - x0) * m`` with the multipliers ``m``; also the score gaps.
+    The model sees ``[xi; x0]``, ``2 * len(xi)`` rows (``samples``: their sample ids)."""
     n = xi.shape[0]
     comp = deeplift_composite(eps)
     xin = torch.cat([xi, x0])
-    saved = true_inputs(model, comp, xin, create_graph)
-    with torch.enable_grad(), attached(model, comp, saved=saved):
-        both = forward(model, xin)
+    if samples is None:
+        samples, n_total = torch.arange(n, device=xi.device), n
+    with sample_rows(torch.cat([samples, samples]), n_total):
+        saved = true_inputs(model, comp, xin, create_graph)
+        with torch.enable_grad(), attached(model, comp, saved=saved):
+            both = forward(model, xin)
         s = select_score(both[:n], t, score)
         (g,) = torch.autograd.grad(s.sum(), xi, create_graph=create_graph)
     s_ref = select_score(both[n:], t, score)
@@ -72,6 +84,10 @@ class DeepLift(Explainer):
     eps : float, default 1e-10
         Below this ``|x - x'|`` a unit uses its gradient.
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
+    batch_size : int, optional
+        Rows per model call: each pass sends ``[x; x']`` for ``batch_size // 2`` inputs
+        (at least one input, two rows), the clean pass at most ``batch_size`` rows.
+        Default: chosen by :mod:`xadv.explainers.chunking`.
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...), ``delta`` (N,).
 
@@ -99,10 +115,12 @@ class DeepLift(Explainer):
     name = "deeplift"
     differentiable = True
 
-    def __init__(self, baseline: Union[float, torch.Tensor] = 0.0, eps: float = 1e-10, score="logit"):
+    def __init__(self, baseline: Union[float, torch.Tensor] = 0.0, eps: float = 1e-10, score="logit",
+                 batch_size: Optional[int] = None):
         self.baseline = _check_baseline(baseline)
         self.eps = float(eps)
         self.score = check_score(score)
+        self.batch_size = _check_batch_size(batch_size)
 
     def _reference(self, x):
         b = self.baseline
@@ -116,9 +134,15 @@ class DeepLift(Explainer):
     def _explain(self, model, x, target, create_graph):
         check_module_relus(model, x, "DeepLift")
         xi = input_leaf(x, create_graph)
-        with torch.no_grad():
-            t = resolve_target(target, forward(model, x.detach()))
-        attr, gap, out = deeplift_rows(model, xi, self._reference(x).detach(), t, self.score, self.eps, create_graph)
+        n = x.shape[0]
+        rows = rows_per_pass(model, x, batch_size=self.batch_size, work=2 * n)
+        t = resolve_target(target, chunked_forward(model, x.detach(), rows))
+        ref = self._reference(x).detach()
+        parts = []
+        for i0, i1 in balanced_slices(n, max(1, rows // 2)):
+            parts.append(deeplift_rows(model, xi[i0:i1], ref[i0:i1], t[i0:i1], self.score, self.eps, create_graph,
+                                       torch.arange(i0, i1, device=x.device), n))
+        attr, gap, out = (torch.cat(p) for p in zip(*parts))
         delta = gap - attr.flatten(1).sum(1)
         if not create_graph:
             attr, out, delta, xi = attr.detach(), out.detach(), delta.detach(), x.detach()
@@ -139,7 +163,9 @@ class DeepLiftShap(Explainer):
     eps : float, default 1e-10
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     batch_size : int, optional
-        Rows (input, reference pairs) per pass; by default from the input size.
+        Rows per model call: a pass sends ``[x; x']`` for ``batch_size // 2`` (input,
+        reference) pairs (at least one pair, two rows), the clean pass at most
+        ``batch_size`` rows. Default: chosen by :mod:`xadv.explainers.chunking`.
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...), ``delta`` (N,).
 
@@ -171,9 +197,7 @@ class DeepLiftShap(Explainer):
         self.background = background
         self.eps = float(eps)
         self.score = check_score(score)
-        if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = _check_batch_size(batch_size)
 
     def _explain(self, model, x, target, create_graph):
         check_module_relus(model, x, "DeepLiftShap")
@@ -181,25 +205,31 @@ class DeepLiftShap(Explainer):
         if bg.shape[1:] != x.shape[1:]:
             raise ValueError(f"background rows have shape {tuple(bg.shape[1:])}, inputs {tuple(x.shape[1:])}")
         xi = input_leaf(x, create_graph)
-        with torch.no_grad():
-            out = forward(model, x.detach())
-        t = resolve_target(target, out)
         n, m = x.shape[0], bg.shape[0]
-        rows = self.batch_size or default_batch_rows(x)
-        per = max(1, rows // m)   # inputs per pass, each with all M references
-        attrs, gaps = [], []
-        for i0, i1 in balanced_slices(n, per):
-            k = i1 - i0
-            xs = xi[i0:i1].repeat_interleave(m, 0)
-            refs = bg.repeat(k, *([1] * (bg.dim() - 1)))
-            a, gap, _ = deeplift_rows(model, xs, refs, t[i0:i1].repeat_interleave(m), self.score, self.eps,
-                                      create_graph)
-            attrs.append(a.view(k, m, *x.shape[1:]).mean(1))
-            gaps.append(gap.view(k, m).mean(1))
-        attr, gap = torch.cat(attrs), torch.cat(gaps)
+        rows = rows_per_pass(model, x, batch_size=self.batch_size, work=2 * n * m)
+        out = chunked_forward(model, x.detach(), rows)
+        t = resolve_target(target, out)
+        # (input, reference) pairs, input-major; each pass sends 2 rows per pair
+        pair_x = torch.arange(n, device=x.device).repeat_interleave(m)
+        pair_b = torch.arange(m, device=x.device).repeat(n)
+        attr = torch.zeros_like(x) if not create_graph else None
+        attrs = []
+        gap = torch.zeros(n, dtype=x.dtype, device=x.device)
+        for p0, p1 in balanced_slices(n * m, max(1, rows // 2)):
+            ix = pair_x[p0:p1]
+            a, g, _ = deeplift_rows(model, xi[ix], bg[pair_b[p0:p1]], t[ix], self.score, self.eps, create_graph,
+                                    ix, n)
+            if create_graph:
+                attrs.append(a)
+            else:
+                attr.index_add_(0, ix, a.detach())
+            gap.index_add_(0, ix, g.detach() if not create_graph else g)
+        if create_graph:
+            attr = torch.zeros_like(x).index_add(0, pair_x, torch.cat(attrs))
+        attr, gap = attr / m, gap / m
         delta = gap - attr.flatten(1).sum(1)
         if create_graph:
-            out = forward(model, xi)
+            out = chunked_forward(model, xi, rows, grad=True)
         else:
             attr, delta, xi = attr.detach(), delta.detach(), x.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(), delta=delta)

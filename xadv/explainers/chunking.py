@@ -1,0 +1,232 @@
+"""Rows per model call: the one chunking policy of the explainers.
+
+Every explainer that batches work (Integrated Gradients steps, SmoothGrad and
+GradientSHAP draws, Occlusion windows, DeepLiftShap references, LIME samples,
+Score-CAM / Ablation-CAM masks) asks :func:`rows_per_pass` how many rows to send to
+the model at once, and sends its clean pass (the prediction on ``x`` itself) through
+:func:`chunked_forward` with the same bound. ``batch_size=`` on an explainer fixes the
+rows of **every** model call it makes; without it the policy chooses:
+
+1. **What a row costs in memory.** One forward pass of a single row with hooks on the
+   model's leaf modules measures the activation bytes per row. Passes that keep their
+   graph for a backward pass (gradient methods) are capped at ``MEMORY_BUDGET["grad"]``
+   bytes of activations, forward-only passes at ``MEMORY_BUDGET["forward"]``; on CUDA
+   the budget is a quarter of the free device memory.
+2. **What a row costs in time.** The prior is the power of two of rows holding about
+   ``PRIOR_BYTES`` (48 MiB) of activations, at least ``MIN_ROWS`` (8); forward passes
+   of the prior, twice and four times as many rows and half as many (never more than
+   the work to do or the memory cap) are timed, best of two each, and the smallest row
+   count within 3% of the fastest time per row is taken. The search stops after
+   ``SEARCH_SECONDS``; the prior is measured first, so it is the fallback.
+3. **Cached** per (model, input shape after the batch, dtype, device, grad or
+   forward-only). The cache holds the model weakly (it does not keep it alive) and is
+   dropped with :func:`clear_cache`.
+
+The choice depends on timings, so two processes may chunk differently; results do not
+depend on the chunking beyond float summation order (the tests compare ``batch_size``
+1, small and None against one pass). A model in training mode (batch-norm statistics,
+dropout) is never probed: the policy then falls back to rows holding about 2^17 input
+elements (:func:`xadv.explainers.base.default_batch_rows`), as it does for plain
+callables that are not ``nn.Module``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .._adapter import sample_rows, unwrap
+
+__all__ = ["rows_per_pass", "chunked_forward", "clear_cache", "MEMORY_BUDGET", "SEARCH_SECONDS", "MAX_ROWS",
+           "PRIOR_BYTES", "MIN_ROWS"]
+
+#: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
+MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
+#: wall-clock limit of one timed search (seconds)
+SEARCH_SECONDS = 3.0
+#: upper bound of the chosen rows (CPU, other devices)
+MAX_ROWS = {"cpu": 1024, "other": 8192}
+#: activation bytes per pass of the first candidate (the prior), and its least rows
+PRIOR_BYTES = 48 << 20
+MIN_ROWS = 8
+
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FALLBACK: Dict[tuple, int] = {}
+
+
+def clear_cache() -> None:
+    """Forget every chosen row count (the next call of each explainer probes again)."""
+    _CACHE.clear()
+
+
+def _as_tuple(x: Inputs) -> Tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _key(xs: Tuple[torch.Tensor, ...], grad: bool) -> tuple:
+    return tuple((tuple(t.shape[1:]), t.dtype, str(t.device)) for t in xs) + (grad,)
+
+
+def _training(m) -> bool:
+    return isinstance(m, nn.Module) and any(mod.training for mod in m.modules())
+
+
+def _rows_of(xs: Tuple[torch.Tensor, ...], r: int) -> Tuple[torch.Tensor, ...]:
+    return tuple(t[:1].expand((r,) + tuple(t.shape[1:])).contiguous() for t in xs)
+
+
+def _call(model, xs, n: int) -> None:
+    r = xs[0].shape[0]
+    with torch.no_grad(), sample_rows(torch.zeros(r, dtype=torch.long, device=xs[0].device), n):
+        model(*xs)
+
+
+def _activation_bytes(model, user, xs, n) -> int:
+    """Bytes of leaf-module outputs of one row (a single no-grad forward pass)."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        for o in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor):
+                total[0] += o.numel() * o.element_size()
+
+    handles = []
+    if isinstance(user, nn.Module):
+        handles = [m.register_forward_hook(hook) for m in user.modules() if not list(m.children())]
+    try:
+        _call(model, _rows_of(xs, 1), n)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], sum(t[:1].numel() * t.element_size() for t in xs))
+
+
+def _budget(device: torch.device, grad: bool) -> int:
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1 << 20, free // 4)
+    return MEMORY_BUDGET["grad" if grad else "forward"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prior(act_bytes: int, cap: int) -> int:
+    """Rows holding ``PRIOR_BYTES`` of activations (a power of two, at least ``MIN_ROWS``)."""
+    r = max(MIN_ROWS, PRIOR_BYTES // max(1, act_bytes))
+    return max(1, min(cap, 1 << int(math.log2(r))))
+
+
+def _search(model, xs, n: int, cap: int, prior: int) -> int:
+    """Time forward passes of ``prior``, then twice and four times as many rows, then half
+    as many (within ``cap`` and ``SEARCH_SECONDS``); the smallest within 3% of the fastest
+    time per row. The prior is always measured first, so a cut-off search keeps it."""
+    device = xs[0].device
+    order = [prior, 2 * prior, 4 * prior, prior // 2]
+    per_row: Dict[int, float] = {}
+    t_start = time.perf_counter()
+    for r in order:
+        r = min(cap, r)
+        if r < 1 or r in per_row:
+            continue
+        batch = _rows_of(xs, r)
+        _call(model, batch, n)  # warm-up at this size (allocator, kernels)
+        best = math.inf
+        for _ in range(2):
+            _sync(device)
+            t0 = time.perf_counter()
+            _call(model, batch, n)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        per_row[r] = best / r
+        if time.perf_counter() - t_start > SEARCH_SECONDS:
+            break
+    fastest = min(per_row.values())
+    return min(k for k, v in per_row.items() if v <= 1.03 * fastest)
+
+
+def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: Optional[int] = None,
+                  grad: bool = True) -> int:
+    """Rows per model call for explaining ``model`` on inputs like ``x``.
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        The model as the explainer calls it (adapters are looked through for the cache key).
+    x : Tensor (N, ...) or tuple of Tensors
+        The inputs of one model call (only their shape after the batch, dtype and device
+        and their first row are used).
+    batch_size : int, optional
+        The user's bound: returned as it is.
+    work : int, optional
+        Rows the explainer has to send in all (e.g. ``steps * N``): the search never
+        tries more.
+    grad : bool, default True
+        Whether the passes keep a graph for a backward pass (memory cap ``"grad"``).
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xadv.explainers.chunking import rows_per_pass
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    >>> rows_per_pass(net, torch.rand(4, 3, 4), batch_size=16)
+    16
+    >>> 1 <= rows_per_pass(net, torch.rand(4, 3, 4), work=200) <= 200
+    True
+    """
+    if batch_size is not None:
+        return int(batch_size)
+    from .base import default_batch_rows
+
+    xs = _as_tuple(x)
+    user = unwrap(model)
+    device = xs[0].device
+    kind = "cpu" if device.type == "cpu" else "other"
+    cap = MAX_ROWS[kind] if work is None else max(1, min(MAX_ROWS[kind], int(work)))
+    if not isinstance(user, nn.Module) or _training(user):
+        return max(1, min(cap, default_batch_rows(xs[0])))
+    key = _key(xs, grad)
+    try:
+        per_model = _CACHE.setdefault(user, {})
+    except TypeError:  # not weak-referenceable
+        per_model = {}
+    hit = per_model.get(key)
+    if hit is not None and (hit[1] >= cap or hit[0] < hit[1]):
+        return max(1, min(cap, hit[0]))
+    n = xs[0].shape[0]
+    act = _activation_bytes(model, user, xs, n)
+    mem_cap = max(1, _budget(device, grad) // act)
+    limit = max(1, min(cap, mem_cap))
+    chosen = _search(model, xs, n, limit, _prior(act, limit))
+    # remember the cap the search ran under: a later call with more work searches again
+    # only when the search stopped at its cap
+    per_model[key] = (chosen, min(cap, mem_cap))
+    return chosen
+
+
+def chunked_forward(model, x: torch.Tensor, rows: int, *, grad: bool = False) -> torch.Tensor:
+    """``forward(model, x)`` in slices of at most ``rows`` rows (the clean pass of an
+    explainer), with the adapter told which samples each slice holds; (N, K)."""
+    from .base import balanced_slices, forward
+
+    n = x.shape[0]
+    if n <= rows:
+        with torch.set_grad_enabled(grad):
+            return forward(model, x)
+    outs = []
+    for i0, i1 in balanced_slices(n, rows):
+        with torch.set_grad_enabled(grad), sample_rows(torch.arange(i0, i1, device=x.device), n):
+            outs.append(forward(model, x[i0:i1]))
+    return torch.cat(outs)
