@@ -17,6 +17,7 @@ from .._adapter import sample_rows
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
 from ..explainers.base import forward
+from ..explainers.chunking import PROBING
 from ..results import AttackResult
 
 _NORMS = ("linf", "l2", "l0")
@@ -162,12 +163,14 @@ class QueryCounter:
             self.wrapped = model
         else:
             def wrapped(x):
-                self.rows += int(x.shape[0])
+                if not PROBING.get():
+                    self.rows += int(x.shape[0])
                 return model(x)
             self.wrapped = wrapped
 
     def _hook(self, module, args):
-        if args and isinstance(args[0], torch.Tensor):
+        # the rows-per-pass policy's timing probes are not queries of the attack
+        if args and isinstance(args[0], torch.Tensor) and not PROBING.get():
             self.rows += int(args[0].shape[0])
 
     def take(self) -> int:

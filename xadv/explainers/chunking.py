@@ -12,18 +12,20 @@ rows of **every** model call it makes; without it the policy chooses:
    graph for a backward pass (gradient methods) are capped at ``MEMORY_BUDGET["grad"]``
    bytes of activations, forward-only passes at ``MEMORY_BUDGET["forward"]``; on CUDA
    the budget is a quarter of the free device memory.
-2. **What a row costs in time.** The prior is the power of two of rows holding about
-   ``PRIOR_BYTES`` (48 MiB) of activations, at least ``MIN_ROWS`` (8); forward passes
-   of the prior, twice and four times as many rows and half as many (never more than
-   the work to do or the memory cap) are timed, best of two each, and the smallest row
-   count within 3% of the fastest time per row is taken. The search stops after
-   ``SEARCH_SECONDS``; the prior is measured first, so it is the fallback.
+2. **Rows from the activation size.** The choice is the power of two of rows holding
+   about ``PRIOR_BYTES`` (48 MiB) of activations, at least ``MIN_ROWS`` (8), never more
+   than the work to do or the memory cap. It depends only on the model, the input
+   shape, dtype and device, so the same call gives the same bits in every process.
+   **Optional timed search** (``SEARCH_SECONDS > 0``, or the environment variable
+   ``XADV_CHUNK_SEARCH=<seconds>``): forward passes of that choice, twice and four times
+   as many rows and half as many are timed, best of two each, and the smallest row
+   count within 3% of the fastest time per row is taken; results then differ between
+   processes by float summation order.
 3. **Cached** per (model, input shape after the batch, dtype, device, grad or
    forward-only). The cache holds the model weakly (it does not keep it alive) and is
    dropped with :func:`clear_cache`.
 
-The choice depends on timings, so two processes may chunk differently; results do not
-depend on the chunking beyond float summation order (the tests compare ``batch_size``
+Results do not depend on the chunking beyond float summation order (the tests compare ``batch_size``
 1, small and None against one pass). A model in training mode (batch-norm statistics,
 dropout) is never probed: the policy then falls back to rows holding about 2^17 input
 elements (:func:`xadv.explainers.base.default_batch_rows`), as it does for plain
@@ -31,7 +33,9 @@ callables that are not ``nn.Module``.
 """
 from __future__ import annotations
 
+import contextvars
 import math
+import os
 import time
 import weakref
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -47,7 +51,7 @@ __all__ = ["rows_per_pass", "chunked_forward", "clear_cache", "MEMORY_BUDGET", "
 #: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
 MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
 #: wall-clock limit of one timed search (seconds)
-SEARCH_SECONDS = 3.0
+SEARCH_SECONDS = float(os.environ.get("XADV_CHUNK_SEARCH", "0") or 0)
 #: upper bound of the chosen rows (CPU, other devices)
 MAX_ROWS = {"cpu": 1024, "other": 8192}
 #: activation bytes per pass of the first candidate (the prior), and its least rows
@@ -80,10 +84,18 @@ def _rows_of(xs: Tuple[torch.Tensor, ...], r: int) -> Tuple[torch.Tensor, ...]:
     return tuple(t[:1].expand((r,) + tuple(t.shape[1:])).contiguous() for t in xs)
 
 
+#: True while the policy's own probe passes run: query counters (attacks) skip them
+PROBING: "contextvars.ContextVar[bool]" = contextvars.ContextVar("xadv_chunking_probe", default=False)
+
+
 def _call(model, xs, n: int) -> None:
     r = xs[0].shape[0]
-    with torch.no_grad(), sample_rows(torch.zeros(r, dtype=torch.long, device=xs[0].device), n):
-        model(*xs)
+    token = PROBING.set(True)
+    try:
+        with torch.no_grad(), sample_rows(torch.zeros(r, dtype=torch.long, device=xs[0].device), n):
+            model(*xs)
+    finally:
+        PROBING.reset(token)
 
 
 def _activation_bytes(model, user, xs, n) -> int:
@@ -209,7 +221,8 @@ def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: O
     act = _activation_bytes(model, user, xs, n)
     mem_cap = max(1, _budget(device, grad) // act)
     limit = max(1, min(cap, mem_cap))
-    chosen = _search(model, xs, n, limit, _prior(act, limit))
+    prior = _prior(act, limit)
+    chosen = _search(model, xs, n, limit, prior) if SEARCH_SECONDS > 0 else prior
     # remember the cap the search ran under: a later call with more work searches again
     # only when the search stopped at its cap
     per_model[key] = (chosen, min(cap, mem_cap))
