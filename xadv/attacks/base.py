@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
 from .._model import preserved
-from .._adapter import sample_rows
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
 from ..explainers.base import forward
@@ -60,55 +59,40 @@ def row_chunks(n: int, rows: Optional[int]):
     return [(i, min(i + rows, n)) for i in range(0, n, rows)]
 
 
-def map_rows(fn: Callable, rows: Optional[int], *tensors, samples: Optional[torch.Tensor] = None):
+def map_rows(fn: Callable, rows: Optional[int], *tensors):
     """``fn`` on row chunks of ``tensors`` (None entries passed as None), outputs concatenated.
 
     ``fn`` returns a tensor or a tuple of tensors (None entries stay None). Samples are
     independent, so the result equals ``fn(*tensors)`` up to float rounding while every
     model call sees at most ``rows`` rows and only one chunk's graph lives at a time.
-    ``samples`` (LongTensor (rows,)), when the rows are the whole batch in another
-    arrangement (e.g. clean and adversarial rows stacked), tells each chunk's calls
-    which samples their rows are (:func:`xadv._adapter.sample_rows`), so adapters with
-    per-sample side inputs or layer replacements follow. Without it the rows may be a
-    subset (an engine's still-active samples) and nothing is claimed about them.
     """
     n = next(t.shape[0] for t in tensors if t is not None)
     spans = row_chunks(n, rows)
-    if samples is None:
-        if len(spans) == 1:
-            return fn(*tensors)
-        outs = [fn(*(None if t is None else t[a:b] for t in tensors)) for a, b in spans]
-    else:
-        idx = samples.to(next(t.device for t in tensors if t is not None))
-        n_samples = int(idx.max()) + 1
-        outs = []
-        for a, b in spans:
-            with sample_rows(idx[a:b], n_samples):
-                outs.append(fn(*(None if t is None else t[a:b] for t in tensors)))
-    if len(outs) == 1:
-        return outs[0]
+    if len(spans) == 1:
+        return fn(*tensors)
+    outs = [fn(*(None if t is None else t[a:b] for t in tensors)) for a, b in spans]
     if isinstance(outs[0], tuple):
         return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
 
 
-def forward_rows(model, x: torch.Tensor, rows: Optional[int], samples: Optional[torch.Tensor] = None) -> torch.Tensor:
+def forward_rows(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
     """The model's (N, K) output without a graph, in calls of at most ``rows`` rows."""
     with torch.no_grad():
-        return map_rows(lambda z: forward(model, z).detach(), rows, x, samples=samples)
+        return map_rows(lambda z: forward(model, z).detach(), rows, x)
 
 
-def evaluation_pass(model, x: torch.Tensor, rows: Optional[int], samples: Optional[torch.Tensor] = None) -> torch.Tensor:
+def evaluation_pass(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
     """The outputs for the result (predictions, confidences, success): a forward pass only,
     channels-last for image batches on a CPU, where PyTorch's convolution and pooling kernels
     are about twice as fast (values equal to float rounding); NCHW for a model that rejects
     channels-last inputs (a ``.view`` of a conv activation) and on other devices."""
     if x.dim() == 4 and x.device.type == "cpu":
         try:
-            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows, samples)
+            return forward_rows(model, x.clone(memory_format=torch.channels_last), rows)
         except RuntimeError:
             pass
-    return forward_rows(model, x, rows, samples)
+    return forward_rows(model, x, rows)
 
 
 def perturbation_norms(delta: torch.Tensor) -> Dict[str, torch.Tensor]:
