@@ -13,11 +13,13 @@ captum's default and captum's best tuned setting: ``internal_batch_size`` /
 ``nt_samples_batch_size`` / ``perturbations_per_eval`` over a few values, the fastest
 taken), ``gradcam`` (captum ``LayerGradCam`` + upsampling, pytorch-grad-cam ``GradCAM``),
 ``lime`` (one image: the ``lime`` package and ``n_samples`` plain forward passes),
-``pgd`` (torchattacks ``PGD``, same settings), ``quantus`` (sparseness and faithfulness
+``pgd`` (torchattacks ``PGD``, same settings; also torchattacks followed by the two
+forward passes that give the clean and adversarial predictions xadv's result holds),
+``quantus`` (sparseness and faithfulness
 correlation, Quantus against ``xadv.metrics``).
 
-Every configuration of a workload runs once per round, rounds interleaved, after one
-warm-up call each (which also fills xadv's chunking cache); medians are reported with
+Every configuration of a workload runs once per round, rounds interleaved (in a new
+shuffled order each round, seeded), after one warm-up call each (which also fills xadv's chunking cache); medians are reported with
 the ratio xadv / reference (below 1: xadv faster). A fixed 512x512 matmul is timed
 between configurations as a noise probe: its spread (max/min over the run) says how
 steady the machine was.
@@ -40,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -180,9 +183,14 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         try:
             pgc = reference("pytorch_grad_cam")
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-            cam = pgc.GradCAM(model=model, target_layers=[layer])
             targets = [ClassifierOutputTarget(int(t)) for t in y]
-            cfg["pytorch-grad-cam"] = lambda: cam(input_tensor=x, targets=targets)
+
+            def pgc_cam():
+                # a fresh object per call, released on exit: its hooks would otherwise stay
+                # on the model and slow every later configuration of the workload
+                with pgc.GradCAM(model=model, target_layers=[layer]) as cam:
+                    return cam(input_tensor=x, targets=targets)
+            cfg["pytorch-grad-cam"] = pgc_cam
         except Exception as e:  # pragma: no cover - environment dependent
             print(f"note: pytorch-grad-cam unavailable: {e}")
         rows.append(("gradcam", "Grad-CAM", cfg))
@@ -222,7 +230,14 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         import torchattacks
         xp = xadv.attacks.PGD(eps=8 / 255, steps=10, step_size=2 / 255, seed=0)
         ta = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
-        rows.append(("pgd", "PGD L-inf, 10 steps", {"xadv": lambda: xp(model, x, y), "torchattacks": lambda: ta(x, y)}))
+
+        def ta_eval():
+            # what xadv's result holds besides x_adv: clean and adversarial predictions
+            adv = ta(x, y)
+            with torch.no_grad():
+                return adv, model(x).argmax(1), model(adv).argmax(1)
+        rows.append(("pgd", "PGD L-inf, 10 steps", {"xadv": lambda: xp(model, x, y), "torchattacks": lambda: ta(x, y),
+                                                    "torchattacks + evaluation": ta_eval}))
     if "quantus" in methods and work in ("digits", "resnet18"):
         try:
             quantus = reference("quantus")
@@ -258,7 +273,12 @@ def run_workload(work: str, methods, rounds: int, quick: bool, log) -> dict:
     probes: List[float] = []
     for m, _, k, fn in flat:  # warm-up (and xadv's chunking cache)
         fn()
+    order = random.Random(0)
     for r in range(rounds):
+        # a new order every round: a configuration that leaves the machine busy (BLAS
+        # threads of the lime package spinning after its ridge fit) slows whatever runs
+        # next, and a fixed order would charge that to one configuration every round
+        order.shuffle(flat)
         for m, _, k, fn in flat:
             t0 = time.perf_counter()
             probe()

@@ -169,10 +169,19 @@ class GradCAM(Explainer):
         self.score = check_score(score)
 
     def resolve_layer(self, model) -> torch.nn.Module:
+        return self._resolve(model)[0]
+
+    def _resolve(self, model):
+        """(module, dotted name) of the layer, in one walk over the model's modules."""
         if not isinstance(model, torch.nn.Module):
             raise TypeError("Grad-CAM needs a torch.nn.Module to find its layer")
         layer = self.layer if self.layer is not None else last_conv_layer(model)
-        return find_module(model, layer)
+        if isinstance(layer, torch.nn.Module):
+            for n, m in unwrap(model).named_modules():
+                if m is layer:
+                    return m, (n or type(m).__name__)
+        module = find_module(model, layer)  # a dotted name, or the error for a foreign module
+        return module, self.layer_name(model, module)
 
     def _layer_label(self, model, module) -> str:
         names = [n for n, m in unwrap(model).named_modules() if m is module]
@@ -211,7 +220,7 @@ class GradCAM(Explainer):
         return (w.reshape(w.shape + (1,) * (acts.dim() - 2)) * acts).sum(1)
 
     def _explain(self, model, x, target, create_graph):
-        module = self.resolve_layer(model)
+        module, layer_name = self._resolve(model)
         store = {"calls": 0}
 
         def hook(_m, _inp, output):
@@ -277,7 +286,7 @@ class GradCAM(Explainer):
         if not create_graph:
             xi = x.detach()
         params = self._params_for_result()
-        params["layer"] = self.layer_name(model, module)
+        params["layer"] = layer_name
         if self.reshape is not None:
             params["reshape"] = repr(self.reshape)
         return Explanation(attr, xi, t, out, self.name, params, raw=cam, extras=extras)
