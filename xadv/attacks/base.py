@@ -6,20 +6,17 @@ runs ``_attack`` and fills every field of :class:`xadv.results.AttackResult`.
 """
 from __future__ import annotations
 
-import time
-import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
-from .._adapter import unwrap
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
 from ..explainers.base import forward
-from ..explainers.chunking import PROBING
+from ..explainers.chunking import PROBING, prefers_channels_last as eval_channels_last  # noqa: F401
 from ..results import AttackResult
 
 _NORMS = ("linf", "l2", "l0")
@@ -83,52 +80,6 @@ def forward_rows(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
     """The model's (N, K) output without a graph, in calls of at most ``rows`` rows."""
     with torch.no_grad():
         return map_rows(lambda z: forward(model, z).detach(), rows, x)
-
-
-_LAYOUT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def eval_channels_last(model, x: torch.Tensor, rows: Optional[int]) -> bool:
-    """Whether forward passes of the image batch ``x`` (N, C, H, W) run faster channels-last.
-
-    Decided once per model, input shape, dtype and device by timing one forward pass of up
-    to 32 rows in each layout (after a warm-up of each); cached on the model (weakly). The
-    digits CNN runs about twice as fast channels-last (its pooling kernels), a ResNet-18
-    with NCHW weights about twice as slow (every convolution reorders its weights), so no
-    fixed rule fits both. Only CPUs are probed; on other devices the layout of ``x`` stays.
-    The probe passes are not counted as queries."""
-    if x.dim() != 4 or x.device.type != "cpu" or not isinstance(model, torch.nn.Module):
-        return False
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
-    per_model = _LAYOUT_CACHE.setdefault(unwrap(model), {})
-    if key in per_model:
-        return per_model[key]
-    k = min(x.shape[0], rows or x.shape[0], 32)
-    probe = x[:k].detach()
-    cl = probe.clone(memory_format=torch.channels_last)
-    token = PROBING.set(True)
-    try:
-        with torch.no_grad():
-            plain = lambda: forward(model, probe)  # noqa: E731
-            last = lambda: forward(model, cl)  # noqa: E731
-            plain()
-            try:
-                last()
-            except RuntimeError:  # a model that rejects channels-last inputs (a ``.view``)
-                per_model[key] = False
-                return False
-            t_plain = min(_timed(plain), _timed(plain))
-            t_last = min(_timed(last), _timed(last))
-    finally:
-        PROBING.reset(token)
-    per_model[key] = choice = t_last < 0.85 * t_plain
-    return choice
 
 
 def evaluation_pass(model, x: torch.Tensor, rows: Optional[int]) -> torch.Tensor:
