@@ -7,13 +7,25 @@ for both libraries:
 * ``resnet18``: :func:`xadv.zoo.architectures.resnet18` (10 classes, seeded random
   weights), a batch of 8 random 3x64x64 images.
 
-Each round times xadv and then Quantus on one metric (so both see the same machine
-load); the table reports the median seconds per call over the rounds and the ratio
-Quantus / xadv (> 1: xadv is faster). Both run on the CPU with the threads torch has
-(set ``OMP_NUM_THREADS`` to compare at one thread).
+Each round times xadv, then Quantus, then the forward floor on one metric (so all see
+the same machine load); the table reports the median seconds per call over the rounds
+and the ratio Quantus / xadv (> 1: xadv is faster). Both run on the CPU with the threads
+torch has (set ``OMP_NUM_THREADS`` to compare at one thread).
+
+**Forward floor.** For a metric that calls the model, the rows of its model calls are
+counted once (a forward hook on the model; the rows gradients flow back through are
+counted by a hook on the output; the chunking and layout probes of xadv are left out),
+for xadv and for Quantus, and the smaller count of each kind is taken. The floor is the
+time of plain model passes over that many rows and nothing else: forward-only passes
+without a graph for the rows that need no gradient, forward and backward (the gradient
+of one logit with respect to the input, as saliency) for the others, each in the fastest
+of a few rows per call (16, 64, 256; 8, 32, 128 with gradients) and, for images, of the
+two memory layouts (contiguous, channels-last). No implementation of the metric can
+beat it by more than the passes it skips; ``xadv / floor`` and ``Quantus / floor`` show
+how close each library comes.
 
 ``python bench/metrics.py [--rounds 5] [--n 32] [--only NAME ...] [--models digits resnet18]``;
-``--quick`` (about two minutes): 2 rounds, 16 digits, no MPRT on the ResNet.
+``--quick`` (a few minutes): 2 rounds, 16 digits, no MPRT on the ResNet.
 """
 import argparse
 import os
@@ -30,6 +42,7 @@ from _refs import import_reference  # noqa: E402
 
 import xadv  # noqa: E402
 import xadv.metrics as M  # noqa: E402
+from xadv.explainers.chunking import PROBING  # noqa: E402
 from xadv.zoo.architectures import resnet18  # noqa: E402
 
 
@@ -124,6 +137,69 @@ def _time(fn, least=0.2):
             return el / k
 
 
+def count_rows(model, fn):
+    """(forward rows, rows gradients flowed back through) of the model calls of ``fn()``.
+
+    A plain function as hook survives the deep copies the randomisation metrics make;
+    xadv's probe passes (rows per call, memory layout) are not counted."""
+    rec = {"fwd": 0, "bwd": 0}
+
+    def hook(_m, inp, out):
+        if PROBING.get() or not isinstance(out, torch.Tensor):
+            return
+        n = out.shape[0]
+        rec["fwd"] += n
+        if out.requires_grad:
+            out.register_hook(lambda g, n=n: rec.__setitem__("bwd", rec["bwd"] + n))
+
+    h = model.register_forward_hook(hook)
+    try:
+        fn()
+    finally:
+        h.remove()
+    return rec["fwd"], rec["bwd"]
+
+
+FWD_SIZES, BWD_SIZES = (16, 64, 256), (8, 32, 128)
+
+
+def floor_time(model, x, fwd, bwd):
+    """Seconds of plain passes: ``fwd - bwd`` rows forward-only (no graph) and ``bwd`` rows
+    forward and backward (gradient of logit 0 with respect to the input), each in the
+    fastest of a few rows per call and (images) memory layouts."""
+    pool = x.repeat((-(-max(FWD_SIZES + BWD_SIZES) // x.shape[0]),) + (1,) * (x.dim() - 1))
+    layouts = [torch.contiguous_format] + ([torch.channels_last] if x.dim() == 4 else [])
+
+    def passes(rows, size, layout, grad):
+        full, rest = divmod(rows, size)
+        batches = [pool[:size].contiguous(memory_format=layout)] * full
+        if rest:
+            batches.append(pool[:rest].contiguous(memory_format=layout))
+
+        def run():
+            for b in batches:
+                if grad:
+                    b = b.detach().requires_grad_(True)
+                    torch.autograd.grad(model(b)[:, 0].sum(), b)
+                else:
+                    with torch.no_grad():
+                        model(b)
+        return run
+
+    total = 0.0
+    for rows, sizes, grad in ((fwd - bwd, FWD_SIZES, False), (bwd, BWD_SIZES, True)):
+        if rows <= 0:
+            continue
+        best = float("inf")
+        for size in sorted({min(c, rows) for c in sizes}):
+            for layout in layouts:
+                run = passes(rows, size, layout, grad)
+                run()  # warm-up at this size and layout
+                best = min(best, _time(run))
+        total += best
+    return total
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -139,8 +215,9 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
           f"rounds {args.rounds}", flush=True)
-    print("| workload | metric | xadv s | Quantus s | Quantus / xadv |")
-    print("|:--|:--|--:|--:|--:|")
+    print("| workload | metric | rows (fwd / bwd) | xadv s | Quantus s | floor s | Quantus / xadv | xadv / floor "
+          "| Quantus / floor |")
+    print("|:--|:--|--:|--:|--:|--:|--:|--:|--:|")
     for wname, (model, x, params) in workloads(args.models, args.n).items():
         with torch.no_grad():
             y = model(x).argmax(1)
@@ -160,13 +237,28 @@ def main(argv=None):
             qkw = dict(model=model, x_batch=xn, y_batch=yn, a_batch=am.numpy(), device="cpu", **kw)
             if mask:
                 qkw["s_batch"] = s.numpy()
-            to, tq = [], []
-            for _ in range(args.rounds):
-                to.append(_time(lambda: ours(model, x, y, am if mask else a, s)))
+            call_o = lambda: ours(model, x, y, am if mask else a, s)  # noqa: E731
+
+            def call_q():
                 np.random.seed(0)
-                tq.append(_time(lambda: ref(**qkw)))
+                return ref(**qkw)
+
+            # the first call of each warms up (xadv's probes, caches) and counts the rows
+            rows_o, rows_q = count_rows(model, call_o), count_rows(model, call_q)
+            fwd, bwd = min(rows_o[0], rows_q[0]), min(rows_o[1], rows_q[1])
+            to, tq, tf = [], [], []
+            for _ in range(args.rounds):
+                to.append(_time(call_o))
+                tq.append(_time(call_q))
+                if fwd:
+                    tf.append(floor_time(model, x, fwd, bwd))
             o, q = statistics.median(to), statistics.median(tq)
-            print(f"| {wname} | {name} | {o:.4f} | {q:.4f} | {q / o:.1f}x |", flush=True)
+            if fwd:
+                f = statistics.median(tf)
+                cols = f"{fwd} / {bwd} | {o:.4f} | {q:.4f} | {f:.4f} | {q / o:.1f}x | {o / f:.2f} | {q / f:.2f}"
+            else:
+                cols = f"- | {o:.4f} | {q:.4f} | - | {q / o:.1f}x | - | -"
+            print(f"| {wname} | {name} | {cols} |", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -126,3 +126,63 @@ def test_seeded_explainer_keeps_common_noise(setup):
     ref = torch.stack([(sg(model, x + d, y).attributions - a0).flatten(1).norm(dim=1) / a0.flatten(1).norm(dim=1)
                        for d in p]).amax(0)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_default_rows_follow_the_chunking_policy(setup, monkeypatch):
+    """Without ``batch_size`` the rows of a call come from ``chunking.rows_per_pass``:
+    forward-only for the perturbation passes, with gradients for the explanations."""
+    from xadv.explainers import chunking
+
+    model, x, y, a, record = setup
+    asked = []
+
+    def policy(m, xb, *, batch_size=None, work=None, grad=True):
+        asked.append(grad)
+        return 4
+
+    monkeypatch.setattr(chunking, "rows_per_pass", policy)
+    free = M.pixel_flipping(model, x, y, a, **STEP, return_curve=True)
+    assert asked and not any(asked)
+    record.clear()
+    M.pixel_flipping(model, x, y, a, **STEP, return_curve=True)
+    assert max(record) <= 4
+    asked.clear()
+    M.avg_sensitivity(model, x, y, a, n_samples=2, seed=0, nan_on_change=False)
+    assert True in asked and False in asked
+    monkeypatch.undo()
+    torch.testing.assert_close(M.pixel_flipping(model, x, y, a, **STEP, return_curve=True), free,
+                               rtol=1e-4, atol=1e-5)
+
+
+class _Flat(torch.nn.Module):
+    """Rejects channels-last inputs of more than one channel (``.view`` of a non-contiguous tensor)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.lin = torch.nn.Linear(features, 10)
+
+    def forward(self, x):
+        return self.lin(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("name", ["pixel_flipping", "region_perturbation", "faithfulness_correlation", "road",
+                                  "deletion_curve"])
+def test_channels_last_passes_keep_the_values(setup, monkeypatch, name):
+    """Forward-only image passes go channels-last where the probe says so: the same values
+    to float rounding, and a model that rejects that layout falls back to the plain one."""
+    import xadv.attacks.base as ab
+
+    model, x, y, a, _ = setup
+    g = torch.Generator().manual_seed(3)
+    x3 = torch.rand(4, 3, 28, 28, generator=g)
+    flat = _Flat(3 * 28 * 28).eval()
+    with pytest.raises(RuntimeError):
+        flat(x3.contiguous(memory_format=torch.channels_last))
+    a3 = xadv.explain(flat, x3, method="saliency", target=0).attributions
+    work = [(model, x, y, a), (flat, x3, torch.zeros(4, dtype=torch.long), a3)]
+    monkeypatch.setattr(ab, "eval_channels_last", lambda m, xb, rows: False)
+    plain = [CASES[name](*w) for w in work]
+    monkeypatch.setattr(ab, "eval_channels_last", lambda m, xb, rows: True)
+    last = [CASES[name](*w) for w in work]
+    for p, q in zip(plain, last):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, equal_nan=True)

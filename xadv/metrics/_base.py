@@ -11,6 +11,7 @@ with metadata as function attributes set by :func:`metric`:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -56,8 +57,9 @@ def explanation_fn(explainer: ExplainerLike, batch_size: Optional[int] = None) -
     or a plain function ``f(model, x, y)`` returning a tensor or an array of
     attributions (an :class:`~xadv.explanation.Explanation` is accepted too).
 
-    ``f`` explains at most ``batch_size`` inputs per call of the source (default
-    :func:`xadv.explainers.base.default_batch_rows`); an xadv explainer that expands
+    ``f`` explains at most ``batch_size`` inputs per call of the source (default: the
+    explainers' chunking policy, :func:`xadv.explainers.chunking.rows_per_pass` with
+    gradients); an xadv explainer that expands
     its inputs (IG steps, SmoothGrad noise, GradientSHAP backgrounds, occlusion
     windows, LIME samples) and has no ``batch_size`` of its own gets this one, so
     every model call stays within ``batch_size`` rows. ``f.with_output(model, x, y)``
@@ -115,7 +117,7 @@ def explanation_fn(explainer: ExplainerLike, batch_size: Optional[int] = None) -
         if group is not None and seeded and x.shape[0] > group:
             return _cat([with_output(model, x[i:j], _rows(y, x, i, j), create_graph)
                          for i, j in chunks(x.shape[0], group)])
-        rows = rows_per_call(x, batch_size)
+        rows = rows_per_call(x, batch_size, model=model, grad=True)
         if x.shape[0] <= rows:
             return one(model, x, y, create_graph)
         return _cat([one(model, x[i:j], _rows(y, x, i, j), create_graph) for i, j in chunks(x.shape[0], rows)])
@@ -207,12 +209,21 @@ def attributions_or_explain(a, explain: Optional[ExplainFn], model, x, y) -> tor
     return check_attributions(a, x)
 
 
-def rows_per_call(x: torch.Tensor, batch_size: Optional[int] = None) -> int:
-    """Rows per model call: ``batch_size`` when given (a positive int), else
-    :func:`xadv.explainers.base.default_batch_rows` for samples shaped like ``x[0]``."""
-    if batch_size is None:
+def rows_per_call(x: torch.Tensor, batch_size: Optional[int] = None, *, model=None, work: Optional[int] = None,
+                  grad: bool = False) -> int:
+    """Rows per model call: ``batch_size`` when given (a positive int, the user's bound on
+    every call), else the explainers' chunking policy
+    :func:`xadv.explainers.chunking.rows_per_pass` for ``model`` on rows shaped like
+    ``x[0]`` (activation bytes per row, cached per model and shape; ``grad``: the passes
+    keep a graph for a backward pass), at most ``work`` rows (default ``x.shape[0]``).
+    Without a model, :func:`xadv.explainers.base.default_batch_rows`."""
+    if batch_size is not None:
+        return check_positive_int(batch_size, "batch_size")
+    if model is None:
         return default_batch_rows(x)
-    return check_positive_int(batch_size, "batch_size")
+    from ..explainers.chunking import rows_per_pass
+
+    return rows_per_pass(model, x, work=x.shape[0] if work is None else max(1, int(work)), grad=grad)
 
 
 def chunks(m: int, rows: int):
@@ -221,29 +232,51 @@ def chunks(m: int, rows: int):
 
 
 def predict(model, xs: torch.Tensor, batch_size: Optional[int] = None, softmax: bool = False,
-            samples: Optional[torch.Tensor] = None) -> torch.Tensor:
+            samples: Optional[torch.Tensor] = None, channels_last: bool = False) -> torch.Tensor:
     """Model scores of a (M, ...) batch in calls of at most ``batch_size`` rows, no grad: (M, K).
     ``samples`` (LongTensor (M,)): the sample of the batch each row belongs to, told to the
-    model's adapter (:func:`xadv._adapter.sample_rows`) so per-sample side inputs follow."""
-    return predict_rows(model, xs.shape[0], lambda i, j: xs[i:j], rows_per_call(xs, batch_size), softmax,
-                        samples)
+    model's adapter (:func:`xadv._adapter.sample_rows`) so per-sample side inputs follow.
+    ``channels_last``: as in :func:`predict_rows`."""
+    return predict_rows(model, xs.shape[0], lambda i, j: xs[i:j],
+                        rows_per_call(xs, batch_size, model=model, grad=False), softmax, samples,
+                        channels_last=channels_last)
 
 
 def predict_rows(model, m: int, build: Callable[[int, int], torch.Tensor], rows: int,
-                 softmax: bool = False, samples: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 softmax: bool = False, samples: Optional[torch.Tensor] = None,
+                 channels_last: bool = False) -> torch.Tensor:
     """Model scores of ``m`` rows built chunk by chunk (``build(i, j)`` -> rows ``i:j``):
-    the perturbed inputs of a metric never exist all at once. (M, K)."""
+    the perturbed inputs of a metric never exist all at once. (M, K).
+
+    ``channels_last``: image rows (4-D) go to the model channels-last on a CPU when
+    :func:`xadv.attacks.base.eval_channels_last` measured that faster for this model and
+    shape (a cached timing probe; values equal to float rounding); a model that rejects
+    channels-last inputs gets the plain layout."""
     from .._adapter import sample_rows
 
     outs = []
     n = None if samples is None else int(samples.max()) + 1
+    last = None  # decided on the first 4-D chunk
     with torch.no_grad():
         for i, j in chunks(m, rows):
-            if samples is None:
-                o = forward(model, build(i, j))
-            else:
-                with sample_rows(samples[i:j], n):
-                    o = forward(model, build(i, j))
+            xb = build(i, j)
+            if channels_last and last is None:
+                last = False
+                if xb.dim() == 4:
+                    from ..attacks.base import eval_channels_last
+
+                    last = eval_channels_last(model, xb, rows)
+            with contextlib.ExitStack() as stack:
+                if samples is not None:
+                    stack.enter_context(sample_rows(samples[i:j], n))
+                o = None
+                if last:
+                    try:
+                        o = forward(model, xb.contiguous(memory_format=torch.channels_last))
+                    except RuntimeError:  # a model that rejects channels-last inputs (a ``.view``)
+                        last = False
+                if o is None:
+                    o = forward(model, xb)
             outs.append(torch.softmax(o, 1) if softmax else o)
     return torch.cat(outs)
 

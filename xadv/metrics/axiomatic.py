@@ -145,7 +145,7 @@ def input_invariance(model, x: torch.Tensor, y=None, a=None, *, explainer: Expla
     rtol : float, default 1e-3
         Unused by the score; :func:`xadv.metrics.evaluate` counts a pass below it.
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`).
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`).
 
     Returns
     -------

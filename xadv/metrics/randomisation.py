@@ -129,7 +129,7 @@ def model_parameter_randomisation(model: torch.nn.Module, x: torch.Tensor, y=Non
     explain_noise : callable, optional
         Replaces the explanation function (used by :func:`smooth_mprt`).
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`;
         an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
@@ -229,7 +229,7 @@ def smooth_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: ExplainerL
     seed : int, optional
     abs : bool, default True
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`;
         an expanding explainer without a ``batch_size`` of its own gets this one).
     **kw : passed to :func:`model_parameter_randomisation`
 
@@ -288,7 +288,7 @@ def efficient_mprt(model, x: torch.Tensor, y=None, a=None, *, explainer: Explain
     order : {"bottom_up", "top_down"}, default "bottom_up"
         Order of randomisation (the end state, every layer random, is the same).
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`;
         an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
@@ -339,7 +339,7 @@ def random_logit(model, x: torch.Tensor, y=None, a=None, *, explainer: Explainer
     other : LongTensor (N,), optional
         The other classes (must differ from ``y``); drawn with ``seed`` otherwise.
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`;
         an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns
@@ -394,7 +394,7 @@ def data_randomisation(model, x: torch.Tensor, y=None, a=None, *, explainer: Exp
     similarity : {"spearman", "pearson"} or callable, default "spearman"
     abs, normalise : bool
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`;
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`;
         an expanding explainer without a ``batch_size`` of its own gets this one).
 
     Returns

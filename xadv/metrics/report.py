@@ -170,7 +170,7 @@ def evaluate(model, x: torch.Tensor, y=None, explainers: Union[Sequence, Mapping
     batch_size : int, optional
         Rows per model call, passed to every metric that calls the model (unless its
         ``params`` set one) and used for the explanations (default
-        :func:`xadv.explainers.base.default_batch_rows`).
+        :func:`xadv.explainers.chunking.rows_per_pass`).
 
     Returns
     -------

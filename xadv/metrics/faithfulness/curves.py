@@ -155,7 +155,7 @@ def _curve(model, x, attributions, target, steps, fill, reduce, score, bounds, b
     if fill == "noise" and seed is not None:
         gen = torch.Generator(device=x.device).manual_seed(int(seed))
     base = fill_values(x, fill, bounds=bounds, blur_sigma=blur_sigma, generator=gen)
-    rows = rows_per_call(x, batch_size)
+    rows = rows_per_call(x, batch_size, model=model, work=len(ks) * n, grad=False)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(f, device=x.device).expand(n, f))
     kt = torch.tensor(ks, device=x.device)
     # insertion starts from the fill and reveals the top-k features; deletion removes them
@@ -171,7 +171,7 @@ def _curve(model, x, attributions, target, steps, fill, reduce, score, bounds, b
         out = predict(model, x, batch_size)
         t = resolve_target(target if not isinstance(attributions, Explanation) or target is not None
                            else attributions.target, out)
-        o = predict_rows(model, len(ks) * n, build, rows)
+        o = predict_rows(model, len(ks) * n, build, rows, channels_last=True)
         scores = _score(o, t.repeat(len(ks)), score).reshape(len(ks), n).T.contiguous()
     fractions = torch.tensor(ks, dtype=x.dtype, device=x.device) / f
     return fractions, scores
@@ -201,7 +201,7 @@ def deletion_curve(model, x: torch.Tensor, attributions: AttrLike, target=None, 
     bounds : (float, float), default (0, 1)   range of ``fill="noise"``
     blur_sigma : float, default 2.0
     seed : int, optional                      for ``fill="noise"``
-    batch_size : int, optional                rows per model call (default ``default_batch_rows``)
+    batch_size : int, optional                rows per model call (default ``chunking.rows_per_pass``)
 
     Returns
     -------

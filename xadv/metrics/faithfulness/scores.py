@@ -7,7 +7,10 @@ entries of ``a`` broadcast to ``x`` (as in Quantus); a removed feature takes the
 ``baseline`` value (a number, ``"mean"`` for the per-sample mean or ``"black"``
 for the per-sample minimum, or a tensor broadcastable to ``x``). Every perturbed
 input of a call is built at once and sent to the model in chunks of
-``batch_size`` rows.
+``batch_size`` rows (default: the explainers' chunking policy,
+:func:`xadv.explainers.chunking.rows_per_pass`, for forward-only passes); image rows go
+channels-last where a cached probe measures that faster for the model
+(:func:`xadv.attacks.base.eval_channels_last`).
 
 >>> import torch
 >>> from xadv.metrics import faithfulness_estimate
@@ -70,7 +73,8 @@ def _masked_scores(model, x: torch.Tensor, masks: torch.Tensor, base: torch.Tens
         return xs if crop is None else crop(xs)
 
     probe = x[:1] if crop is None else crop(x[:1])
-    out = predict_rows(model, s * n, build, rows_per_call(probe, batch_size), softmax)
+    rows = rows_per_call(probe, batch_size, model=model, work=s * n, grad=False)
+    out = predict_rows(model, s * n, build, rows, softmax, channels_last=True)
     return out.gather(1, t.repeat(s)[:, None]).reshape(s, n).T
 
 
@@ -597,7 +601,8 @@ def road(model, x: torch.Tensor, y, a, *, percentages: Sequence[float] = tuple(r
     # every percentage of every sample imputed together: (P * N, ...) rows, percentage-major
     masks = (rank[None] < ks[:, None, None]).reshape((-1,) + tuple(x.shape[1:]))
     xi = noisy_linear_imputation(x.repeat((len(ks),) + (1,) * (x.dim() - 1)), masks, noise=noise, generator_=g)
-    hits = (predict(model, xi, batch_size).argmax(1) == t.repeat(len(ks))).to(x.dtype).reshape(len(ks), -1)
+    pred = predict(model, xi, batch_size, channels_last=True).argmax(1)
+    hits = (pred == t.repeat(len(ks))).to(x.dtype).reshape(len(ks), -1)
     curve = hits.T
     return curve if return_curve else curve.mean(1)
 

@@ -105,7 +105,7 @@ def max_sensitivity(explainer: ExplainerLike, model, x: torch.Tensor, target=Non
         Use these perturbations instead of drawing them.
     seed : int, optional
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`):
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`):
         all ``n_samples x N`` perturbed inputs are explained together in calls of at
         most this many inputs (an expanding explainer without a ``batch_size`` of its
         own gets this one).
@@ -144,7 +144,8 @@ def _sampled_max(explainer, model, x, target, ratio, radius, n_samples, perturba
     check_inputs(x, model)
     x = x.detach()
     with preserved(model):
-        e0 = explainer(model, x, target) if x.shape[0] <= rows_per_call(x, batch_size) else None
+        e0 = explainer(model, x, target) if x.shape[0] <= rows_per_call(x, batch_size, model=model, grad=True) \
+            else None
         if e0 is None:  # a large batch: the clean explanation in bounded calls too
             t = resolve_target(target, predict(model, x, batch_size))
             a0 = explain(model, x, t)
@@ -185,7 +186,7 @@ def infidelity(explainer: Union[ExplainerLike, Explanation, torch.Tensor], model
         ``normalize=True``), making the metric invariant to the attributions' scale.
     seed : int, optional
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`).
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`).
 
     Returns
     -------

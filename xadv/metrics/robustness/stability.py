@@ -113,7 +113,7 @@ def _run(model, x, y, a, explainer, objective, mode, n_samples, radius, perturba
 
         if mode == "attack":  # the search runs on chunks of at most batch_size samples
             vs = []
-            for i, j in chunks(x.shape[0], rows_per_call(x, batch_size)):
+            for i, j in chunks(x.shape[0], rows_per_call(x, batch_size, model=model, grad=True)):
                 def obj(xp, ap, outp, i=i, j=j):
                     return objective(x[i:j], xp, a0[i:j], ap, out0[i:j], outp, torch.arange(i, j, device=x.device))
 
@@ -162,7 +162,7 @@ _DOC_COMMON = """
         ``eps`` (8/255), ``steps`` (20), ``step_size``, ``bounds``, ``beta`` of the
         worst-case search (``mode="attack"``).
     batch_size : int, optional
-        Rows per model call (default :func:`xadv.explainers.base.default_batch_rows`):
+        Rows per model call (default :func:`xadv.explainers.chunking.rows_per_pass`):
         the S x N perturbed inputs are explained together in calls of at most this many
         inputs, and an expanding explainer without a ``batch_size`` of its own gets it.
 """
@@ -276,7 +276,8 @@ def _representation(model, layers: Sequence[str], batch_size: Optional[int] = No
         acts = []
         hs = [m.register_forward_hook(lambda mod, i, o: acts.append(o.reshape(o.shape[0], -1))) for m in mods]
         try:
-            for i, j in chunks(xb.shape[0], rows_per_call(xb, batch_size)):
+            for i, j in chunks(xb.shape[0], rows_per_call(xb, batch_size, model=model,
+                                                          grad=torch.is_grad_enabled())):
                 forward(model, xb[i:j])  # grad as the caller has it (the worst-case search needs it)
         finally:
             for h in hs:
