@@ -201,3 +201,79 @@ def test_chunked_forward_slices():
     assert counted.rows == [3, 2, 2] or max(counted.rows) <= 3
     torch.testing.assert_close(out, counted.model(x))
     assert not out.requires_grad
+
+
+# ----------------------------------------------------------------------------- layout probe
+class ViewAfterConv(nn.Module):
+    """``.view`` of a conv activation: fails on channels-last inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+def test_layout_probe_is_cached_weak_and_keyed():
+    chunking.clear_cache()
+    model = small_cnn().float()
+    x = torch.rand(6, 3, 8, 8)
+    first = chunking.prefers_channels_last(model, x, None)
+    assert isinstance(first, bool)
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, i: calls.append(1))
+    assert chunking.prefers_channels_last(model, x, None) is first  # from the cache: no pass
+    assert not calls
+    chunking.prefers_channels_last(model, torch.rand(6, 3, 10, 10), None)  # another shape: probed
+    assert calls
+    h.remove()
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the cache does not keep the model alive
+
+
+def test_layout_probe_refuses_what_it_cannot_use():
+    x = torch.rand(4, 3, 8, 8)
+    assert chunking.prefers_channels_last(ViewAfterConv().eval(), x, None) is False  # fails channels-last
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    assert chunking.prefers_channels_last(mlp, x, None) is False  # no convolution
+    assert chunking.prefers_channels_last(small_cnn(), torch.rand(4, 12).double(), None) is False  # not images
+    assert chunking.prefers_channels_last(lambda z: z.flatten(1), x, None) is False  # not a module
+
+
+SEG = (torch.arange(64).reshape(8, 8) % 8 // 2 + 4 * (torch.arange(64).reshape(8, 8) // 32))  # 8 regions
+
+
+@pytest.mark.parametrize("choice", [True, False])
+def test_layout_choice_does_not_change_results(monkeypatch, choice):
+    """Occlusion, LIME and the attack evaluation give the same numbers in either layout."""
+    model = small_cnn()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    import xadv.attacks.base as AB
+    import xadv.explainers.occlusion as OC
+    for mod, name in ((chunking, "prefers_channels_last"), (OC, "prefers_channels_last"), (AB, "eval_channels_last")):
+        monkeypatch.setattr(mod, name, lambda *a, **k: False)
+    ref_occ = Occlusion(window=2, stride=2)(model, x, 1).attributions
+    ref_lime = LIME(n_samples=40, seed=0, segmentation=SEG)(model, x, 1).attributions
+    ref_adv = xadv.attacks.PGD(eps=0.05, steps=3, seed=0)(model, x, torch.tensor([0, 1, 2]))
+    for mod, name in ((chunking, "prefers_channels_last"), (OC, "prefers_channels_last"), (AB, "eval_channels_last")):
+        monkeypatch.setattr(mod, name, lambda *a, **k: choice)
+    assert torch.allclose(Occlusion(window=2, stride=2)(model, x, 1).attributions, ref_occ, atol=1e-12)
+    assert torch.allclose(LIME(n_samples=40, seed=0, segmentation=SEG)(model, x, 1).attributions, ref_lime,
+                          atol=1e-10)
+    adv = xadv.attacks.PGD(eps=0.05, steps=3, seed=0)(model, x, torch.tensor([0, 1, 2]))
+    assert torch.equal(adv.x_adv, ref_adv.x_adv)
+    assert torch.equal(adv.pred_adv, ref_adv.pred_adv)
+    assert torch.allclose(adv.conf_adv, ref_adv.conf_adv, atol=1e-12)
+
+
+def test_layout_probe_passes_are_not_queries():
+    chunking.clear_cache()
+    model = small_cnn().float()
+    x = torch.rand(4, 3, 8, 8)
+    res = xadv.attacks.PGD(eps=0.05, steps=2, seed=0, early_stop=False)(model, x, torch.tensor([0, 1, 2, 3]))
+    again = xadv.attacks.PGD(eps=0.05, steps=2, seed=0, early_stop=False)(model, x, torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(res.queries, again.queries)  # the first call probed, the second did not

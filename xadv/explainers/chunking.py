@@ -277,9 +277,13 @@ def prefers_channels_last(model, x: torch.Tensor, rows: Optional[int]) -> bool:
     if x.dim() != 4 or x.device.type != "cpu" or not isinstance(model, torch.nn.Module):
         return False
     key = (tuple(x.shape[1:]), x.dtype, str(x.device))
-    per_model = _LAYOUT_CACHE.setdefault(unwrap(model), {})
+    user = unwrap(model)
+    per_model = _LAYOUT_CACHE.setdefault(user, {})
     if key in per_model:
         return per_model[key]
+    if not any(isinstance(m, nn.Conv2d) for m in user.modules()):
+        per_model[key] = False  # no 2-D convolution (an MLP, a ViT after its patch embedding): nothing to gain
+        return False
     from .base import forward
 
     k = min(x.shape[0], rows or x.shape[0], 32)
