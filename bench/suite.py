@@ -307,6 +307,51 @@ def run_workload(work: str, methods, rounds: int, quick: bool, log) -> dict:
     return out
 
 
+#: per method: the reference the issue's target is set against, and the target ratio
+TARGETS = {"ig": ("captum best", 0.95), "smoothgrad": ("captum best", 0.95), "gradient_shap": ("captum best", 0.95),
+           "occlusion": ("captum best", 0.95), "gradcam": ("captum default", 1.0), "pgd": ("torchattacks", 1.02),
+           "lime": ("forwards", 1.15)}
+
+
+def summary(results: List[dict], header: dict) -> str:
+    """One row per method, one column per workload: xadv / the target's reference."""
+    works = [r["workload"] for r in results]
+    names = {"ig": "IG", "smoothgrad": "SmoothGrad", "gradient_shap": "GradientSHAP", "occlusion": "Occlusion",
+             "gradcam": "Grad-CAM", "lime": "LIME", "pgd": "PGD", "quantus_sparseness": "sparseness",
+             "quantus_faithfulness": "faithfulness correlation"}
+    lines = [f"`python bench/suite.py {header['args']}` ({header['when']}, {header['threads']} threads, load average "
+             f"{header['load']}): xadv defaults / reference, median of interleaved rounds (below 1: xadv faster).", "",
+             "| method | reference (target) | " + " | ".join(works) + " |",
+             "|:--|:--|" + "--:|" * len(works)]
+    methods = []
+    for r in results:
+        for e in r["methods"]:
+            if e["method"] not in methods:
+                methods.append(e["method"])
+    for m in methods:
+        ref, target = TARGETS.get(m, ("Quantus", None))
+        cells = []
+        for r in results:
+            e = next((e for e in r["methods"] if e["method"] == m), None)
+            if e is None:
+                cells.append("-")
+                continue
+            med = e["median_s"]
+            if ref == "captum best":
+                v = e.get("ratio_captum_best")
+            else:
+                v = med["xadv"] / med[ref] if ref in med else None
+            cell = "-" if v is None else f"{v:.2f}"
+            if m == "pgd" and "torchattacks + evaluation" in med:
+                cell += f" ({med['xadv'] / med['torchattacks + evaluation']:.2f})"
+            cells.append(cell)
+        label = f"{ref} (<= {target})" if target else ref
+        if m == "pgd":
+            label += "; in brackets: torchattacks + the 2 evaluation forwards"
+        lines.append(f"| {names.get(m, m)} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: List[dict], header: dict) -> str:
     lines = [f"Measured by `python bench/suite.py {header['args']}` ({header['when']}, {header['threads']} "
              f"threads, torch {header['torch']}, load average {header['load']}); ratios are xadv / reference "
@@ -379,11 +424,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--markdown", default=None, help="write the table(s) to this markdown file")
     p.add_argument("--json", default=None, help="write the raw results to this JSON file")
+    p.add_argument("--summary", default=None, help="write the one-row-per-method summary table here")
+    p.add_argument("--from-json", default=None, help="print the tables of a saved --json run (no timing)")
     p.add_argument("--memory", action="store_true", help="peak RSS of IG over 1k-10k digits (subprocesses)")
     p.add_argument("--_memory-child", nargs=2, type=int, help=argparse.SUPPRESS, dest="child")
     args = p.parse_args(argv)
     if args.child:
         memory_child(*args.child)
+        return 0
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(markdown(saved["results"], saved["header"]))
+        print(summary(saved["results"], saved["header"]))
         return 0
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -422,9 +475,13 @@ def main(argv=None) -> int:
     header["load"] = f"{header['load']}-{header['load_end']}"
     md = markdown(results, header)
     print(md)
+    print(summary(results, header))
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            f.write(summary(results, header))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "results": results}, f, indent=1, default=str)

@@ -18,6 +18,7 @@ from .. import explainers as _explainers
 from .._validation import check_bounds, check_positive_int, checked_inputs, resolve_target
 from ..explainers import Explainer, Saliency
 from ..explainers.base import forward, select_score
+from ..explainers.chunking import prefers_channels_last
 from .base import (Attack, AttackContext, check_batch_size, check_nonneg, check_norm, make_generator, map_rows,
                    project, view_batch)
 
@@ -106,11 +107,17 @@ def check_memory_format(memory_format: str) -> str:
     return memory_format
 
 
-def iterate_layout(memory_format: str, x: torch.Tensor) -> bool:
-    """Whether the iterates of an image batch ``x`` (N, C, H, W) are kept channels-last."""
+def iterate_layout(memory_format: str, x: torch.Tensor, model=None, rows=None) -> bool:
+    """Whether the iterates of an image batch ``x`` (N, C, H, W) are kept channels-last:
+    always for ``"channels_last"``; for ``"auto"`` on a CPU where the layout probe
+    (:func:`xadv.explainers.chunking.prefers_channels_last`) measures the model faster in it."""
     if x.dim() != 4:
         return False
-    return memory_format == "channels_last" or (memory_format == "auto" and x.device.type == "cpu")
+    if memory_format == "channels_last":
+        return True
+    if memory_format != "auto" or x.device.type != "cpu":
+        return False
+    return model is None or prefers_channels_last(model, x, rows)
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -169,10 +176,12 @@ class ProjectedGradient(Attack):
     seed : int, optional; generator : torch.Generator, optional
         Randomness of the start (and nothing else).
     memory_format : {"contiguous", "channels_last", "auto"}, default "contiguous"
-        Layout of the iterates of image batches (N, C, H, W). ``"channels_last"``
-        (``"auto"``: channels-last on a CPU, contiguous elsewhere) runs the model on
-        channels-last inputs, where PyTorch's CPU convolutions and max-pooling are
-        often 1.5-2x faster; the values agree up to float rounding, but a gradient
+        Layout of the iterates of image batches (N, C, H, W). ``"channels_last"`` runs
+        the model on channels-last inputs, where PyTorch's CPU convolutions and
+        max-pooling are 1.5-2x faster for the digits CNN (a ResNet with NCHW weights
+        runs about 2x slower in it); ``"auto"`` uses channels-last on a CPU only where a
+        cached timing probe (:func:`xadv.explainers.chunking.prefers_channels_last`)
+        measures the model at least 15% faster in it. The values agree up to float rounding, but a gradient
         entry at rounding level can change sign, so in float32 a few pixels of
         ``x_adv`` may differ from the contiguous run (and from torchattacks, which the
         default matches bit for bit). A model that rejects channels-last inputs (a
@@ -336,7 +345,7 @@ class ProjectedGradient(Attack):
         ctx.charge()
         # the iterates (and x, to keep every elementwise op in one layout) channels-last
         # on a CPU: the same values, computed by faster convolution and pooling kernels
-        cl = iterate_layout(self.memory_format, x)
+        cl = iterate_layout(self.memory_format, x, ctx.model, ctx.rows)
         if cl:
             x, xa = channels_last(x), channels_last(xa)
         n = ctx.n
