@@ -121,8 +121,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
     model, x, y, info = load(work)
     n = x.shape[0]
     big = work in ("resnet50", "vit_tiny")
-    steps = 8 if quick and big else 32
-    samples = 8 if quick and big else 32
+    steps = 16 if quick and big else 32
+    samples = 16 if quick and big else 32
     text = work == "text"
     rows: List[Row] = []
     import captum.attr as C
@@ -417,7 +417,7 @@ def memory_markdown(res: List[dict]) -> str:
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 rounds, fewer steps/samples on ResNet-50 and ViT")
+    p.add_argument("--quick", action="store_true", help="3 rounds, 16 steps/samples on ResNet-50 and ViT")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--methods", default=",".join(METHODS))
