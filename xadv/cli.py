@@ -798,7 +798,7 @@ class _Demo:
             bar.update(1)
         bar.close()
         with xp.style("paper", columns=2):
-            names = self.fig(xp.explanation_grid(shown, n=n_show, share="column"), "explanations", attributions=shown)
+            names = self.fig(xp.explanation_grid(shown, n=n_show, share="none"), "explanations", attributions=shown)
         with xp.style("paper", columns=2):
             import matplotlib.pyplot as plt
 
