@@ -170,7 +170,7 @@ class _Flat(torch.nn.Module):
 def test_channels_last_passes_keep_the_values(setup, monkeypatch, name):
     """Forward-only image passes go channels-last where the probe says so: the same values
     to float rounding, and a model that rejects that layout falls back to the plain one."""
-    import xadv.attacks.base as ab
+    from xadv.explainers import chunking
 
     model, x, y, a, _ = setup
     g = torch.Generator().manual_seed(3)
@@ -180,9 +180,9 @@ def test_channels_last_passes_keep_the_values(setup, monkeypatch, name):
         flat(x3.contiguous(memory_format=torch.channels_last))
     a3 = xadv.explain(flat, x3, method="saliency", target=0).attributions
     work = [(model, x, y, a), (flat, x3, torch.zeros(4, dtype=torch.long), a3)]
-    monkeypatch.setattr(ab, "eval_channels_last", lambda m, xb, rows: False)
+    monkeypatch.setattr(chunking, "prefers_channels_last", lambda m, xb, rows: False)
     plain = [CASES[name](*w) for w in work]
-    monkeypatch.setattr(ab, "eval_channels_last", lambda m, xb, rows: True)
+    monkeypatch.setattr(chunking, "prefers_channels_last", lambda m, xb, rows: True)
     last = [CASES[name](*w) for w in work]
     for p, q in zip(plain, last):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, equal_nan=True)

@@ -309,3 +309,19 @@ def prefers_channels_last(model, x: torch.Tensor, rows: Optional[int]) -> bool:
         PROBING.reset(token)
     per_model[key] = choice = t_last < 0.85 * t_plain
     return choice
+
+
+def layout_forward(model, x: torch.Tensor, channels_last: bool) -> Tuple[torch.Tensor, bool]:
+    """``(forward(model, x), channels_last)``: with ``channels_last`` the batch goes to the
+    model as a channels-last copy (explicit strides, also for one channel, where
+    ``contiguous(memory_format=...)`` keeps NCHW strides); if the model raises on it (a
+    ``.view`` of a conv activation), the plain batch is used and the returned flag is
+    False, so a loop of passes keeps the plain layout from then on."""
+    from .base import forward
+
+    if channels_last:
+        try:
+            return forward(model, x.clone(memory_format=torch.channels_last)), True
+        except RuntimeError:
+            pass
+    return forward(model, x), False

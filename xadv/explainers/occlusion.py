@@ -11,7 +11,7 @@ from .._progress import bar as progress_bar
 from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
-from .chunking import chunked_forward, prefers_channels_last, rows_per_pass
+from .chunking import chunked_forward, layout_forward, prefers_channels_last, rows_per_pass
 from .integrated_gradients import _blocks
 
 #: with progress=None, a bar only for at least this many occluded rows (a few seconds)
@@ -314,15 +314,7 @@ class Occlusion(Explainer):
             xs = xi[None, i0:i1]
             with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
                 occluded = self._mix(xs, mask[:, None], base[None, i0:i1])   # (k, m, ...)
-                batch = occluded.reshape((k * m,) + feat)
-                o = None
-                if cl:
-                    try:
-                        o = forward(model, batch.clone(memory_format=torch.channels_last))
-                    except RuntimeError:  # a model that rejects channels-last inputs
-                        cl = False
-                if o is None:
-                    o = forward(model, batch)
+                o, cl = layout_forward(model, occluded.reshape((k * m,) + feat), cl)
                 s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
                 drop = s0[None, i0:i1] - s
                 part = torch.tensordot(drop.t(), mask, dims=1)                 # (m, ...)

@@ -249,34 +249,24 @@ def predict_rows(model, m: int, build: Callable[[int, int], torch.Tensor], rows:
     the perturbed inputs of a metric never exist all at once. (M, K).
 
     ``channels_last``: image rows (4-D) go to the model channels-last on a CPU when
-    :func:`xadv.attacks.base.eval_channels_last` measured that faster for this model and
+    :func:`xadv.explainers.chunking.prefers_channels_last` measured that faster for this model and
     shape (a cached timing probe; values equal to float rounding); a model that rejects
     channels-last inputs gets the plain layout."""
     from .._adapter import sample_rows
+    from ..explainers.chunking import layout_forward, prefers_channels_last
 
     outs = []
     n = None if samples is None else int(samples.max()) + 1
-    last = None  # decided on the first 4-D chunk
+    last = None
     with torch.no_grad():
         for i, j in chunks(m, rows):
             xb = build(i, j)
-            if channels_last and last is None:
-                last = False
-                if xb.dim() == 4:
-                    from ..attacks.base import eval_channels_last
-
-                    last = eval_channels_last(model, xb, rows)
+            if channels_last and last is None:  # decided on the first chunk
+                last = xb.dim() == 4 and prefers_channels_last(model, xb, rows)
             with contextlib.ExitStack() as stack:
                 if samples is not None:
                     stack.enter_context(sample_rows(samples[i:j], n))
-                o = None
-                if last:
-                    try:
-                        o = forward(model, xb.contiguous(memory_format=torch.channels_last))
-                    except RuntimeError:  # a model that rejects channels-last inputs (a ``.view``)
-                        last = False
-                if o is None:
-                    o = forward(model, xb)
+                o, last = layout_forward(model, xb, bool(last))
             outs.append(torch.softmax(o, 1) if softmax else o)
     return torch.cat(outs)
 

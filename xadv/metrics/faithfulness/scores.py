@@ -10,7 +10,7 @@ input of a call is built at once and sent to the model in chunks of
 ``batch_size`` rows (default: the explainers' chunking policy,
 :func:`xadv.explainers.chunking.rows_per_pass`, for forward-only passes); image rows go
 channels-last where a cached probe measures that faster for the model
-(:func:`xadv.attacks.base.eval_channels_last`).
+(:func:`xadv.explainers.chunking.prefers_channels_last`).
 
 >>> import torch
 >>> from xadv.metrics import faithfulness_estimate
