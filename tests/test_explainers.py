@@ -515,3 +515,26 @@ def test_default_rows_and_blocks_cover_the_grid_once():
             assert (s1 - s0) * (i1 - i0) <= rows
             seen[s0:s1, i0:i1] += 1
         assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("name", sorted(xadv.explainers.names()))
+def test_same_result_inside_no_grad(name, cnn64, images64):
+    """An explainer called inside ``torch.no_grad()`` (e.g. from an evaluation loop) gives
+    the map it gives outside: gradient methods enable gradients themselves."""
+    params = {"smoothgrad": {"n_samples": 2, "seed": 0}, "integrated_gradients": {"steps": 3},
+              "lime": {"n_samples": 20, "seed": 0}, "feature_lime": {"n_samples": 20, "seed": 0},
+              "gradient_shap": {"n_samples": 3, "seed": 0}, "expected_gradients": {"n_samples": 3, "seed": 0},
+              "meaningful_perturbation": {"steps": 3}, "extremal_perturbation": {"steps": 3}}.get(name, {})
+    if name == "tabular_lime":
+        pytest.skip("tabular method: covered in the LIME tests")
+    if name == "attention_rollout":
+        pytest.skip("needs a transformer: covered in test_adapter_layers")
+    try:
+        ex = xadv.explainers.get(name, **params)
+    except TypeError:
+        ex = xadv.explainers.get(name, **{k: v for k, v in params.items() if k != "seed"})
+    x = images64[:3]
+    a = ex(cnn64, x, 0).attributions
+    with torch.no_grad():
+        b = ex(cnn64, x, 0).attributions
+    assert_close(b, a, atol=1e-6, rtol=1e-5)

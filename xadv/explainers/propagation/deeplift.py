@@ -56,15 +56,17 @@ def deeplift_rows(model, xi, x0, t, score, eps, create_graph, samples=None, n_to
     The model sees ``[xi; x0]``, ``2 * len(xi)`` rows (``samples``: their sample ids)."""
     n = xi.shape[0]
     comp = deeplift_composite(eps)
-    xin = torch.cat([xi, x0])
+    with torch.enable_grad():   # the graph runs from xi through the concatenation, also under no_grad()
+        xin = torch.cat([xi, x0])
     if samples is None:
         samples, n_total = torch.arange(n, device=xi.device), n
     with sample_rows(torch.cat([samples, samples]), n_total):
         saved = true_inputs(model, comp, xin, create_graph)
         with torch.enable_grad(), attached(model, comp, saved=saved):
             both = forward(model, xin)
-        s = select_score(both[:n], t, score)
-        (g,) = torch.autograd.grad(s.sum(), xi, create_graph=create_graph)
+            s = select_score(both[:n], t, score)
+            total = s.sum()
+        (g,) = torch.autograd.grad(total, xi, create_graph=create_graph)
     s_ref = select_score(both[n:], t, score)
     return (xi - x0) * g, s - s_ref, both[:n]
 
@@ -140,7 +142,9 @@ class DeepLift(Explainer):
         ref = self._reference(x).detach()
         parts = []
         for i0, i1 in balanced_slices(n, max(1, rows // 2)):
-            parts.append(deeplift_rows(model, xi[i0:i1], ref[i0:i1], t[i0:i1], self.score, self.eps, create_graph,
+            with torch.enable_grad():   # the slice stays in the graph under an outer no_grad()
+                rows_x = xi[i0:i1]
+            parts.append(deeplift_rows(model, rows_x, ref[i0:i1], t[i0:i1], self.score, self.eps, create_graph,
                                        torch.arange(i0, i1, device=x.device), n))
         attr, gap, out = (torch.cat(p) for p in zip(*parts))
         delta = gap - attr.flatten(1).sum(1)
@@ -217,7 +221,9 @@ class DeepLiftShap(Explainer):
         gap = torch.zeros(n, dtype=x.dtype, device=x.device)
         for p0, p1 in balanced_slices(n * m, max(1, rows // 2)):
             ix = pair_x[p0:p1]
-            a, g, _ = deeplift_rows(model, xi[ix], bg[pair_b[p0:p1]], t[ix], self.score, self.eps, create_graph,
+            with torch.enable_grad():   # xi[ix] stays in the graph under an outer no_grad()
+                rows_x = xi[ix]
+            a, g, _ = deeplift_rows(model, rows_x, bg[pair_b[p0:p1]], t[ix], self.score, self.eps, create_graph,
                                     ix, n)
             if create_graph:
                 attrs.append(a)
