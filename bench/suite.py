@@ -143,6 +143,11 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
                                                                       internal_batch_size=ibs)
         cfg = {"xadv": lambda: xa(model, x, y), "captum default": cig(None)}
         cfg.update(tuned(cig, [(f"internal_batch_size={k * n}", k * n) for k in (1, 2, 4, 8) if k * n < steps * n]))
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            def unfolded():
+                with xadv.explainers.folding(False):
+                    return xa(model, x, y)
+            cfg["xadv, BatchNorm not folded"] = unfolded
         rows.append(("ig", f"IG, {steps} steps", cfg))
     if "smoothgrad" in methods and not text:
         xs = SmoothGrad(n_samples=samples, noise=0.15, noise_mode="absolute", seed=0)

@@ -294,6 +294,9 @@ class APGD(Attack):
         return x_best, fooled, loss_best, x_best_adv, zero_grad
 
     # ------------------------------------------------------------ driver
+    def _folds_batchnorm(self) -> bool:
+        return True   # the loss gradient
+
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         x, y = ctx.x, ctx.y
         logits = ctx.logits

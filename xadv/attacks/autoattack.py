@@ -152,6 +152,9 @@ class AutoAttack(Attack):
                          eot_iter=eot, **kw)
         return Square(n_queries=self.n_queries, **kw)
 
+    def _folds_batchnorm(self) -> bool:
+        return True   # APGD and Square, on the model's function
+
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         x, y = ctx.x, ctx.y
         logits = ctx.logits

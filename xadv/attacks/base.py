@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
+from .._fold import folded
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
@@ -287,6 +288,8 @@ class Attack(ParamsMixin):
         if callable(y) and not isinstance(y, torch.Tensor):
             raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
         with preserved(model):
+            if self._folds_batchnorm():   # eval-mode BatchNorm folded into the layer before it (xadv._fold)
+                model = folded(model, x0)
             counter = QueryCounter(model)
             try:
                 out_clean = None
@@ -316,6 +319,11 @@ class Attack(ParamsMixin):
             finally:
                 counter.close()
         return build_result(self, x0, x_adv, labels, out_clean, out_adv, ctx.queries, ctx.steps, extras)
+
+    def _folds_batchnorm(self) -> bool:
+        """Whether the attack only needs the model's function and its input gradient, so it
+        may run the BatchNorm-folded copy (:mod:`xadv._fold`; single-tensor calls only)."""
+        return False
 
     def _attack(self, ctx: "AttackContext") -> Tuple[torch.Tensor, Dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError

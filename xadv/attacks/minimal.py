@@ -81,6 +81,9 @@ class CarliniWagnerL2(Attack):
         self.targeted = targeted
         self.bounds = check_bounds(bounds)
 
+    def _folds_batchnorm(self) -> bool:
+        return True   # the loss gradient
+
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         ctx.logits  # the clean pass (not a query): checks the labels against the model's classes
         x, y = ctx.x, ctx.y
@@ -186,6 +189,9 @@ class DeepFool(Attack):
         self.candidates = check_positive_int(candidates, "candidates", minimum=2)
         self.targeted = False
         self.bounds = check_bounds(bounds)
+
+    def _folds_batchnorm(self) -> bool:
+        return True   # the loss gradient
 
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         x, y = ctx.x, ctx.y

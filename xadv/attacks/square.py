@@ -227,6 +227,9 @@ class Square(Attack):
             x_best[act] = torch.where(view_batch(improved, x_new), x_new, xbc)
         return x_best, margin_min
 
+    def _folds_batchnorm(self) -> bool:
+        return True   # forward passes only
+
     def _attack(self, ctx: AttackContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         x, y = ctx.x, ctx.y
         if x.dim() != 4:

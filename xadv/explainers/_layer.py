@@ -320,6 +320,10 @@ class LayerOptions:
     def attributes_to_layer(self) -> bool:
         return self.layer is not None and self.neuron is None
 
+    def _folds_batchnorm(self) -> bool:
+        # the input gradient only needs the model's function; layer= and neuron= read a layer
+        return self.layer is None
+
     def _layer_dispatch(self, model, x, target, create_graph):
         from .._adapter import ModelAdapter
         if self.layer is None or isinstance(model, NeuronModel):

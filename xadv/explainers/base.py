@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .._adapter import ModelAdapter, _has_attention, double_backward_attention, select_output, unwrap
 from .._common import ParamsMixin
+from .._fold import folded
 from .._model import preserved
 from .._validation import TargetLike, check_inputs, check_model, resolve_target
 from ..explanation import Explanation
@@ -201,12 +202,19 @@ class Explainer(ParamsMixin):
         attention = create_graph and _has_attention(unwrap(model))
         with preserved(model), double_backward_attention(attention):
             m = model
+            if not create_graph and not multi and forward_args is None and self._folds_batchnorm():
+                m = folded(model, x)   # eval-mode BatchNorm folded into the layer before it (xadv._fold)
             if multi or forward_args is not None or output is not None:
                 m = ModelAdapter(model, output=output, forward_args=forward_args,
                                  inputs=inputs if multi and not layer_mode else None)
             if multi and not layer_mode:
                 return self._explain_packed(m, inputs, target, create_graph)
             return self._explain(m, x if not multi else inputs, target, create_graph)
+
+    def _folds_batchnorm(self) -> bool:
+        """Whether this explainer only needs the model's function and its input gradient,
+        so it may run the BatchNorm-folded copy (:mod:`xadv._fold`)."""
+        return False
 
     def _explains_neuron(self) -> bool:
         return getattr(self, "neuron", None) is not None

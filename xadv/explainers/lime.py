@@ -331,6 +331,9 @@ class LIME(Explainer):
     differentiable = False
     min_dim = 4
 
+    def _folds_batchnorm(self) -> bool:
+        return True   # forward passes only
+
     def __init__(self, segmentation: SegmentationLike = "slic",
                  segmentation_kwargs: Optional[dict] = None, n_samples: int = 1000,
                  fill: Union[str, float, torch.Tensor] = "mean",

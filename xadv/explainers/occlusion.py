@@ -142,6 +142,9 @@ class Occlusion(Explainer):
     differentiable = True
     accepts_integer_inputs = True
 
+    def _folds_batchnorm(self) -> bool:
+        return True   # forward passes only
+
     def __init__(self, window: SizeLike = None, stride: SizeLike = None,
                  baseline: Union[float, torch.Tensor, str] = 0.0, batch_size: Optional[int] = None,
                  score="logit", feature_mask: Optional[torch.Tensor] = None, progress: Optional[bool] = None):

@@ -120,6 +120,9 @@ class SmoothGrad(Explainer):
     def attributes_to_layer(self) -> bool:
         return self.base.attributes_to_layer()
 
+    def _folds_batchnorm(self) -> bool:
+        return self.base._folds_batchnorm()
+
     def _explains_neuron(self) -> bool:
         return self.base._explains_neuron()
 
