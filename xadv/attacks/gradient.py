@@ -175,7 +175,7 @@ class ProjectedGradient(Attack):
     bounds : (float, float), default (0, 1)
     seed : int, optional; generator : torch.Generator, optional
         Randomness of the start (and nothing else).
-    memory_format : {"auto", "contiguous", "channels_last"}, default "auto"
+    memory_format : {"contiguous", "channels_last", "auto"}, default "contiguous"
         Layout of the iterates of image batches (N, C, H, W). ``"channels_last"`` runs
         the model on channels-last inputs, where PyTorch's CPU convolutions and
         max-pooling are 1.5-2x faster for the digits CNN (a ResNet with NCHW weights
@@ -183,7 +183,9 @@ class ProjectedGradient(Attack):
         cached timing probe (:func:`xadv.explainers.chunking.prefers_channels_last`)
         measures the model at least 15% faster in it (never on a GPU). The values agree up to float rounding, but a gradient
         entry at rounding level can change sign, so in float32 a few pixels of
-        ``x_adv`` may differ from the contiguous run. ``"contiguous"`` on a model
+        ``x_adv`` may differ from the contiguous run, and with ``"auto"`` the layout
+        (so those pixels) depends on a timing: the default keeps the same bits in every
+        process. ``"contiguous"`` on a model
         without BatchNorm matches torchattacks bit for bit (with BatchNorm, which xadv
         folds into the convolutions, to float rounding; ``xadv.explainers.folding(False)``
         runs the model as it is). A model that rejects channels-last inputs (a
@@ -226,7 +228,7 @@ class ProjectedGradient(Attack):
                  random_start: Union[bool, str] = False, init_size: Optional[float] = None,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "auto",
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
                  batch_size: Optional[int] = None, amp: Union[bool, torch.dtype] = False):
         self.explainer = resolve_explainer(explainer)
         self.norm = check_norm(norm)
@@ -439,7 +441,7 @@ class PGD(ProjectedGradient):
                  step_size: Optional[float] = None, random_start: Union[bool, str] = True,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "auto",
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
                  batch_size: Optional[int] = None, amp: Union[bool, torch.dtype] = False):
         super().__init__(None, norm=norm, eps=eps, steps=steps, step_size=step_size,
                          random_start=random_start, early_stop=early_stop, schedule=schedule,
@@ -567,7 +569,7 @@ class ExplainerPGD(ProjectedGradient):
                  steps: int = 10, step_size: Optional[float] = None, random_start: Union[bool, str] = False,
                  early_stop: bool = False, schedule: Schedule = "constant", targeted: bool = False,
                  bounds: Tuple[float, float] = (0.0, 1.0), seed: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, memory_format: str = "auto",
+                 generator: Optional[torch.Generator] = None, memory_format: str = "contiguous",
                  batch_size: Optional[int] = None):
         if explainer is None:
             raise TypeError("ExplainerPGD needs an explainer (an instance or a registry name); "
