@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -132,6 +133,12 @@ TARGETED = ((EPS, 1.0, None), (16 / 255, 1.0, None), (0.1, 1.0, None), (0.3, 1.0
 REACHABLE = (("saliency", EPS), ("saliency", 16 / 255), ("input_x_gradient", EPS), ("gradcam", EPS))
 
 
+def _targeted_attack(target, steps: Optional[int] = None, restarts: int = 1, **kw):
+    """A row's TargetedManipulation; ``steps=None`` keeps the attack's default steps."""
+    from ..fooling import TargetedManipulation
+    return TargetedManipulation(target, restarts=restarts, **({} if steps is None else {"steps": steps}), **kw)
+
+
 def _median_factor(r) -> float:
     """Median over samples of target MSE before / after: the targeted rows' headline number."""
     return float((r.extras["target_mse_before"] / r.extras["target_mse_after"]).median())
@@ -146,7 +153,7 @@ def _targeted_strength(make, steps: int, factor: float) -> Dict[str, Any]:
 
 def _targeted_rows(model, x, y, seed: int, check_strength: bool = False) -> List[Dict[str, Any]]:
     from ..explainers import get as get_explainer
-    from ..fooling import TargetedManipulation, reachable_target
+    from ..fooling import reachable_target
 
     def row(r, target, explainer, eps, gamma, steps, t0, make=None):
         b, a = r.extras["target_mse_before"], r.extras["target_mse_after"]
@@ -166,9 +173,7 @@ def _targeted_rows(model, x, y, seed: int, check_strength: bool = False) -> List
     for eps, gamma, steps in TARGETED:
         t = time.perf_counter()
 
-        def make(st, rs=1, eps=eps, gamma=gamma):
-            kw = {} if st is None else {"steps": st}
-            return TargetedManipulation(target, gamma=gamma, eps=eps, seed=seed, restarts=rs, **kw)
+        make = functools.partial(_targeted_attack, target, gamma=gamma, eps=eps, seed=seed)
 
         atk = make(steps)
         rows.append(row(atk(model, x), "another digit's map", "saliency", eps, gamma, atk.steps, t, make))
@@ -179,9 +184,7 @@ def _targeted_rows(model, x, y, seed: int, check_strength: bool = False) -> List
         ex = get_explainer(name)
         tgt = reachable_target(model, ex, x, eps, seed=seed + 1)
 
-        def make(st, rs=1, ex=ex, tgt=tgt, eps=eps):
-            kw = {} if st is None else {"steps": st}
-            return TargetedManipulation(tgt, explainer=ex, eps=eps, seed=seed, restarts=rs, **kw)
+        make = functools.partial(_targeted_attack, tgt, explainer=ex, eps=eps, seed=seed)
 
         atk = make(None)
         rows.append(row(atk(model, x), "map inside the ball", name, eps, atk.gamma, atk.steps, t, make))
@@ -200,17 +203,13 @@ def _propagation_explainers():
 def _targeted_propagation_rows(model, x, y, seed: int, row) -> List[Dict[str, Any]]:
     """Dombrowski et al.'s rows for LRP and Guided Backprop, each with and without
     beta-smoothing: the target is the same explainer's map of another digit."""
-    from ..fooling import TargetedManipulation
-
     rows = []
     eps, gamma, steps = PROPAGATION_TARGETED
     for name, ex in _propagation_explainers().items():
         t = time.perf_counter()
         target = ex(model, x[_other_class(y)]).attributions
 
-        def make(st, rs=1, ex=ex, target=target):
-            kw = {} if st is None else {"steps": st}
-            return TargetedManipulation(target, explainer=ex, gamma=gamma, eps=eps, seed=seed, restarts=rs, **kw)
+        make = functools.partial(_targeted_attack, target, explainer=ex, gamma=gamma, eps=eps, seed=seed)
 
         atk = make(steps)
         rows.append(row(atk(model, x), "another digit's map", name, eps, gamma, atk.steps, t, make))
