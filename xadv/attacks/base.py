@@ -263,7 +263,7 @@ class Attack(ParamsMixin):
         check_model(model)
         multi = isinstance(x, (tuple, list))
         engine, im, u = _inputs.prepare(self, model, x, forward_args, output, perturb, eps)
-        with preserved(model):
+        with preserved(model, freeze=True):   # input gradients only
             res = _inputs.run(self, engine, im, u, model, x, y, forward_args, output, perturb, eps)
         return _inputs.finish(res, im, multi)
 
@@ -287,7 +287,7 @@ class Attack(ParamsMixin):
         x0 = x.detach().clone()
         if callable(y) and not isinstance(y, torch.Tensor):
             raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
-        with preserved(model):
+        with preserved(model, freeze=True):   # input gradients only
             if self._folds_batchnorm():   # eval-mode BatchNorm folded into the layer before it (xadv._fold)
                 model = folded(model, x0)
             counter = QueryCounter(model)

@@ -158,7 +158,7 @@ class DeletionAttack(Attack):
                 k = max(1, int(round(k * f)))
             counts.append(min(check_positive_int(int(k), "k"), f))
         x = x.detach()
-        with preserved(model):
+        with preserved(model, freeze=True):
             counter = QueryCounter(model)
             try:
                 with torch.no_grad():

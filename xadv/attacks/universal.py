@@ -46,7 +46,7 @@ class _Universal(Attack):
 
     def _count_fit(self, model, fn):
         check_model(model)
-        with preserved(model):
+        with preserved(model, freeze=True):
             counter = QueryCounter(model)
             try:
                 out = fn(counter.wrapped)

@@ -546,7 +546,7 @@ class AdaptiveAttack:
         lo, hi = self.bounds
         if float(x.min()) < lo - 1e-6 or float(x.max()) > hi + 1e-6:
             raise ValueError(f"x must lie inside bounds {self.bounds}")
-        with preserved(model):
+        with preserved(model, freeze=True):
             with torch.no_grad():
                 out = forward(model, x)
             y = resolve_target(y, out)

@@ -200,7 +200,8 @@ class Explainer(ParamsMixin):
             raise ValueError("with neuron= the neuron's value is explained and target is not used; "
                              "leave target=None")
         attention = create_graph and _has_attention(unwrap(model))
-        with preserved(model), double_backward_attention(attention):
+        # parameters frozen inside unless the caller may differentiate w.r.t. them
+        with preserved(model, freeze=not create_graph), double_backward_attention(attention):
             m = model
             if not create_graph and not multi and forward_args is None and self._folds_batchnorm():
                 m = folded(model, x)   # eval-mode BatchNorm folded into the layer before it (xadv._fold)

@@ -437,7 +437,7 @@ class FoolingAttack:
                              f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
         x = x.detach().clone()
         betas = beta_schedule(self.beta, self.steps)
-        with preserved(model):
+        with preserved(model, freeze=True):
             e0 = self._explain_rows(model, x, y).detach()
             yt = e0.target
             pred0 = e0.output.argmax(1)
