@@ -54,7 +54,7 @@ CASES = [
     ("smoothgrad", lambda b: SmoothGrad(n_samples=5, noise=0.1, seed=0, batch_size=b), small_resnet),
     ("smoothgrad_ig", lambda b: SmoothGrad(IntegratedGradients(steps=3), n_samples=3, seed=0, batch_size=b),
      small_cnn),
-    ("gradient_shap", lambda b: GradientSHAP(BG, n_samples=7, noise=0.05, seed=0, batch_size=b), small_resnet),
+    ("gradient_shap", lambda b: GradientSHAP(BG, n_samples=7, noise=0.05, seed=0, batch_size=b, delta=True), small_resnet),
     ("occlusion", lambda b: Occlusion(window=6, stride=3, batch_size=b), small_resnet),
     ("feature_ablation", lambda b: Occlusion(feature_mask=torch.arange(16).reshape(1, 1, 4, 4)
                                              .repeat_interleave(3, 2).repeat_interleave(3, 3), batch_size=b),

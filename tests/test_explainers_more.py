@@ -208,7 +208,7 @@ def test_expected_gradients_single_baseline_is_integrated_gradients(tabular64):
     completeness sum(attr) = f(x) - f(b) up to the sampling error."""
     model, x, background = tabular64
     b0 = background[:1]
-    eg = ExpectedGradients(b0, n_samples=3000, seed=0)(model, x, 1)
+    eg = ExpectedGradients(b0, n_samples=3000, seed=0, delta=True)(model, x, 1)
     ig = IntegratedGradients(steps=256, baseline=b0, rule="riemann_middle")(model, x, 1)
     scale = ig.attributions.abs().amax(1, keepdim=True)
     assert ((eg.attributions - ig.attributions).abs() / scale).max() < 0.02
@@ -232,11 +232,50 @@ def test_expected_gradients_is_integrated_gradients_averaged_over_the_background
     with torch.no_grad():
         gap = model(x)[:, 1] - model(background)[:, 1].mean()
     torch.testing.assert_close(exact.sum(1), gap, rtol=0, atol=0.05)
-    e = ExpectedGradients(background, n_samples=4000, seed=0)(model, x, 1)
+    e = ExpectedGradients(background, n_samples=4000, seed=0, delta=True)(model, x, 1)
     scale = exact.abs().amax(1, keepdim=True)
     assert ((e.attributions - exact).abs() / scale).max() < 0.06
     assert ((e.attributions.sum(1) - gap).abs() / gap.abs().max()).max() < 0.03
     assert e.delta.shape == (8,) and e.delta.abs().max() < 0.03 * gap.abs().max()
+
+
+def test_gradient_shap_delta_on_request_costs_the_drawn_background_rows(tabular64):
+    """``delta`` is computed when asked (as captum's return_convergence_delta): the same
+    attributions either way, and without it no forward pass on the background rows."""
+    model, x, background = tabular64
+    rows = []
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, z):
+            rows.append(z.shape[0])
+            return self.net(z)
+
+    counted = Counting()
+    plain = GradientSHAP(background, n_samples=6, seed=0)(counted, x, 1)
+    plain_rows = sum(rows)
+    rows.clear()
+    with_delta = GradientSHAP(background, n_samples=6, seed=0, delta=True)(counted, x, 1)
+    assert plain.delta is None
+    assert torch.equal(plain.attributions, with_delta.attributions)
+    used = torch.unique(with_delta.extras["baseline_index"]).numel()
+    assert sum(rows) == plain_rows + used          # f(b) once per drawn background row
+    idx = with_delta.extras["baseline_index"]      # (N, n_samples)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(background)[:, 1][idx].mean(1)
+    torch.testing.assert_close(with_delta.delta, with_delta.attributions.sum(1) - gap, rtol=0, atol=1e-10)
+    # per-sample pass-through arguments: each drawn row is scored with its sample's argument
+    scale = torch.linspace(0.5, 2.0, x.shape[0], dtype=x.dtype)
+    e = GradientSHAP(background, n_samples=6, seed=0, delta=True)(
+        lambda z, s: model(z) * s[:, None], x, 1, forward_args=(scale,))
+    with torch.no_grad():
+        gap = scale * (model(x)[:, 1] - model(background)[:, 1][e.extras["baseline_index"]].mean(1))
+    torch.testing.assert_close(e.delta, e.attributions.sum(1) - gap, rtol=0, atol=1e-10)
+    with pytest.raises(TypeError, match="delta"):
+        GradientSHAP(delta=1)
 
 
 def test_gradient_shap_batching_seeds_and_call_time_background(digits64):

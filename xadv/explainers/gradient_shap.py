@@ -87,6 +87,12 @@ class GradientSHAP(LayerOptions, Explainer):
         Used instead of ``seed``; advances between calls.
     multiply_by_inputs : bool, default True
         ``False``: the averaged gradients without the factor ``x~ - b`` (``delta`` None).
+    delta : bool, default False
+        Also compute the completeness gap ``delta`` (N,) for input attributions, as
+        captum's ``return_convergence_delta``. It needs a forward pass on every drawn
+        background row, up to N * n_samples extra rows (a third more work at real
+        sizes), so it is off by default, as in captum and shap. With ``layer=`` the
+        background activations are computed anyway and ``delta`` is always given.
 
     Shapes: ``x`` (N, ...) -> ``attributions`` (N, ...); background (M, ...). With
     ``layer=`` the path runs in the layer's activation space: draw ``j`` interpolates
@@ -114,7 +120,7 @@ class GradientSHAP(LayerOptions, Explainer):
     >>> import torch, xadv
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     >>> background = torch.randn(20, 3)
-    >>> gs = xadv.explainers.GradientSHAP(background, n_samples=500, seed=0)
+    >>> gs = xadv.explainers.GradientSHAP(background, n_samples=500, seed=0, delta=True)
     >>> e = gs(net, torch.rand(4, 3), target=1)
     >>> e.attributions.shape
     torch.Size([4, 3])
@@ -131,7 +137,10 @@ class GradientSHAP(LayerOptions, Explainer):
     def __init__(self, background: BackgroundLike = None, n_samples: int = 50, noise: float = 0.0,
                  batch_size: Optional[int] = None, score="logit", seed: Optional[int] = None,
                  generator: Optional[torch.Generator] = None, multiply_by_inputs: bool = True, layer=None,
-                 attribute_to_layer_input: bool = False, neuron=None):
+                 attribute_to_layer_input: bool = False, neuron=None, delta: bool = False):
+        if not isinstance(delta, bool):
+            raise TypeError(f"delta must be a bool, got {type(delta).__name__}")
+        self.delta = delta
         self.background = _check_background(background)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not float(noise) >= 0:
@@ -235,7 +244,7 @@ class GradientSHAP(LayerOptions, Explainer):
         attr = summed / S
 
         delta = None
-        if self.multiply_by_inputs:
+        if self.multiply_by_inputs and self.delta:
             with torch.no_grad():
                 s_b = self._background_scores(model, bg, idx, t, rows)
                 gap = select_score(out.detach(), t, self.score) - s_b
@@ -323,6 +332,8 @@ class ExpectedGradients(GradientSHAP):
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     seed : int, optional
     generator : torch.Generator, optional
+    delta : bool, default False
+        Also compute the completeness gap ``delta`` (N,), as :class:`GradientSHAP`.
 
     References
     ----------
@@ -346,7 +357,8 @@ class ExpectedGradients(GradientSHAP):
 
     def __init__(self, background: BackgroundLike = None, n_samples: int = 50, batch_size: Optional[int] = None,
                  score="logit", seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 multiply_by_inputs: bool = True, layer=None, attribute_to_layer_input: bool = False, neuron=None):
+                 multiply_by_inputs: bool = True, layer=None, attribute_to_layer_input: bool = False, neuron=None,
+                 delta: bool = False):
         super().__init__(background, n_samples=n_samples, noise=0.0, batch_size=batch_size, score=score,
                          seed=seed, generator=generator, multiply_by_inputs=multiply_by_inputs, layer=layer,
-                         attribute_to_layer_input=attribute_to_layer_input, neuron=neuron)
+                         attribute_to_layer_input=attribute_to_layer_input, neuron=neuron, delta=delta)
