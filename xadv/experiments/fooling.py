@@ -641,9 +641,9 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
                                    "strength"],
           ["defense", "n", "steps", "kept_rate", "topk_intersection", "spearman", "kendall", "ssim", "strength"],
           "defense")
-    table("Training defenses (5 epochs on the training digits): clean accuracy (450 test digits), accuracy under "
-          "PGD-10 and AutoAttack (APGD-CE, APGD-T with 3 targets, 50 steps each; Square 1,000 queries) at eps "
-          "0.1 (200 test digits), and the adaptive top-k attack on saliency at 8/255",
+    table("Training defenses (5 epochs on the model's training split): clean accuracy (the whole test split), "
+          "accuracy under PGD-10 and AutoAttack (APGD-CE, APGD-T with 3 targets, 50 steps each; Square 1,000 "
+          "queries) at eps 0.1 (200 test images), and the adaptive top-k attack on saliency at 8/255",
           ["defense", "n", "accuracy", "PGD robust acc.", "AutoAttack robust acc.", "steps", "kept", "top-10% ∩",
            "Spearman", "strength"],
           ["defense", "n", "accuracy", "pgd_robust", "autoattack_robust", "steps", "kept", "topk", "spearman",
