@@ -203,6 +203,54 @@ def test_chunked_forward_slices():
     assert not out.requires_grad
 
 
+def test_clean_passes_merge_and_send_equal_rows_once():
+    counted = Counting(small_cnn())
+    x, _ = data(n=5)
+    zeros = torch.zeros_like(x)
+    blur = x.flip(0)
+    out, out_z, out_b = chunking.clean_passes(counted, x, [zeros, blur], 100)
+    # one call: 5 rows of x, 1 row for the all-equal baseline, 5 for the other
+    assert counted.rows == [11]
+    torch.testing.assert_close(out, counted.model(x))
+    torch.testing.assert_close(out_z, counted.model(zeros))
+    torch.testing.assert_close(out_b, counted.model(blur))
+    counted.rows.clear()
+    chunking.clean_passes(counted, x, [zeros], 4)
+    assert max(counted.rows) <= 4 and sum(counted.rows) == 6
+    # a model in training mode (batch statistics) gets every batch on its own
+    bn = Counting(nn.Sequential(nn.Flatten(), nn.Linear(432, 4), nn.BatchNorm1d(4)).double().train())
+    a, b = chunking.clean_passes(bn, x, [zeros], 100)
+    assert bn.rows == [5, 5]
+    # IG sends the clean passes together: at most rows of the path plus one merged call
+    counted.rows.clear()
+    e = IntegratedGradients(steps=4, batch_size=100)(counted, x, target=1)
+    assert counted.rows == [6, 20], counted.rows
+    ref = IntegratedGradients(steps=4, batch_size=1)(counted.model, x, target=1)
+    torch.testing.assert_close(e.delta, ref.delta, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(e.output, counted.model(x))
+
+
+def test_clean_passes_keep_per_sample_rows_through_adapters():
+    """With per-sample forward arguments the zero baseline is not collapsed to one row:
+    each baseline row is scored with its own sample's arguments (``delta`` is exact)."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_cnn()
+
+        def forward(self, x, scale):
+            return self.net(x) * scale[:, None] + scale[:, None] ** 2
+
+    model = Scaled().eval()
+    x, _ = data(n=4)
+    scale = torch.tensor([1.0, 2.0, -1.0, 3.0], dtype=torch.float64)
+    e = IntegratedGradients(steps=64)(model, x, target=1, forward_args=(scale,))
+    gap = model(x, scale)[:, 1] - model(torch.zeros_like(x), scale)[:, 1]
+    torch.testing.assert_close(e.output, model(x, scale))
+    torch.testing.assert_close(e.delta, e.attributions.reshape(4, -1).sum(1) - gap, rtol=1e-9, atol=1e-10)
+    assert e.delta.abs().max() < 1e-3
+
+
 # ----------------------------------------------------------------------------- layout probe
 class ViewAfterConv(nn.Module):
     """``.view`` of a conv activation: fails on channels-last inputs."""

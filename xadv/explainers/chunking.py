@@ -4,7 +4,8 @@ Every explainer that batches work (Integrated Gradients steps, SmoothGrad and
 GradientSHAP draws, Occlusion windows, DeepLiftShap references, LIME samples,
 Score-CAM / Ablation-CAM masks) asks :func:`rows_per_pass` how many rows to send to
 the model at once, and sends its clean pass (the prediction on ``x`` itself) through
-:func:`chunked_forward` with the same bound. ``batch_size=`` on an explainer fixes the
+:func:`chunked_forward` with the same bound, or, with a baseline beside it, through
+:func:`clean_passes`, which puts both in as few model calls as the bound allows. ``batch_size=`` on an explainer fixes the
 rows of **every** model call it makes; without it the policy chooses:
 
 1. **What a row costs in memory.** One forward pass of a single row with hooks on the
@@ -48,7 +49,7 @@ from torch import nn
 from .._adapter import sample_rows, unwrap
 
 __all__ = ["rows_per_pass", "chunked_forward", "prefers_channels_last", "clear_cache", "MEMORY_BUDGET", "SEARCH_SECONDS", "MAX_ROWS",
-           "PRIOR_BYTES", "MIN_ROWS"]
+           "PRIOR_BYTES", "MIN_ROWS", "clean_passes"]
 
 #: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
 MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
@@ -251,6 +252,60 @@ def chunked_forward(model, x: torch.Tensor, rows: int, *, grad: bool = False) ->
         with torch.set_grad_enabled(grad), sample_rows(torch.arange(i0, i1, device=x.device), n):
             outs.append(forward(model, x[i0:i1]))
     return torch.cat(outs)
+
+
+def _same_rows(t: torch.Tensor) -> bool:
+    """Whether every row of ``t`` equals its first (a zero or constant baseline)."""
+    if t.shape[0] <= 1 or t.stride(0) == 0:
+        return True
+    with torch.no_grad():
+        return bool(torch.equal(t[1:], t[:1].expand_as(t[1:])))
+
+
+def clean_passes(model, x: torch.Tensor, others: Sequence[torch.Tensor], rows: int, *,
+                 grad: bool = False) -> Tuple[torch.Tensor, ...]:
+    """``(forward(model, x), forward(model, o) for o in others)``, each (N, K), in as few
+    model calls of at most ``rows`` rows as possible.
+
+    The clean pass on ``x`` and a baseline pass beside it (Integrated Gradients) go to the
+    model together, and a batch ``o`` whose rows are all equal (a zero or constant
+    baseline) is sent as one row, its output repeated. On a small batch this replaces two
+    inefficient passes by one (ViT-Tiny, 2 images: 72 ms -> 54 ms). Rows are merged only
+    for an ``nn.Module`` in eval mode (a model in training mode or a plain callable may
+    depend on the batch), and equal rows are sent once only when no adapter passes
+    per-sample forward arguments; otherwise every batch gets its own
+    :func:`chunked_forward`. Outputs equal the separate passes up to float summation order
+    (batch-size dependent kernels)."""
+    from .._adapter import ModelAdapter
+    from .base import balanced_slices, forward
+
+    n = x.shape[0]
+    user = unwrap(model)
+    if not isinstance(user, nn.Module) or _training(user):
+        return tuple(chunked_forward(model, t, rows, grad=grad) for t in (x,) + tuple(others))
+    single = not isinstance(model, ModelAdapter)
+    sends, idx = [x], [torch.arange(n, device=x.device)]
+    for o in others:
+        if single and _same_rows(o):
+            sends.append(o[:1])
+            idx.append(torch.zeros(1, dtype=torch.long, device=x.device))
+        else:
+            sends.append(o)
+            idx.append(torch.arange(o.shape[0], device=x.device))
+    batch = torch.cat(sends)
+    rows_of = torch.cat(idx)
+    m = batch.shape[0]
+    outs = []
+    for i0, i1 in balanced_slices(m, rows):
+        with torch.set_grad_enabled(grad), sample_rows(rows_of[i0:i1], n):
+            outs.append(forward(model, batch[i0:i1]))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    res, i = [], 0
+    for s in sends:
+        part = out[i:i + s.shape[0]]
+        i += s.shape[0]
+        res.append(part.expand(n, -1) if part.shape[0] == 1 and n > 1 else part)
+    return tuple(res)
 
 
 # ----------------------------------------------------------------------------- layout

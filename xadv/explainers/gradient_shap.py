@@ -79,7 +79,7 @@ class GradientSHAP(LayerOptions, Explainer):
         Rows of every model call: the draws x samples of each forward/backward pass, the
         clean pass on ``x`` and the background scores. Memory is bounded by it and
         results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     seed : int, optional
         Same seed, same draws on every call (fixed draws, as fooling attacks need).

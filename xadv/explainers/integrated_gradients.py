@@ -13,7 +13,7 @@ from .._validation import check_bounds, check_finite, check_positive_int, resolv
 from ..explanation import Explanation
 from ._layer import LayerOptions, add_layer_doc, capture_chunked, layer_path
 from .base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
-from .chunking import chunked_forward, rows_per_pass
+from .chunking import chunked_forward, clean_passes, rows_per_pass
 from .._common import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -139,9 +139,10 @@ class IntegratedGradients(LayerOptions, Explainer):
         ``riemann_trapezoid`` or ``gausslegendre`` (as in captum).
     batch_size : int, optional
         Rows of every model call: the steps x samples of each forward/backward pass and
-        the clean passes on ``x`` and on the baseline (N rows each, sliced). Memory is
+        the clean pass on ``x`` and the baseline (together, sliced; a baseline whose rows
+        are all equal, like zeros, is sent as one row). Memory is
         bounded by it and not by ``steps * N``; results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
     multiply_by_inputs : bool, default True
         ``False`` returns the path-averaged gradient without the factor ``x - x0``
@@ -243,8 +244,10 @@ class IntegratedGradients(LayerOptions, Explainer):
         rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.steps * n)
         # clean passes on x and on the baseline, each in slices of at most ``rows``; no
         # graph unless the result must be differentiable
-        out = chunked_forward(model, xi, rows, grad=create_graph)
-        out_base = chunked_forward(model, base, rows, grad=create_graph)
+        if self.multiply_by_inputs:  # the baseline's output is for ``delta`` only
+            out, out_base = clean_passes(model, xi, [base], rows, grad=create_graph)
+        else:
+            out = chunked_forward(model, xi, rows, grad=create_graph)
         t = resolve_target(target, out)
         alphas_np, weights_np = quadrature(self.steps, self.rule)
         alphas = torch.as_tensor(alphas_np, dtype=x.dtype, device=x.device)

@@ -286,7 +286,7 @@ class LIME(Explainer):
     batch_size : int, optional
         Rows of every model call (perturbed images per forward pass, and the clean
         pass). Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
         Results do not depend on it.
     seed : int, optional
         Same seed, same masks on every call.
@@ -642,7 +642,7 @@ class TabularLIME(Explainer):
     score : {"softmax", "logit", "log_softmax"} or callable, default "softmax"
     batch_size : int, optional
         Rows of every model call, the clean pass included. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
     seed, generator
         Reproducible sampling; draws are made row after row, so a batch equals its
         rows explained one at a time with the same generator.

@@ -90,7 +90,7 @@ class Occlusion(Explainer):
         Rows of every model call: window positions x samples per forward pass, and the
         clean pass on ``x``. Memory is bounded by it and results do not depend on it.
         Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
     score : {"logit", "log_softmax", "softmax"} or callable, default "logit"
         The scalar whose drop is recorded.
     feature_mask : LongTensor, optional

@@ -55,7 +55,7 @@ class SmoothGrad(Explainer):
         Noisy rows per call of ``base`` and rows of the clean pass; also the bound of
         ``base``'s own model calls when ``base`` has ``batch_size=None``. Memory is
         bounded by it, results do not depend on it. Default: chosen per model, input shape and device by :mod:`xadv.explainers.chunking`
-        (a memory probe and a short timed search, cached).
+        (a memory probe, cached).
     seed : int, optional
         Same seed, same noise on every call (fixed draws, as fooling attacks need).
     generator : torch.Generator, optional
