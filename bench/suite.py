@@ -324,8 +324,10 @@ def summary(results: List[dict], header: dict) -> str:
     names = {"ig": "IG", "smoothgrad": "SmoothGrad", "gradient_shap": "GradientSHAP", "occlusion": "Occlusion",
              "gradcam": "Grad-CAM", "lime": "LIME", "pgd": "PGD", "quantus_sparseness": "sparseness",
              "quantus_faithfulness": "faithfulness correlation"}
-    lines = [f"`python bench/suite.py {header['args']}` ({header['when']}, {header['threads']} threads, load average "
-             f"{header['load']}): xadv defaults / reference, median of interleaved rounds (below 1: xadv faster).", "",
+    runs = header.get("runs", [header])
+    said = " and ".join(f"`python bench/suite.py {h['args']}` ({h['when']}, {h['threads']} threads, load average "
+                        f"{h['load']})" for h in runs)
+    lines = [f"{said}: xadv defaults / reference, median of interleaved rounds (below 1: xadv faster).", "",
              "| method | reference (target) | " + " | ".join(works) + " |",
              "|:--|:--|" + "--:|" * len(works)]
     methods = []
@@ -358,8 +360,10 @@ def summary(results: List[dict], header: dict) -> str:
 
 
 def markdown(results: List[dict], header: dict) -> str:
-    lines = [f"Measured by `python bench/suite.py {header['args']}` ({header['when']}, {header['threads']} "
-             f"threads, torch {header['torch']}, load average {header['load']}); ratios are xadv / reference "
+    runs = header.get("runs", [header])
+    said = " and ".join(f"`python bench/suite.py {h['args']}` ({h['when']}, {h['threads']} threads, torch "
+                        f"{h['torch']}, load average {h['load']})" for h in runs)
+    lines = [f"Measured by {said}; ratios are xadv / reference "
              f"(below 1: xadv faster); noise probe = spread max/min of a fixed matmul timed between runs.", "",
              "| workload | method | xadv ms | reference | ref ms | xadv / ref |", "|:--|:--|--:|:--|--:|--:|"]
     for res in results:
@@ -430,18 +434,32 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", default=None, help="write the table(s) to this markdown file")
     p.add_argument("--json", default=None, help="write the raw results to this JSON file")
     p.add_argument("--summary", default=None, help="write the one-row-per-method summary table here")
-    p.add_argument("--from-json", default=None, help="print the tables of a saved --json run (no timing)")
+    p.add_argument("--from-json", default=None,
+                   help="print (and with --markdown/--summary write) the tables of saved --json runs, "
+                        "comma-separated for one table over several runs (no timing)")
     p.add_argument("--memory", action="store_true", help="peak RSS of IG over 1k-10k digits (subprocesses)")
     p.add_argument("--_memory-child", nargs=2, type=int, help=argparse.SUPPRESS, dest="child")
     args = p.parse_args(argv)
     if args.child:
         memory_child(*args.child)
         return 0
-    if args.from_json:
-        with open(args.from_json) as f:
-            saved = json.load(f)
-        print(markdown(saved["results"], saved["header"]))
-        print(summary(saved["results"], saved["header"]))
+    if args.from_json:  # one file, or several (comma-separated): one table over their workloads
+        results, runs = [], []
+        for path in args.from_json.split(","):
+            with open(path) as f:
+                saved = json.load(f)
+            results += saved["results"]
+            runs.append(saved["header"])
+        header = {"runs": runs}
+        md, sm = markdown(results, header), summary(results, header)
+        print(md)
+        print(sm)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(md)
+        if args.summary:
+            with open(args.summary, "w") as f:
+                f.write(sm)
         return 0
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)

@@ -120,3 +120,22 @@ def test_ablation_cam_weight_is_the_relative_score_drop():
     weights = (w * a) / y                           # dropping channel k removes w_k a_k
     expected = (weights[:, None, None] * net[1](net[0](x))[0]).sum(0)
     torch.testing.assert_close(e.raw[0], expected.detach(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [xadv.explainers.GradCAM, HiResCAM, XGradCAM, LayerCAM])
+def test_layers_before_the_cam_layer_record_no_graph(cls):
+    """Without create_graph the gradient starts at the hooked layer: the layers before it
+    record no graph (the same map as with a differentiable input), and with create_graph
+    they do."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 3)).double().eval()
+    seen = []
+    net[1].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    x = torch.rand(2, 1, 5, 5, dtype=torch.float64)
+    plain = cls(layer="2")(net, x, 1)
+    assert seen == [False]
+    graph = cls(layer="2")(net, x.clone().requires_grad_(), 1, create_graph=True)
+    assert seen == [False, True]
+    torch.testing.assert_close(graph.attributions.detach(), plain.attributions, rtol=0, atol=1e-12)
+    assert all(p.requires_grad for p in net.parameters())

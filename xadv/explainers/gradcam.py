@@ -229,13 +229,19 @@ class GradCAM(Explainer):
                 raise ValueError(f"the Grad-CAM layer must output one tensor (N, C, ...) or tokens (N, T, D), "
                                  f"got {shape}; pick a submodule")
             store["calls"] += 1
+            if not output.requires_grad:
+                # the forward before the layer built no graph (input not differentiated,
+                # parameters frozen): the gradient starts here
+                output = output.detach().requires_grad_(True)
             store["a"] = output
             # the rest of the model gets a copy: in-place ops after the layer (an
             # ``nn.ReLU(inplace=True)``, a residual ``out += identity``) would otherwise
             # overwrite the stored activations and move their place in the graph
             return output.clone()
 
-        xi = input_leaf(x, create_graph)
+        # without create_graph nothing is differentiated w.r.t. the input: the layers before
+        # the hooked one run without recording a graph
+        xi = input_leaf(x, create_graph) if create_graph else x.detach()
         handle = module.register_forward_hook(hook)
         try:
             with torch.enable_grad():
