@@ -147,6 +147,31 @@ def test_policy_cache_is_keyed_and_weak():
     assert len(chunking._CACHE) == 0
 
 
+def test_policy_cache_holds_when_memory_bounds_the_rows(monkeypatch):
+    """A choice bounded by the memory cap (ResNet-50 at 224 px: 8 rows) is reused by later
+    calls with the same or more work; one bounded by the work is made again for more work."""
+    monkeypatch.setattr(chunking, "SEARCH_SECONDS", 0)
+    chunking.clear_cache()
+    counted = Counting(small_cnn())
+    x = torch.rand(4, 3, 12, 12, dtype=torch.float64)
+    act = chunking._activation_bytes(counted, counted, (x,), 4)
+    monkeypatch.setitem(chunking.MEMORY_BUDGET, "grad", 3 * act)
+    counted.rows.clear()
+    assert chunking.rows_per_pass(counted, x, work=64) == 3
+    probes = len(counted.rows)
+    assert probes == 1
+    for work in (64, 200, 10):
+        assert chunking.rows_per_pass(counted, x, work=work) == 3
+    assert len(counted.rows) == probes                   # no new probe
+    chunking.clear_cache()
+    monkeypatch.setitem(chunking.MEMORY_BUDGET, "grad", 1 << 30)
+    assert chunking.rows_per_pass(counted, x, work=2) == 2
+    probes = len(counted.rows)
+    assert chunking.rows_per_pass(counted, x, work=64) > 2   # bounded by the work: chosen again
+    assert len(counted.rows) > probes
+    chunking.clear_cache()
+
+
 def test_policy_keys_on_the_user_model_through_adapters():
     chunking.clear_cache()
     model = small_cnn()

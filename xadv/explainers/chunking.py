@@ -232,9 +232,9 @@ def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: O
     floor = 1 << int(math.log2(max(1, n_params >> 17)))
     prior = max(prior, min(floor, limit))
     chosen = _search(model, xs, n, limit, prior) if SEARCH_SECONDS > 0 else prior
-    # remember the cap the search ran under: a later call with more work searches again
-    # only when the search stopped at its cap
-    per_model[key] = (chosen, min(cap, mem_cap))
+    # remember the work cap the choice was made under: a later call with more work chooses
+    # again only when the choice stopped at that cap (not when memory or the policy bounded it)
+    per_model[key] = (chosen, cap)
     return chosen
 
 
