@@ -463,7 +463,16 @@ def main(argv=None) -> int:
         return 0
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    header = {"args": " ".join(argv if argv is not None else sys.argv[1:]), "threads": args.threads,
+    given = list(argv if argv is not None else sys.argv[1:])
+    shown, skip = [], False
+    for a in given:  # the command as it reproduces the run: without where its output went
+        if skip:
+            skip = False
+        elif a in ("--json", "--markdown", "--summary"):
+            skip = True
+        elif not a.startswith(("--json=", "--markdown=", "--summary=")):
+            shown.append(a)
+    header = {"args": " ".join(shown), "threads": args.threads,
               "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M"),
               "load": "%.1f" % os.getloadavg()[0], "machine": platform.machine()}
     if args.memory:
