@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -424,6 +424,13 @@ def memory_markdown(res: List[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+def _write(path: Optional[str], text: str) -> None:
+    """Write ``text`` to ``path`` when one was given."""
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 rounds, 16 steps/samples on ResNet-50 and ViT")
@@ -454,12 +461,8 @@ def main(argv=None) -> int:
         md, sm = markdown(results, header), summary(results, header)
         print(md)
         print(sm)
-        if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(md)
-        if args.summary:
-            with open(args.summary, "w") as f:
-                f.write(sm)
+        _write(args.markdown, md)
+        _write(args.summary, sm)
         return 0
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -479,12 +482,8 @@ def main(argv=None) -> int:
         res = memory((1000, 3000) if args.quick else (1000, 3000, 10000))
         md = memory_markdown(res)
         print(md)
-        if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(md)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"header": header, "memory": res}, f, indent=1)
+        _write(args.markdown, md)
+        _write(args.json, json.dumps({"header": header, "memory": res}, indent=1))
         return 0
     works = [w for w in args.workloads.split(",") if w]
     methods = set(m for m in args.methods.split(",") if m)
@@ -497,26 +496,17 @@ def main(argv=None) -> int:
         print(f"workload {w} ...", flush=True)
         results.append(run_workload(w, methods, rounds, args.quick, lambda s: print(s, flush=True)))
         print(markdown(results[-1:], header), flush=True)
-        if args.markdown:  # after every workload, so a cut-off run keeps what it measured
-            with open(args.markdown, "w") as f:
-                f.write(markdown(results, header))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"header": header, "results": results}, f, indent=1, default=str)
+        # after every workload, so a cut-off run keeps what it measured
+        _write(args.markdown, markdown(results, header))
+        _write(args.json, json.dumps({"header": header, "results": results}, indent=1, default=str))
     header["load_end"] = "%.1f" % os.getloadavg()[0]
     header["load"] = f"{header['load']}-{header['load_end']}"
-    md = markdown(results, header)
+    md, sm = markdown(results, header), summary(results, header)
     print(md)
-    print(summary(results, header))
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(md)
-    if args.summary:
-        with open(args.summary, "w") as f:
-            f.write(summary(results, header))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "results": results}, f, indent=1, default=str)
+    print(sm)
+    _write(args.markdown, md)
+    _write(args.summary, sm)
+    _write(args.json, json.dumps({"header": header, "results": results}, indent=1, default=str))
     return 0
 
 
