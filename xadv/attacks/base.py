@@ -17,7 +17,7 @@ from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
 from ..explainers.base import forward
-from ..explainers.chunking import PROBING, prefers_channels_last as eval_channels_last  # noqa: F401
+from ..explainers.chunking import PER_SAMPLE_ROWS, PROBING, prefers_channels_last as eval_channels_last  # noqa: F401
 from ..results import AttackResult
 
 _NORMS = ("linf", "l2", "l0")
@@ -142,6 +142,9 @@ class QueryCounter:
         self.rows = 0
         self.model = model
         self._handle = None
+        # explainers inside the attack give every sample its own rows (no shared baseline
+        # row), so the per-sample counts do not depend on the batch
+        self._token = PER_SAMPLE_ROWS.set(True)
         if isinstance(model, torch.nn.Module):
             self._handle = model.register_forward_pre_hook(self._hook)
             self.wrapped = model
@@ -166,6 +169,9 @@ class QueryCounter:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._token is not None:
+            PER_SAMPLE_ROWS.reset(self._token)
+            self._token = None
 
 
 class Attack(ParamsMixin):

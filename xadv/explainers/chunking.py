@@ -92,6 +92,12 @@ def _rows_of(xs: Tuple[torch.Tensor, ...], r: int) -> Tuple[torch.Tensor, ...]:
 PROBING: "contextvars.ContextVar[bool]" = contextvars.ContextVar("xadv_chunking_probe", default=False)
 
 
+#: True while an attack counts queries per sample (:class:`xadv.attacks.base.QueryCounter`):
+#: :func:`clean_passes` then sends every sample its own baseline row, so each sample is
+#: charged what attacking it alone would cost, whatever the batch
+PER_SAMPLE_ROWS: "contextvars.ContextVar[bool]" = contextvars.ContextVar("xadv_per_sample_rows", default=False)
+
+
 def _call(model, xs, n: int) -> None:
     r = xs[0].shape[0]
     token = PROBING.set(True)
@@ -269,7 +275,8 @@ def clean_passes(model, x: torch.Tensor, others: Sequence[torch.Tensor], rows: i
 
     The clean pass on ``x`` and a baseline pass beside it (Integrated Gradients) go to the
     model together, and a batch ``o`` whose rows are all equal (a zero or constant
-    baseline) is sent as one row, its output repeated. On a small batch this replaces two
+    baseline) is sent as one row, its output repeated (not while an attack counts queries
+    per sample: :data:`PER_SAMPLE_ROWS`). On a small batch this replaces two
     inefficient passes by one (ViT-Tiny, 2 images: 72 ms -> 54 ms). Rows are merged only
     for an ``nn.Module`` in eval mode (a model in training mode or a plain callable may
     depend on the batch), and equal rows are sent once only when no adapter passes
@@ -283,7 +290,7 @@ def clean_passes(model, x: torch.Tensor, others: Sequence[torch.Tensor], rows: i
     user = unwrap(model)
     if not isinstance(user, nn.Module) or _training(user):
         return tuple(chunked_forward(model, t, rows, grad=grad) for t in (x,) + tuple(others))
-    single = not isinstance(model, ModelAdapter)
+    single = not isinstance(model, ModelAdapter) and not PER_SAMPLE_ROWS.get()
     sends, idx = [x], [torch.arange(n, device=x.device)]
     for o in others:
         if single and _same_rows(o):
