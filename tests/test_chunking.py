@@ -239,9 +239,12 @@ def test_clean_passes_merge_and_send_equal_rows_once():
     torch.testing.assert_close(out, counted.model(x))
     torch.testing.assert_close(out_z, counted.model(zeros))
     torch.testing.assert_close(out_b, counted.model(blur))
-    counted.rows.clear()
-    chunking.clean_passes(counted, x, [zeros], 4)
-    assert max(counted.rows) <= 4 and sum(counted.rows) == 6
+    for rows in (1, 2, 4, 7):   # slices across the boundaries between the batches
+        counted.rows.clear()
+        got = chunking.clean_passes(counted, x, [zeros, blur], rows)
+        assert max(counted.rows) <= rows and sum(counted.rows) == 11
+        for a, b in zip(got, (out, out_z, out_b)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # a model in training mode (batch statistics) gets every batch on its own
     bn = Counting(nn.Sequential(nn.Flatten(), nn.Linear(432, 4), nn.BatchNorm1d(4)).double().train())
     a, b = chunking.clean_passes(bn, x, [zeros], 100)

@@ -299,13 +299,16 @@ def clean_passes(model, x: torch.Tensor, others: Sequence[torch.Tensor], rows: i
         else:
             sends.append(o)
             idx.append(torch.arange(o.shape[0], device=x.device))
-    batch = torch.cat(sends)
     rows_of = torch.cat(idx)
-    m = batch.shape[0]
+    starts = [0]
+    for t in sends:
+        starts.append(starts[-1] + t.shape[0])
     outs = []
-    for i0, i1 in balanced_slices(m, rows):
+    for i0, i1 in balanced_slices(starts[-1], rows):
+        # the slice's rows of the (virtual) concatenation: only they are copied
+        parts = [t[max(i0, a) - a:min(i1, b) - a] for t, a, b in zip(sends, starts, starts[1:]) if a < i1 and b > i0]
         with torch.set_grad_enabled(grad), sample_rows(rows_of[i0:i1], n):
-            outs.append(forward(model, batch[i0:i1]))
+            outs.append(forward(model, torch.cat(parts) if len(parts) > 1 else parts[0]))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     res, i = [], 0
     for s in sends:
