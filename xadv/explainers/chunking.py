@@ -310,12 +310,8 @@ def clean_passes(model, x: torch.Tensor, others: Sequence[torch.Tensor], rows: i
         with torch.set_grad_enabled(grad), sample_rows(rows_of[i0:i1], n):
             outs.append(forward(model, torch.cat(parts) if len(parts) > 1 else parts[0]))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
-    res, i = [], 0
-    for s in sends:
-        part = out[i:i + s.shape[0]]
-        i += s.shape[0]
-        res.append(part.expand(n, -1) if part.shape[0] == 1 and n > 1 else part)
-    return tuple(res)
+    parts = [out[a:b] for a, b in zip(starts, starts[1:])]
+    return tuple(p.expand(n, -1) if p.shape[0] == 1 and n > 1 else p for p in parts)
 
 
 # ----------------------------------------------------------------------------- layout

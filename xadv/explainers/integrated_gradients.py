@@ -242,8 +242,8 @@ class IntegratedGradients(LayerOptions, Explainer):
         base = self.make_baseline(xi)
         n = x.shape[0]
         rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.steps * n)
-        # clean passes on x and on the baseline, each in slices of at most ``rows``; no
-        # graph unless the result must be differentiable
+        # the clean passes on x and on the baseline, together in slices of at most ``rows``;
+        # no graph unless the result must be differentiable
         if self.multiply_by_inputs:  # the baseline's output is for ``delta`` only
             out, out_base = clean_passes(model, xi, [base], rows, grad=create_graph)
         else:
