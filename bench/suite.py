@@ -425,10 +425,11 @@ def memory_markdown(res: List[dict]) -> str:
 
 # ----------------------------------------------------------------------------- main
 def _write(path: Optional[str], text: str) -> None:
-    """Write ``text`` to ``path`` when one was given."""
+    """Write ``text`` to ``path`` when one was given (atomically: a cut-off run leaves the
+    previous file or the new one, never half of it)."""
     if path:
-        with open(path, "w") as f:
-            f.write(text)
+        from xadv._io import write_text
+        write_text(path, text)
 
 
 def main(argv=None) -> int:
