@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List
 
 from .._fold import folding
+from ._entry import entry_factoring
 from .base import Explainer, select_score
 from .gradcam import GradCAM, GradCAMPlusPlus
 from .gradient import InputXGradient, Saliency
@@ -104,7 +105,7 @@ __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
     "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients",
     "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "MeaningfulPerturbation",
-    "ExtremalPerturbation", "folding", "get", "names", "register", "select_score",
+    "ExtremalPerturbation", "entry_factoring", "folding", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME", "FeatureLIME"]

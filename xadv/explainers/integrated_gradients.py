@@ -8,12 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._adapter import repeat_rows, sample_rows
+from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._validation import check_bounds, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from ._layer import LayerOptions, add_layer_doc, capture_chunked, layer_path
 from .base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
 from .chunking import chunked_forward, clean_passes, rows_per_pass
+from ._entry import with_entry
 from .._common import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -113,6 +114,45 @@ def _path_gradient_sum(model, base, diff, t, alphas, weights, rows, score, creat
     if not create_graph:
         return acc
     return torch.cat([torch.stack(p).sum(0) if len(p) > 1 else p[0] for _, p in sorted(parts.items())])
+
+
+def _entry_path_gradient_sum(model, entry, base, diff, t, alphas, weights, rows, score):
+    """:func:`_path_gradient_sum` with the entry layer factored out: its output on the
+    path is ``L(base) + alpha W diff`` (two entry passes per image), the gradient is
+    summed at its output and taken through ``W^T`` once; a gradient reaching the
+    input by another route is added."""
+    n = base.shape[0]
+    tail = base.shape[1:]
+    ones = (1,) * len(tail)
+    with torch.no_grad():
+        h0 = entry.full(base)
+        dh = entry.linear(diff)
+    htail = h0.shape[1:]
+    hones = (1,) * len(htail)
+    acc_h = torch.zeros_like(h0)
+    acc = None
+    for s0, s1, i0, i1 in _blocks(n, alphas.shape[0], rows):
+        k, m = s1 - s0, i1 - i0
+        a = alphas[s0:s1].view((k, 1) + ones)
+        path = (base[None, i0:i1] + a * diff[None, i0:i1]).reshape((k * m,) + tail).requires_grad_(True)
+        ah = alphas[s0:s1].view((k, 1) + hones)
+        leaf = (h0[None, i0:i1] + ah * dh[None, i0:i1]).reshape((k * m,) + htail).requires_grad_(True)
+        with torch.enable_grad():
+            # a copy, so that an in-place operation after the entry (ReLU(inplace=True))
+            # leaves the tensor the gradient is taken at untouched
+            with entry.returning(path, leaf.clone()), sample_rows(repeat_rows(i0, i1, k, t.device), n):
+                o = forward(model, path)
+            s = select_score(o, t[i0:i1].repeat(k), score)
+            gh, gx = torch.autograd.grad(s.sum(), (leaf, path), allow_unused=True)
+        w = weights[s0:s1]
+        if gh is not None:
+            acc_h[i0:i1] += torch.tensordot(w, gh.reshape((k, m) + htail), dims=1)
+        if gx is not None:  # the model also reads its input by another route
+            if acc is None:
+                acc = torch.zeros_like(base)
+            acc[i0:i1] += torch.tensordot(w, gx.reshape((k, m) + tail), dims=1)
+    g = entry.transpose(acc_h, base)
+    return g if acc is None else g + acc
 
 
 @add_layer_doc
@@ -245,15 +285,25 @@ class IntegratedGradients(LayerOptions, Explainer):
         # the clean passes on x and on the baseline, together in slices of at most ``rows``;
         # no graph unless the result must be differentiable
         if self.multiply_by_inputs:  # the baseline's output is for ``delta`` only
-            out, out_base = clean_passes(model, xi, [base], rows, grad=create_graph)
+            def clean():
+                return clean_passes(model, xi, [base], rows, grad=create_graph)
         else:
-            out = chunked_forward(model, xi, rows, grad=create_graph)
+            def clean():
+                return chunked_forward(model, xi, rows, grad=create_graph), None
+        if create_graph or isinstance(model, ModelAdapter):
+            (out, out_base), entry = clean(), None
+        else:  # the affine entry layer is factored out of the path (xadv.explainers._entry)
+            (out, out_base), entry = with_entry(model, xi, clean)
         t = resolve_target(target, out)
         alphas_np, weights_np = quadrature(self.steps, self.rule)
         alphas = torch.as_tensor(alphas_np, dtype=x.dtype, device=x.device)
         weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
         diff = xi - base
-        grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
+        if entry is not None:
+            grad_sum = _entry_path_gradient_sum(model, entry, base.detach(), diff.detach(), t, alphas, weights,
+                                                rows, self.score)
+        else:
+            grad_sum = _path_gradient_sum(model, base, diff, t, alphas, weights, rows, self.score, create_graph)
         attr = diff * grad_sum if self.multiply_by_inputs else grad_sum
         delta = None
         if self.multiply_by_inputs:

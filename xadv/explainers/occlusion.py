@@ -6,16 +6,23 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._adapter import repeat_rows, sample_rows
+from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._progress import bar as progress_bar
 from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
+from ._entry import with_entry
 from .chunking import chunked_forward, layout_forward, prefers_channels_last, rows_per_pass
 from .integrated_gradients import _blocks
 
 #: with progress=None, a bar only for at least this many occluded rows (a few seconds)
 _BAR_ROWS = 2000
+
+#: the entry convolution is computed around each window only when each of its outputs
+#: costs at least this many multiply-adds (a ResNet stem 147, a ViT patch embedding 768);
+#: below that (the digits CNN's 3x3 on one channel: 9) copying its output for every
+#: occluded row costs more than the convolution (measured: 1.3x slower on the digits CNN)
+_ENTRY_MIN_MACS = 64
 
 #: rows (window positions x samples) per forward pass when ``batch_size`` is None;
 #: None lets the chunking policy choose (:mod:`xadv.explainers.chunking`)
@@ -301,7 +308,16 @@ class Occlusion(Explainer):
         base = self.make_baseline(xi)
         rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS,
                              work=total * n, grad=create_graph)
-        out = chunked_forward(model, xi, rows, grad=create_graph)
+        def clean():
+            return chunked_forward(model, xi, rows, grad=create_graph)
+        if create_graph or not xi.is_floating_point() or isinstance(model, ModelAdapter):
+            out, entry = clean(), None
+        else:  # the entry convolution computed only around each window (xadv.explainers._entry)
+            out, entry = with_entry(model, xi, clean)
+            if entry is not None and not (entry.local and xi.dim() == entry.module.weight.dim()
+                                          and xi.shape[1] == entry.module.in_channels
+                                          and entry.macs_per_output >= _ENTRY_MIN_MACS):
+                entry = None
         t = resolve_target(target, out)
         s0 = select_score(out, t, self.score)
         if not create_graph:
@@ -309,6 +325,10 @@ class Occlusion(Explainer):
         parts = {}
         # forward-only image passes channels-last where a probe measured it faster (CPU)
         cl = not create_graph and xi.dim() == 4 and xi.is_floating_point() and prefers_channels_last(model, xi, rows)
+        if entry is not None:
+            with torch.no_grad():
+                h_x = entry.full(xi.clone(memory_format=torch.channels_last) if cl else xi)
+                change = base - xi
         bar = progress_bar(n * total, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
         for p0, p1, i0, i1 in _blocks(n, total, rows):
             k, m = p1 - p0, i1 - i0
@@ -317,7 +337,11 @@ class Occlusion(Explainer):
             xs = xi[None, i0:i1]
             with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
                 occluded = self._mix(xs, mask[:, None], base[None, i0:i1])   # (k, m, ...)
-                o, cl = layout_forward(model, occluded.reshape((k * m,) + feat), cl)
+                if entry is None:
+                    o, cl = layout_forward(model, occluded.reshape((k * m,) + feat), cl)
+                else:
+                    o = self._entry_forward(model, entry, occluded.reshape((k * m,) + feat), h_x[i0:i1],
+                                            change[i0:i1], range(p0, p1), window, stride, positions, cl)
                 s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
                 drop = s0[None, i0:i1] - s
                 part = torch.tensordot(drop.t(), mask, dims=1)                 # (m, ...)
@@ -333,6 +357,36 @@ class Occlusion(Explainer):
             attr = attr.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(),
                            extras={"window": window, "stride": stride, "windows": total})
+
+    @staticmethod
+    def _entry_forward(model, entry, rows, h_x, change, windows, window, stride, positions, channels_last):
+        """The model on ``rows`` (k*m, C, ...), the occluded inputs of ``m`` samples for
+        the ``k`` ``windows``, with the entry convolution's output built from ``h_x``
+        (m, ...), its output on the samples, plus the convolution of each window's
+        ``change`` (m, C, ...) alone."""
+        m = h_x.shape[0]
+        fmt = torch.channels_last if channels_last and rows.dim() == 4 else torch.contiguous_format
+        if fmt is torch.channels_last:
+            rows = rows.clone(memory_format=fmt)
+        h = torch.empty((rows.shape[0],) + tuple(h_x.shape[1:]), dtype=h_x.dtype, device=h_x.device,
+                        memory_format=fmt)
+        for j, p in enumerate(windows):
+            box = []
+            for d in reversed(range(len(positions))):   # row-major window index -> start per dimension
+                box.append(p % positions[d] * stride[d])
+                p //= positions[d]
+            box = box[::-1]
+            hi = [min(b + w, size) for b, w, size in zip(box, window, rows.shape[1:])]
+            hj = h[j * m:(j + 1) * m]
+            hj.copy_(h_x)
+            z = change[(slice(None),) + tuple(slice(b, e) for b, e in zip(box, hi))]
+            if z.shape[1] != change.shape[1]:   # a window over some channels: the others do not change
+                full = z.new_zeros((m, change.shape[1]) + tuple(z.shape[2:]))
+                full[:, box[0]:hi[0]] = z
+                z = full
+            entry.add_box(hj, z, box[1:], hi[1:])
+        with entry.returning(rows, h):
+            return forward(model, rows)
 
     def _explain_groups(self, model, x, target, create_graph):
         """Feature ablation over the groups of ``feature_mask``."""
