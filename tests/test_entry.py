@@ -221,3 +221,69 @@ def test_occlusion_skips_a_cheap_entry(uses):
     model = xadv.zoo.digits_cnn(pretrained=False).eval()
     xadv.explainers.Occlusion(window=4, stride=4)(model, torch.rand(2, 1, 28, 28), target=0)
     assert uses[0] == 0
+
+
+# ----------------------------------------------------------------------------- fast input gradient
+@pytest.mark.parametrize("conv,size", [
+    (nn.Conv2d(1, 8, 3, padding=1), 28),
+    (nn.Conv2d(3, 16, 7, stride=2, padding=3), 33),
+    (nn.Conv2d(3, 8, 4, stride=4), 16),                  # a patch embedding: a reshape
+    (nn.Conv2d(3, 8, 4, stride=4), 18),                  # the last 2 rows/columns are never read
+    (nn.Conv2d(2, 5, 3, stride=2, padding=2, dilation=2), 11),
+    (nn.Conv2d(3, 4, (3, 5), stride=(1, 2), padding=(1, 0)), 12),
+], ids=["digits", "resnet-stem", "patchify", "patchify-remainder", "dilated", "rectangular"])
+def test_the_matrix_product_input_gradient_equals_the_convolutions(conv, size):
+    conv = conv.double()
+    x = torch.rand(3, conv.in_channels, size, size, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    g = torch.randn_like(out)
+    (ref,) = torch.autograd.grad(out, x, g)
+    got = _entry._input_gradient_conv2d(conv, g, x.shape)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    count = [0]
+    original = _entry._input_gradient_conv2d
+
+    def counting(m, g, shape):
+        count[0] += 1
+        return original(m, g, shape)
+    monkeypatch.setattr(_entry, "_input_gradient_conv2d", counting)
+    return count
+
+
+@pytest.mark.parametrize("name", ["saliency", "smoothgrad", "gradient_shap"])
+def test_gradient_maps_with_the_fast_entry_gradient(name, fast_calls):
+    torch.manual_seed(0)
+    model = xadv.zoo.digits_cnn(pretrained=False).double().eval()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    kw = {"smoothgrad": dict(n_samples=4, seed=0),
+          "gradient_shap": dict(background=torch.rand(3, 1, 28, 28, dtype=torch.float64), n_samples=4, seed=0)}
+    ex = xadv.explainers.get(name, **kw.get(name, {}))
+    first = ex(model, x, 3)            # the entry found during this call's first model call
+    assert fast_calls[0] > 0
+    second = ex(model, x, 3)
+    assert torch.equal(first.attributions, second.attributions)
+    n = fast_calls[0]
+    p = _plain(ex, model, x, 3)
+    assert fast_calls[0] == n
+    torch.testing.assert_close(first.attributions, p.attributions, rtol=1e-10, atol=1e-13)
+    # create_graph: the caller differentiates the map, the model's own backward is kept
+    ex(model, x, 3, create_graph=True)
+    assert fast_calls[0] == n
+    assert "forward" not in model.features.conv1.__dict__
+
+
+def test_pgd_with_the_fast_entry_gradient_is_the_same_attack(fast_calls):
+    model = xadv.zoo.digits_cnn(pretrained=False).eval()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    pgd = xadv.attacks.PGD(eps=0.1, steps=5, seed=0)
+    a = pgd(model, x, torch.arange(8) % 10)
+    assert fast_calls[0] > 0
+    with entry_factoring(False):
+        b = pgd(model, x, torch.arange(8) % 10)
+    torch.testing.assert_close(a.x_adv, b.x_adv, rtol=0, atol=1e-6)
+    assert torch.equal(torch.as_tensor(a.queries), torch.as_tensor(b.queries))
+    assert "forward" not in model.features.conv1.__dict__

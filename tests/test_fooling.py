@@ -135,8 +135,9 @@ def test_targeted_manipulation_reaches_a_map_inside_the_ball_by_an_order_of_magn
 
 def test_targeted_manipulation_defaults_move_a_far_target_further_than_the_old_ones(digits):
     # another digit's map at eps 0.3 (issue 13, "attacks at their full strength"): the defaults (800 steps,
-    # pooling 2 -> 3000) reach a factor of 4.3 on these four digits (median 4.16, lower middle), where the
-    # previous defaults (400 steps, pooling 3 -> 3000) stopped at 3.87 (median 3.75)
+    # pooling 2 -> 3000) reach a factor of 4.2-4.4 on these four digits, where the previous defaults
+    # (400 steps, pooling 3 -> 3000) stopped at 3.87 (median 3.75). The 800 steps amplify rounding: the
+    # target map times (1 + 1e-7 noise) gave means 4.28-4.42 and medians 3.86-4.16 over five draws
     from xadv.experiments.fooling import _other_class
 
     model, x, y = digits
@@ -148,7 +149,7 @@ def test_targeted_manipulation_defaults_move_a_far_target_further_than_the_old_o
     b, a = res.extras["target_mse_before"], res.extras["target_mse_after"]
     assert res.kept.all() and float(res.norms["linf"].max()) <= 0.3 + 1e-6
     assert float(b.mean() / a.mean()) > 4.1
-    assert float((b / a).median()) > 4.0
+    assert float((b / a).median()) > 3.8
     assert float(res.extras["output_mse"].max()) < 1e-4
 
 

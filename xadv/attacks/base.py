@@ -6,6 +6,7 @@ runs ``_attack`` and fills every field of :class:`xadv.results.AttackResult`.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from .._common import ParamsMixin, make_generator  # noqa: F401  (make_generator re-exported)
 from .._fold import folded
+from ..explainers._entry import fast_input_gradient
 from .._model import preserved
 from .._validation import check_bounds, check_inputs, check_model, resolve_target
 from ..explainers import Explainer
@@ -294,36 +296,44 @@ class Attack(ParamsMixin):
         if callable(y) and not isinstance(y, torch.Tensor):
             raise TypeError("y must be labels (int, sequence or LongTensor), not a callable")
         with preserved(model, freeze=True):   # input gradients only
+            fast = contextlib.nullcontext()
             if self._folds_batchnorm():   # eval-mode BatchNorm folded into the layer before it (xadv._fold)
                 model = folded(model, x0)
-            counter = QueryCounter(model)
-            try:
-                out_clean = None
-                rows = self.batch_size
-                if y is None:
-                    out_clean = forward_rows(model, x0, rows)
-                    counter.take()
-                    labels = resolve_target(None, out_clean)
-                else:  # range-checked against the model's classes once its output is known
-                    _check_nonnegative_labels(y, "target labels" if self.targeted else "labels")
-                    labels = resolve_target(y, x0.new_zeros(1, 1).expand(x0.shape[0], 1 << 30))  # no memory: stride 0
-                ctx = AttackContext(self, counter, x0, labels, out_clean)
-                if out_clean is not None:
-                    ctx.check_labels()
-                x_adv, extras = self._attack(ctx)
-                x_adv = x_adv.detach()
+                # the entry convolution's input gradient by a matrix product (xadv.explainers._entry)
+                fast = fast_input_gradient(model, x0)
+            with fast:
+                return self._run_tensor(model, x0, y)
+
+    def _run_tensor(self, model, x0: torch.Tensor, y) -> AttackResult:
+        """The attack on one tensor batch inside ``preserved`` (the model possibly folded)."""
+        counter = QueryCounter(model)
+        try:
+            out_clean = None
+            rows = self.batch_size
+            if y is None:
+                out_clean = forward_rows(model, x0, rows)
                 counter.take()
-                out_adv = ctx.adv_logits  # evaluated by the attack, or here
-                if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
-                    if ctx._logits is None:  # the clean outputs, N rows per call like the user's batch
-                        # (a model closing over per-sample tensors follows; no 2N-row stack)
-                        ctx.provide_logits(evaluation_pass(model, x0, rows))
-                    out_adv = evaluation_pass(model, x_adv, rows)
-                out_clean = ctx.logits
-                if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
-                    x_adv = torch.empty_like(x0).copy_(x_adv)
-            finally:
-                counter.close()
+                labels = resolve_target(None, out_clean)
+            else:  # range-checked against the model's classes once its output is known
+                _check_nonnegative_labels(y, "target labels" if self.targeted else "labels")
+                labels = resolve_target(y, x0.new_zeros(1, 1).expand(x0.shape[0], 1 << 30))  # no memory: stride 0
+            ctx = AttackContext(self, counter, x0, labels, out_clean)
+            if out_clean is not None:
+                ctx.check_labels()
+            x_adv, extras = self._attack(ctx)
+            x_adv = x_adv.detach()
+            counter.take()
+            out_adv = ctx.adv_logits  # evaluated by the attack, or here
+            if out_adv is None or out_adv.shape[0] != x_adv.shape[0]:
+                if ctx._logits is None:  # the clean outputs, N rows per call like the user's batch
+                    # (a model closing over per-sample tensors follows; no 2N-row stack)
+                    ctx.provide_logits(evaluation_pass(model, x0, rows))
+                out_adv = evaluation_pass(model, x_adv, rows)
+            out_clean = ctx.logits
+            if x_adv.stride() != x0.stride():  # e.g. channels-last iterates: the layout of x
+                x_adv = torch.empty_like(x0).copy_(x_adv)
+        finally:
+            counter.close()
         return build_result(self, x0, x_adv, labels, out_clean, out_adv, ctx.queries, ctx.steps, extras)
 
     def _folds_batchnorm(self) -> bool:

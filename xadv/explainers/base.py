@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .._adapter import ModelAdapter, _has_attention, double_backward_attention, select_output, unwrap
 from .._common import ParamsMixin
 from .._fold import folded
+from ._entry import fast_input_gradient
 from .._model import preserved
 from .._validation import TargetLike, check_inputs, check_model, resolve_target
 from ..explanation import Explanation
@@ -203,13 +204,18 @@ class Explainer(ParamsMixin):
         # parameters frozen inside unless the caller may differentiate w.r.t. them
         with preserved(model, freeze=not create_graph), double_backward_attention(attention):
             m = model
-            if not create_graph and not multi and forward_args is None and self._folds_batchnorm():
+            plain = not create_graph and not multi and forward_args is None and self._folds_batchnorm()
+            if plain:
                 m = folded(model, x)   # eval-mode BatchNorm folded into the layer before it (xadv._fold)
             if multi or forward_args is not None or output is not None:
                 m = ModelAdapter(model, output=output, forward_args=forward_args,
                                  inputs=inputs if multi and not layer_mode else None)
             if multi and not layer_mode:
                 return self._explain_packed(m, inputs, target, create_graph)
+            if plain and output is None:
+                # the entry convolution's input gradient by a matrix product (xadv.explainers._entry)
+                with fast_input_gradient(m, x):
+                    return self._explain(m, x, target, create_graph)
             return self._explain(m, x if not multi else inputs, target, create_graph)
 
     def _folds_batchnorm(self) -> bool:
