@@ -342,6 +342,22 @@ TARGETS = {"ig": ("captum best", 0.95), "smoothgrad": ("captum best", 0.95), "gr
            "lime": ("forwards", 1.15)}
 
 
+def merge(results: List[dict], more: List[dict]) -> None:
+    """Add the workloads of a later run to ``results``; a method a later run measured
+    again on a workload replaces the earlier measurement."""
+    by_name = {r["workload"]: r for r in results}
+    for r in more:
+        old = by_name.get(r["workload"])
+        if old is None:
+            results.append(r)
+            by_name[r["workload"]] = r
+            continue
+        again = {e["method"]: e for e in r["methods"]}
+        kept = [again.pop(e["method"], e) for e in old["methods"]]   # in place, the order kept
+        old["methods"] = kept + list(again.values())
+        old.setdefault("noise_probe_runs", [old.get("noise_probe_ms")]).append(r.get("noise_probe_ms"))
+
+
 def summary(results: List[dict], header: dict) -> str:
     """One row per method, one column per workload: xadv / the target's reference."""
     works = [r["workload"] for r in results]
@@ -468,7 +484,8 @@ def main(argv=None) -> int:
     p.add_argument("--summary", default=None, help="write the one-row-per-method summary table here")
     p.add_argument("--from-json", default=None,
                    help="print (and with --markdown/--summary write) the tables of saved --json runs, "
-                        "comma-separated for one table over several runs (no timing)")
+                        "comma-separated for one table over several runs (no timing; a method measured "
+                        "again on a workload in a later file replaces the earlier entry)")
     p.add_argument("--memory", action="store_true", help="peak RSS of IG over 1k-10k digits (subprocesses)")
     p.add_argument("--_memory-child", nargs=2, type=int, help=argparse.SUPPRESS, dest="child")
     args = p.parse_args(argv)
@@ -480,7 +497,7 @@ def main(argv=None) -> int:
         for path in args.from_json.split(","):
             with open(path) as f:
                 saved = json.load(f)
-            results += saved["results"]
+            merge(results, saved["results"])
             runs.append(saved["header"])
         header = {"runs": runs}
         md, sm = markdown(results, header), summary(results, header)
