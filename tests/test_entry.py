@@ -104,6 +104,58 @@ def test_ig_with_the_entry_factored_is_exact_in_float64(make, uses):
     torch.testing.assert_close(e.delta, p.delta, rtol=1e-8, atol=1e-10)
 
 
+_MODELS = [
+    TwoRoutes, Shared,
+    lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 5)),
+    lambda: nn.Sequential(nn.Linear(6, 7), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 6 * 7, 5)),
+]
+
+
+@pytest.mark.parametrize("make", _MODELS, ids=["second-route", "shared-module", "inplace-relu", "linear-entry"])
+def test_smoothgrad_with_the_entry_factored_is_exact_in_float64(make, uses):
+    torch.manual_seed(0)
+    model = make().double().eval()
+    x = torch.rand(3, 3, 6, 6, dtype=torch.float64)
+    sg = xadv.explainers.SmoothGrad(n_samples=10, noise=0.2, seed=3, batch_size=7)  # passes split images
+    e = sg(model, x, target=torch.tensor([0, 2, 4]))
+    assert uses[0] > 0
+    uses[0] = 0
+    p = _plain(sg, model, x, torch.tensor([0, 2, 4]))
+    assert uses[0] == 0
+    torch.testing.assert_close(e.attributions, p.attributions, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(e.output, p.output)
+
+
+@pytest.mark.parametrize("which", ["resnet", "vit"])
+def test_smoothgrad_on_a_resnet_and_a_vit_equals_the_unfactored_path(which, uses):
+    if which == "resnet":
+        model = A.resnet18(num_classes=10).double().eval()
+    else:
+        model = A.vit_tiny(num_classes=10, image_size=32, patch_size=8, num_layers=2).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sg = xadv.explainers.SmoothGrad(n_samples=6, seed=1)
+    e = sg(model, x, target=torch.tensor([1, 4]))
+    assert uses[0] > 0
+    p = _plain(sg, model, x, torch.tensor([1, 4]))
+    _close(e.attributions, p.attributions, 1e-10)
+    assert "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("kw", [
+    dict(variant="smoothgrad_sq"), dict(variant="vargrad"),
+    dict(base=xadv.explainers.Saliency(abs=True)),
+    dict(base=xadv.explainers.InputXGradient()),
+], ids=["sq", "vargrad", "abs", "input-x-gradient"])
+def test_smoothgrad_not_a_mean_of_gradients_is_not_factored(kw, uses):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).double().eval()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    sg = xadv.explainers.SmoothGrad(n_samples=5, seed=0, **kw)
+    e = sg(model, x, target=1)
+    assert uses[0] == 0
+    torch.testing.assert_close(e.attributions, _plain(sg, model, x, 1).attributions)
+
+
 def test_a_hooked_or_subclassed_entry_is_left_alone(uses):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).double().eval()
@@ -259,7 +311,8 @@ def test_gradient_maps_with_the_fast_entry_gradient(name, fast_calls):
     torch.manual_seed(0)
     model = xadv.zoo.digits_cnn(pretrained=False).double().eval()
     x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
-    kw = {"smoothgrad": dict(n_samples=4, seed=0),
+    # (the default SmoothGrad factors the entry out altogether; its squared variant does not)
+    kw = {"smoothgrad": dict(n_samples=4, seed=0, variant="smoothgrad_sq"),
           "gradient_shap": dict(background=torch.rand(3, 1, 28, 28, dtype=torch.float64), n_samples=4, seed=0)}
     ex = xadv.explainers.get(name, **kw.get(name, {}))
     first = ex(model, x, 3)            # the entry found during this call's first model call

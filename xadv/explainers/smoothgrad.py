@@ -6,11 +6,12 @@ from typing import Optional
 
 import torch
 
-from .._adapter import repeat_rows, sample_rows
+from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._validation import check_finite, check_positive_int, resolve_target
 from .._common import make_generator
 from ..explanation import Explanation
-from .base import Explainer, balanced_slices, forward, input_leaf
+from ._entry import with_entry
+from .base import Explainer, balanced_slices, forward, input_leaf, select_score
 from .chunking import chunked_forward, rows_per_pass
 from .gradient import Saliency
 
@@ -33,6 +34,26 @@ def _accumulate(store: dict, key: int, value: torch.Tensor, create_graph: bool) 
 def _gather(store: dict) -> torch.Tensor:
     parts = [v for _, v in sorted(store.items())]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _entry_gradients(model, entry, bx, bt, score):
+    """The score gradients of rows ``bx`` at the entry layer's output and, when the model
+    also reads its input by another route, at the input (else None): the model runs on
+    ``bx`` with the entry's output substituted by a leaf tensor of the same values."""
+    path = bx.detach().requires_grad_(True)
+    with torch.no_grad():
+        h = entry.full(path.detach())
+    leaf = h.requires_grad_(True)
+    with torch.enable_grad():
+        # a copy, so that an in-place operation after the entry (ReLU(inplace=True)) leaves
+        # the tensor the gradient is taken at untouched
+        with entry.returning(path, leaf.clone()):
+            o = forward(model, path)
+        s = select_score(o, bt, score)
+        gh, gx = torch.autograd.grad(s.sum(), (leaf, path), allow_unused=True)
+    if gh is None:
+        gh = torch.zeros_like(h)
+    return gh, gx
 
 
 class SmoothGrad(Explainer):
@@ -126,6 +147,13 @@ class SmoothGrad(Explainer):
     def _explains_neuron(self) -> bool:
         return self.base._explains_neuron()
 
+    def _factors_entry(self, model, create_graph: bool) -> bool:
+        """Whether the result is the mean of plain input gradients (SmoothGrad around a
+        signed :class:`Saliency` of the input), so the entry layer can be factored out."""
+        b = self.base
+        return (self.variant == "smoothgrad" and type(b) is Saliency and not b.abs and b.layer is None
+                and b.neuron is None and not create_graph and not isinstance(model, ModelAdapter))
+
     def _explain(self, model, x, target, create_graph):
         if isinstance(x, tuple):
             raise ValueError("SmoothGrad around a layer explainer takes one input tensor")
@@ -136,7 +164,15 @@ class SmoothGrad(Explainer):
         n = x.shape[0]
         rows = rows_per_pass(model, xi, batch_size=self.batch_size or DEFAULT_BATCH_ROWS, work=self.n_samples * n,
                              grad=self.base.differentiable)
-        out = chunked_forward(model, xi, rows, grad=create_graph)
+        def clean():
+            return chunked_forward(model, xi, rows, grad=create_graph)
+        entry = None
+        if self._factors_entry(model, create_graph):
+            # the mean of plain gradients: the affine entry layer's W^T is applied once per
+            # image to the gradients summed at its output (xadv.explainers._entry)
+            out, entry = with_entry(model, xi, clean)
+        else:
+            out = clean()
         t = resolve_target(target, out)
         if self.noise_mode == "range":
             # with create_graph the noise scale depends on x too (it is part of the function)
@@ -162,6 +198,7 @@ class SmoothGrad(Explainer):
         tail = x.shape[1:]
         need_sq = self.variant != "smoothgrad"
         base_x = xi if create_graph else xi.detach()
+        acc_h = acc_x = None   # with the entry factored: sums at its output and at the input
         sums = {}     # (layer, first sample) -> sum over the copies
         sums_sq = {}
         deltas = {}
@@ -175,6 +212,17 @@ class SmoothGrad(Explainer):
             for i0, i1 in slices:
                 bx = noisy[:, i0:i1].reshape((k * (i1 - i0),) + tail)
                 bt = t[i0:i1].repeat(k)
+                if entry is not None:
+                    with sample_rows(repeat_rows(i0, i1, k, x.device), n):
+                        gh, gx = _entry_gradients(model, entry, bx, bt, base.score)
+                    if acc_h is None:
+                        acc_h = gh.new_zeros((n,) + tuple(gh.shape[1:]))
+                    acc_h[i0:i1] += gh.reshape((k, i1 - i0) + tuple(gh.shape[1:])).sum(0)
+                    if gx is not None:  # the model also reads its input by another route
+                        if acc_x is None:
+                            acc_x = torch.zeros_like(base_x)
+                        acc_x[i0:i1] += gx.reshape((k, i1 - i0) + tail).sum(0)
+                    continue
                 # inputs already checked and the model already preserved by our own
                 # __call__: go straight to the base method (no re-validation per pass)
                 with sample_rows(repeat_rows(i0, i1, k, x.device), n):
@@ -205,7 +253,11 @@ class SmoothGrad(Explainer):
             mean_sq = _gather(sums_sq[li]) / self.n_samples
             return mean_sq if self.variant == "smoothgrad_sq" else mean_sq - mean * mean
 
-        attr = tuple(combine(li) for li in sorted(sums)) if several else combine(0)
+        if entry is not None:
+            g = entry.transpose(acc_h, base_x)
+            attr = (g if acc_x is None else g + acc_x) / self.n_samples
+        else:
+            attr = tuple(combine(li) for li in sorted(sums)) if several else combine(0)
         params = self._params_for_result()
         extras = {}
         if "layer" in layer_extras:
