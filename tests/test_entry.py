@@ -87,11 +87,15 @@ class MyConv(nn.Conv2d):
         return super().forward(x) * 2
 
 
-@pytest.mark.parametrize("make", [
+_MODELS = [
     TwoRoutes, Shared,
     lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 5)),
     lambda: nn.Sequential(nn.Linear(6, 7), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 6 * 7, 5)),
-], ids=["second-route", "shared-module", "inplace-relu", "linear-entry"])
+]
+_IDS = ["second-route", "shared-module", "inplace-relu", "linear-entry"]
+
+
+@pytest.mark.parametrize("make", _MODELS, ids=_IDS)
 def test_ig_with_the_entry_factored_is_exact_in_float64(make, uses):
     torch.manual_seed(0)
     model = make().double().eval()
@@ -104,14 +108,7 @@ def test_ig_with_the_entry_factored_is_exact_in_float64(make, uses):
     torch.testing.assert_close(e.delta, p.delta, rtol=1e-8, atol=1e-10)
 
 
-_MODELS = [
-    TwoRoutes, Shared,
-    lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 5)),
-    lambda: nn.Sequential(nn.Linear(6, 7), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 6 * 7, 5)),
-]
-
-
-@pytest.mark.parametrize("make", _MODELS, ids=["second-route", "shared-module", "inplace-relu", "linear-entry"])
+@pytest.mark.parametrize("make", _MODELS, ids=_IDS)
 def test_smoothgrad_with_the_entry_factored_is_exact_in_float64(make, uses):
     torch.manual_seed(0)
     model = make().double().eval()

@@ -289,6 +289,26 @@ def with_entry(model, x: torch.Tensor, run: Callable[[], Any]) -> Tuple[Any, Opt
     return result, _checked(rec.found)
 
 
+def entry_gradients(model, entry: Entry, x: torch.Tensor, h: torch.Tensor, target: torch.Tensor,
+                    score) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The score gradients of the rows ``x`` (R, ...) when the model runs on ``x`` with
+    the entry's output replaced by ``h`` (R, ...; its output on ``x``, or on the path as
+    Integrated Gradients computes it): ``(at the entry's output, at the input)``, the
+    second None unless the model also reads its input by another route."""
+    from .base import forward, select_score
+
+    path = x.detach().requires_grad_(True)
+    leaf = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        # a copy, so that an in-place operation after the entry (ReLU(inplace=True)) leaves
+        # the tensor the gradient is taken at untouched
+        with entry.returning(path, leaf.clone()):
+            o = forward(model, path)
+        s = select_score(o, target, score)
+        gh, gx = torch.autograd.grad(s.sum(), (leaf, path), allow_unused=True)
+    return (torch.zeros_like(leaf) if gh is None else gh), gx
+
+
 def _input_gradient_conv2d(m: nn.Conv2d, g: torch.Tensor, shape) -> torch.Tensor:
     """The input gradient of a (groups=1) Conv2d for the output cotangent ``g``: one
     matrix product with the weight and a fold of the patches (for a patch embedding,

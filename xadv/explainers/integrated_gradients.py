@@ -14,7 +14,7 @@ from ..explanation import Explanation
 from ._layer import LayerOptions, add_layer_doc, capture_chunked, layer_path
 from .base import Explainer, balanced_slices, check_score, forward, input_leaf, select_score
 from .chunking import chunked_forward, clean_passes, rows_per_pass
-from ._entry import with_entry
+from ._entry import entry_gradients, with_entry
 from .._common import make_generator
 
 _METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -134,19 +134,13 @@ def _entry_path_gradient_sum(model, entry, base, diff, t, alphas, weights, rows,
     for s0, s1, i0, i1 in _blocks(n, alphas.shape[0], rows):
         k, m = s1 - s0, i1 - i0
         a = alphas[s0:s1].view((k, 1) + ones)
-        path = (base[None, i0:i1] + a * diff[None, i0:i1]).reshape((k * m,) + tail).requires_grad_(True)
+        path = (base[None, i0:i1] + a * diff[None, i0:i1]).reshape((k * m,) + tail)
         ah = alphas[s0:s1].view((k, 1) + hones)
-        leaf = (h0[None, i0:i1] + ah * dh[None, i0:i1]).reshape((k * m,) + htail).requires_grad_(True)
-        with torch.enable_grad():
-            # a copy, so that an in-place operation after the entry (ReLU(inplace=True))
-            # leaves the tensor the gradient is taken at untouched
-            with entry.returning(path, leaf.clone()), sample_rows(repeat_rows(i0, i1, k, t.device), n):
-                o = forward(model, path)
-            s = select_score(o, t[i0:i1].repeat(k), score)
-            gh, gx = torch.autograd.grad(s.sum(), (leaf, path), allow_unused=True)
+        h = (h0[None, i0:i1] + ah * dh[None, i0:i1]).reshape((k * m,) + htail)
+        with sample_rows(repeat_rows(i0, i1, k, t.device), n):
+            gh, gx = entry_gradients(model, entry, path, h, t[i0:i1].repeat(k), score)
         w = weights[s0:s1]
-        if gh is not None:
-            acc_h[i0:i1] += torch.tensordot(w, gh.reshape((k, m) + htail), dims=1)
+        acc_h[i0:i1] += torch.tensordot(w, gh.reshape((k, m) + htail), dims=1)
         if gx is not None:  # the model also reads its input by another route
             if acc is None:
                 acc = torch.zeros_like(base)

@@ -10,8 +10,8 @@ from .._adapter import ModelAdapter, repeat_rows, sample_rows
 from .._validation import check_finite, check_positive_int, resolve_target
 from .._common import make_generator
 from ..explanation import Explanation
-from ._entry import with_entry
-from .base import Explainer, balanced_slices, forward, input_leaf, select_score
+from ._entry import entry_gradients, with_entry
+from .base import Explainer, balanced_slices, input_leaf
 from .chunking import chunked_forward, rows_per_pass
 from .gradient import Saliency
 
@@ -34,26 +34,6 @@ def _accumulate(store: dict, key: int, value: torch.Tensor, create_graph: bool) 
 def _gather(store: dict) -> torch.Tensor:
     parts = [v for _, v in sorted(store.items())]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _entry_gradients(model, entry, bx, bt, score):
-    """The score gradients of rows ``bx`` at the entry layer's output and, when the model
-    also reads its input by another route, at the input (else None): the model runs on
-    ``bx`` with the entry's output substituted by a leaf tensor of the same values."""
-    path = bx.detach().requires_grad_(True)
-    with torch.no_grad():
-        h = entry.full(path.detach())
-    leaf = h.requires_grad_(True)
-    with torch.enable_grad():
-        # a copy, so that an in-place operation after the entry (ReLU(inplace=True)) leaves
-        # the tensor the gradient is taken at untouched
-        with entry.returning(path, leaf.clone()):
-            o = forward(model, path)
-        s = select_score(o, bt, score)
-        gh, gx = torch.autograd.grad(s.sum(), (leaf, path), allow_unused=True)
-    if gh is None:
-        gh = torch.zeros_like(h)
-    return gh, gx
 
 
 class SmoothGrad(Explainer):
@@ -213,8 +193,10 @@ class SmoothGrad(Explainer):
                 bx = noisy[:, i0:i1].reshape((k * (i1 - i0),) + tail)
                 bt = t[i0:i1].repeat(k)
                 if entry is not None:
+                    with torch.no_grad():
+                        h = entry.full(bx)
                     with sample_rows(repeat_rows(i0, i1, k, x.device), n):
-                        gh, gx = _entry_gradients(model, entry, bx, bt, base.score)
+                        gh, gx = entry_gradients(model, entry, bx, h, bt, base.score)
                     if acc_h is None:
                         acc_h = gh.new_zeros((n,) + tuple(gh.shape[1:]))
                     acc_h[i0:i1] += gh.reshape((k, i1 - i0) + tuple(gh.shape[1:])).sum(0)
