@@ -154,7 +154,7 @@ def test_policy_cache_holds_when_memory_bounds_the_rows(monkeypatch):
     chunking.clear_cache()
     counted = Counting(small_cnn())
     x = torch.rand(4, 3, 12, 12, dtype=torch.float64)
-    act = chunking._activation_bytes(counted, counted, (x,), 4)
+    act, _ = chunking._activation_bytes(counted, counted, (x,), 4)
     monkeypatch.setitem(chunking.MEMORY_BUDGET, "grad", 3 * act)
     counted.rows.clear()
     assert chunking.rows_per_pass(counted, x, work=64) == 3
@@ -169,6 +169,25 @@ def test_policy_cache_holds_when_memory_bounds_the_rows(monkeypatch):
     probes = len(counted.rows)
     assert chunking.rows_per_pass(counted, x, work=64) > 2   # bounded by the work: chosen again
     assert len(counted.rows) > probes
+    chunking.clear_cache()
+
+
+def test_policy_keeps_the_largest_tensor_of_a_pass_within_the_mmap_bound(monkeypatch):
+    """On a CPU no activation tensor of a pass exceeds ``TENSOR_BYTES_CPU`` (glibc maps
+    larger blocks afresh on every pass), whatever the memory budget and the size floor."""
+    monkeypatch.setattr(chunking, "SEARCH_SECONDS", 0)
+    chunking.clear_cache()
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 5)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    act, largest = chunking._activation_bytes(wide, wide, (x,), 2)
+    assert largest == 64 * 32 * 32 * 4 and act >= 2 * largest     # the conv and ReLU outputs
+    monkeypatch.setattr(chunking, "TENSOR_BYTES_CPU", 5 * largest + 7)
+    for grad in (True, False):
+        assert chunking.rows_per_pass(wide, x, work=1000, grad=grad) == 5
+    chunking.clear_cache()
+    monkeypatch.setattr(chunking, "TENSOR_BYTES_CPU", 1 << 40)
+    assert chunking.rows_per_pass(wide, x, work=1000) > 5
     chunking.clear_cache()
 
 

@@ -49,10 +49,17 @@ from torch import nn
 from .._adapter import sample_rows, unwrap
 
 __all__ = ["rows_per_pass", "chunked_forward", "prefers_channels_last", "clear_cache", "MEMORY_BUDGET", "SEARCH_SECONDS", "MAX_ROWS",
-           "PRIOR_BYTES", "MIN_ROWS", "clean_passes"]
+           "PRIOR_BYTES", "MIN_ROWS", "TENSOR_BYTES_CPU", "clean_passes"]
 
 #: bytes of activations per pass: with a graph kept for backward ("grad") or forward-only
 MEMORY_BUDGET = {"grad": 1 << 30, "forward": 1 << 30}
+#: CPU: the largest single activation tensor of a pass (rows x its bytes per row) stays
+#: within this many bytes. glibc serves larger blocks by fresh mmap calls (its dynamic
+#: threshold grows to at most 32 MiB), which page-fault the memory in again on every pass:
+#: a ResNet-50 at 3x224x224 (stem output 3.1 MiB a row) runs no-grad forward passes of
+#: 6 / 8 / 10 / 11 / 12 rows at 80 / 79 / 82 / 89 / 97 ms a row (2 threads); with the mmap
+#: threshold raised by environment variables, 12 rows are the fastest
+TENSOR_BYTES_CPU = 32 << 20
 #: wall-clock limit of one timed search (seconds)
 SEARCH_SECONDS = float(os.environ.get("XADV_CHUNK_SEARCH", "0") or 0)
 #: upper bound of the chosen rows (CPU, other devices)
@@ -108,14 +115,17 @@ def _call(model, xs, n: int) -> None:
         PROBING.reset(token)
 
 
-def _activation_bytes(model, user, xs, n) -> int:
-    """Bytes of leaf-module outputs of one row (a single no-grad forward pass)."""
-    total = [0]
+def _activation_bytes(model, user, xs, n) -> Tuple[int, int]:
+    """Bytes of leaf-module outputs of one row, in all and of the largest (a single
+    no-grad forward pass)."""
+    total = [0, 0]
 
     def hook(_m, _i, out):
         for o in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(o, torch.Tensor):
-                total[0] += o.numel() * o.element_size()
+                b = o.numel() * o.element_size()
+                total[0] += b
+                total[1] = max(total[1], b)
 
     handles = []
     if isinstance(user, nn.Module):
@@ -125,7 +135,8 @@ def _activation_bytes(model, user, xs, n) -> int:
     finally:
         for h in handles:
             h.remove()
-    return max(total[0], sum(t[:1].numel() * t.element_size() for t in xs))
+    inputs = [t[:1].numel() * t.element_size() for t in xs]
+    return max(total[0], sum(inputs)), max([total[1]] + inputs)
 
 
 def _budget(device: torch.device, grad: bool) -> int:
@@ -228,8 +239,10 @@ def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: O
     if hit is not None and (hit[1] >= cap or hit[0] < hit[1]):
         return max(1, min(cap, hit[0]))
     n = xs[0].shape[0]
-    act = _activation_bytes(model, user, xs, n)
+    act, largest = _activation_bytes(model, user, xs, n)
     mem_cap = max(1, _budget(device, grad) // act)
+    if kind == "cpu":
+        mem_cap = min(mem_cap, max(1, TENSOR_BYTES_CPU // largest))
     limit = max(1, min(cap, mem_cap))
     prior = _prior(act, limit)
     # large models amortise their weights over more rows: at least 2^-17 rows per
