@@ -465,3 +465,28 @@ def test_first_layer_check_leaves_several_inputs_alone():
     x = (torch.rand(2, 1, 6, 6), torch.rand(2, 3))
     e = xadv.explain(_TwoInputs().eval(), x, method="integrated_gradients", steps=4, target=0)
     assert [a.shape for a in e.attributions] == [x[0].shape, x[1].shape]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.complex64])
+def test_all_finite_matches_the_elementwise_check(dtype):
+    """The sum decides only when it is finite: a non-finite sum of finite values (an
+    overflow) must still count as finite, and every NaN/Inf pattern as not."""
+    from xadv._validation import all_finite
+    big = torch.finfo(torch.float16 if dtype == torch.float16 else
+                      torch.float32 if dtype in (torch.float32, torch.complex64) else torch.float64).max
+    real = torch.float64 if dtype in (torch.float64, torch.complex64) else dtype
+    cases = [torch.rand(3, 5), torch.full((4, 7), big, dtype=real), torch.full((4, 7), -big, dtype=real),
+             torch.zeros(0, 3)]
+    for pos in ([0, 0], [2, 4]):
+        for bad in (math.nan, math.inf, -math.inf):
+            t = torch.rand(3, 5, dtype=torch.float64)
+            t[pos[0], pos[1]] = bad
+            cases.append(t)
+    t = torch.rand(3, 5, dtype=torch.float64)
+    t[0, 0], t[1, 1] = math.inf, -math.inf  # a NaN sum from two infinities
+    cases.append(t)
+    for c in cases:
+        c = c.to(dtype)
+        assert all_finite(c) == bool(torch.isfinite(c).all()), c
+    assert all_finite(torch.full((4, 7), big, dtype=real).to(dtype))  # the sum overflows, every value is finite
+    assert all_finite(torch.arange(5))  # integers are always finite

@@ -280,8 +280,11 @@ class GradCAM(Explainer):
             up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode=mode, **kw)
             flat = cam.detach().flatten(1)
             const = (flat.amax(1) == flat.amin(1)).reshape((-1,) + (1,) * (spatial + 1))
-            # keep constant maps exactly constant (interpolation leaves ~1e-9 ripple)
-            up = torch.where(const, cam.flatten(1)[:, :1].reshape((-1,) + (1,) * (spatial + 1)).expand_as(up), up)
+            # keep constant maps exactly constant (interpolation leaves ~1e-9 ripple); the
+            # test reads the small layer-level map, and on a CPU (no device sync to fear) the
+            # replacement runs only when some map is constant
+            if cam.device.type != "cpu" or bool(const.any()):
+                up = torch.where(const, cam.flatten(1)[:, :1].reshape((-1,) + (1,) * (spatial + 1)).expand_as(up), up)
             attr = up.expand((-1, x.shape[1]) + (-1,) * spatial)
             if not create_graph:
                 attr = attr.contiguous()

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._validation import check_finite, check_positive_int, resolve_target
+from .._validation import all_finite, check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, select_score
 from .integrated_gradients import gaussian_blur
@@ -581,7 +581,7 @@ def _as_float64(a, name: str) -> torch.Tensor:
                             f"{type(a).__name__}") from None
     if t.dim() != 2 or t.shape[0] < 2:
         raise ValueError(f"{name} must have shape (M, D) with M >= 2 rows, got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} contains NaN or Inf values")
     return t
 

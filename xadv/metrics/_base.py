@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .._validation import check_inputs, check_model, check_positive_int, resolve_target
+from .._validation import all_finite, check_inputs, check_model, check_positive_int, resolve_target
 from ..explainers.base import default_batch_rows, forward
 
 FAMILIES = ("similarity", "randomisation", "axiomatic", "faithfulness", "robustness", "complexity", "localisation")
@@ -156,7 +156,7 @@ def check_attributions(a, x: Optional[torch.Tensor] = None, name: str = "attribu
         raise TypeError(f"{name} must be floating point, got dtype {a.dtype}")
     if a.dim() < 2:
         raise ValueError(f"{name} must be batch-first (N, ...), got shape {tuple(a.shape)}")
-    if not torch.isfinite(a).all():
+    if not all_finite(a):
         raise ValueError(f"{name} contain NaN or Inf values; check the explainer (e.g. a zero baseline "
                          f"divided by zero) before evaluating it")
     if x is not None:

@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .._validation import all_finite
 from ..explanation import Explanation
 
 MapLike = Union[Explanation, torch.Tensor]
@@ -67,7 +68,7 @@ def _pair(a: MapLike, b: MapLike, reduce: str) -> Tuple[torch.Tensor, torch.Tens
         raise ValueError(f"the two batches of maps are on different devices: {ma.device} vs {mb.device}")
     if ma.shape[0] == 0:
         raise ValueError("the batches of maps are empty (N = 0); pass at least one map")
-    if not (torch.isfinite(ma).all() and torch.isfinite(mb).all()):
+    if not (all_finite(ma) and all_finite(mb)):
         raise ValueError("the maps contain NaN or Inf values")
     return ma, mb
 
