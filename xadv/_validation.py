@@ -56,7 +56,7 @@ def all_finite(t: torch.Tensor) -> bool:
     """
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return True
-    if bool(torch.isfinite(t.sum())):
+    if bool(torch.isfinite(t.detach().sum())):  # no graph node on a tensor that requires grad
         return True
     return bool(torch.isfinite(t).all())
 
