@@ -119,6 +119,14 @@ def entry_off(fn):
     return run
 
 
+def attention_off(fn):
+    """``fn`` with the batch-first self-attention shortcut off (``xadv.explainers.fast_attention``)."""
+    def run():
+        with xadv.explainers.fast_attention(False):
+            return fn()
+    return run
+
+
 def noise_probe() -> Callable[[], None]:
     a = torch.rand(512, 512, generator=torch.Generator().manual_seed(0))
     return lambda: a @ a
@@ -164,6 +172,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
             cfg["xadv, BatchNorm not folded"] = unfolded
         if not text:
             cfg["xadv, entry not factored"] = entry_off(lambda: xa(model, x, y))
+        if work == "vit_tiny":
+            cfg["xadv, stock attention"] = attention_off(lambda: xa(model, x, y))
         rows.append(("ig", f"IG, {steps} steps", cfg))
     if "smoothgrad" in methods and not text:
         xs = SmoothGrad(n_samples=samples, noise=0.15, noise_mode="absolute", seed=0)
@@ -174,6 +184,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
                 abs=False)
         cfg = {"xadv": lambda: xs(model, x, y), "captum default": cnt(None)}
         cfg.update(tuned(cnt, [(f"nt_samples_batch_size={k}", k) for k in (1, 2, 4, 8, 16) if k < samples]))
+        if work == "vit_tiny":
+            cfg["xadv, stock attention"] = attention_off(lambda: xs(model, x, y))
         rows.append(("smoothgrad", f"SmoothGrad, {samples} samples", cfg))
     if "gradient_shap" in methods and not text:
         bg = torch.rand((16,) + tuple(x.shape[1:]), generator=torch.Generator().manual_seed(1))

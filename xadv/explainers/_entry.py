@@ -383,11 +383,20 @@ def _patch_fast(m: nn.Module):
 def fast_input_gradient(model, x: torch.Tensor) -> Iterator[None]:
     """Inside the block, the model's entry Conv2d (groups 1, zero padding, frozen
     parameters) takes its input gradient by :func:`_input_gradient_conv2d` (the same
-    forward values; the gradient agrees to float rounding). For input-gradient work
-    without ``create_graph``: Saliency, SmoothGrad, GradientSHAP, IG and the
-    loss-gradient attacks. No extra model call: when the entry of the model and input
-    shape is not cached yet, it is found during the block's first model call and
-    changed from its next call on."""
+    forward values; the gradient agrees to float rounding), and its self-attention
+    modules compute batch-first (:func:`xadv.explainers._attention.fast_self_attention`).
+    For input-gradient work without ``create_graph``: Saliency, SmoothGrad, GradientSHAP,
+    IG and the loss-gradient attacks. No extra model call: when the entry of the model
+    and input shape is not cached yet, it is found during the block's first model call
+    and changed from its next call on."""
+    from ._attention import fast_self_attention
+
+    with fast_self_attention(model), _fast_entry_gradient(model, x):
+        yield
+
+
+@contextlib.contextmanager
+def _fast_entry_gradient(model, x: torch.Tensor) -> Iterator[None]:
     if not _usable(model, x):
         yield
         return
