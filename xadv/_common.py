@@ -1,8 +1,9 @@
 """Small pieces shared by explainers, attacks and the other consumers."""
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
@@ -32,3 +33,16 @@ class ParamsMixin:
             if hasattr(self, p):
                 out[p] = getattr(self, p)
         return out
+
+
+@contextlib.contextmanager
+def switched(cell: List[bool], enabled: bool) -> Iterator[None]:
+    """Set the one-element switch ``cell`` to ``enabled`` inside the block and put the old
+    value back on exit (the module switches ``folding``, ``entry_factoring``,
+    ``fast_attention``)."""
+    old = cell[0]
+    cell[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        cell[0] = old

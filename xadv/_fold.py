@@ -38,6 +38,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ._common import switched
 from ._model import _hook_dicts
 
 _ENABLED = [True]
@@ -69,12 +70,8 @@ def folding(enabled: bool = True) -> Iterator[None]:
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-    before = _ENABLED[0]
-    _ENABLED[0] = enabled
-    try:
+    with switched(_ENABLED, enabled):
         yield
-    finally:
-        _ENABLED[0] = before
 
 
 class _Plan:

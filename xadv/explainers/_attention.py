@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._common import switched
+
 _ENABLED = [True]
 
 
@@ -48,12 +50,8 @@ def fast_attention(enabled: bool = True) -> Iterator[None]:
     >>> torch.allclose(xadv.explain(vit, x, method="saliency", target=0).attributions, plain, atol=1e-6)
     True
     """
-    old = _ENABLED[0]
-    _ENABLED[0] = bool(enabled)
-    try:
+    with switched(_ENABLED, enabled):
         yield
-    finally:
-        _ENABLED[0] = old
 
 
 def _eligible(m: nn.Module) -> bool:

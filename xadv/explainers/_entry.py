@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._common import switched
+
 
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -67,12 +69,8 @@ def entry_factoring(enabled: bool = True) -> Iterator[None]:
     >>> torch.allclose(ig(net, x, target=0).attributions, plain, atol=1e-6)
     True
     """
-    old = _ENABLED[0]
-    _ENABLED[0] = bool(enabled)
-    try:
+    with switched(_ENABLED, enabled):
         yield
-    finally:
-        _ENABLED[0] = old
 
 
 def _global_hooks() -> bool:
