@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._common import switched
+from ._attention import fast_self_attention
 
 
 _TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -387,8 +388,6 @@ def fast_input_gradient(model, x: torch.Tensor) -> Iterator[None]:
     IG and the loss-gradient attacks. No extra model call: when the entry of the model
     and input shape is not cached yet, it is found during the block's first model call
     and changed from its next call on."""
-    from ._attention import fast_self_attention
-
     with fast_self_attention(model), _fast_entry_gradient(model, x):
         yield
 
