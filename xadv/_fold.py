@@ -149,19 +149,27 @@ def _trace(model, modules):
                 m.__dict__.update(d)
 
 
-def _build(model, modules, x) -> Tuple[Optional[nn.Module], list]:
+def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[Optional[nn.Module], list]:
     import torch.fx as fx
     gm = _trace(model, modules)
     if gm is None:
         return None, []
     named = dict(gm.named_modules())
+    probe = x[:2].detach()
+    if prune:   # shapes for the class-token analysis (xadv._tokens), from the probe rows
+        from torch.fx.passes.shape_prop import ShapeProp
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(probe)
+        except Exception:
+            prune = False
     graph = copy.deepcopy(gm.graph)
     uses: dict = {}
     for node in graph.nodes:
         if node.op == "call_module":
             uses[node.target] = uses.get(node.target, 0) + 1
     pairs, replaced = [], {}
-    for node in list(graph.nodes):
+    for node in list(graph.nodes) if fold else ():
         if node.op != "call_module" or not isinstance(named.get(node.target), _BN):
             continue
         bn = named[node.target]
@@ -184,9 +192,13 @@ def _build(model, modules, x) -> Tuple[Optional[nn.Module], list]:
         replaced[prev.target] = fused
         node.replace_all_uses_with(prev)
         graph.erase_node(node)
-    if not pairs:
+    if prune:
+        from ._tokens import prune_class_token
+        replaced.update(prune_class_token(graph, named))
+    if not replaced:
         return None, []
-    _refold(pairs)
+    if pairs:
+        _refold(pairs)
     root = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -201,7 +213,6 @@ def _build(model, modules, x) -> Tuple[Optional[nn.Module], list]:
     folded._xadv_folded = True
     folded.eval()
     # one check pass on the first rows: the copy must compute what the model computes
-    probe = x[:2].detach()
     try:
         with torch.no_grad():
             a, b = model(probe), folded(probe)
@@ -264,21 +275,24 @@ def folded(model, x) -> Any:
     The folded copy (a ``torch.fx.GraphModule`` sharing every unfolded module with
     ``model``) or ``model`` itself when folding does not apply (see the module docstring).
     """
-    if (not _ENABLED[0] or not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule)
+    from . import _tokens
+    if (not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule)
             or getattr(model, "_xadv_folded", False) or not isinstance(x, torch.Tensor)
             or x.dtype not in (torch.float32, torch.float64) or x.dim() < 2 or x.shape[0] < 1):
         return model
     modules = list(model.modules())
-    if not any(isinstance(m, _BN) for m in modules):
+    fold = _ENABLED[0] and any(isinstance(m, _BN) for m in modules)
+    prune = _tokens.enabled() and any(isinstance(m, _tokens.CANDIDATES) for m in modules)
+    if not (fold or prune):
         return model
     if any(m.training for m in modules) or any(_hook_dicts(m) for m in modules):
         return model
     structure = _structure(model, modules)
-    key = (x.dtype, x.device, tuple(x.shape[1:]))
+    key = (x.dtype, x.device, tuple(x.shape[1:]), fold, prune)
     plan = _CACHE.get(model)
     if plan is None or plan.structure != structure or plan.key != key:
         try:
-            module, pairs = _build(model, modules, x)
+            module, pairs = _build(model, modules, x, fold, prune)
         except Exception:
             module, pairs = None, []
         plan = _Plan(structure, key, module, pairs)

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import List, Optional, Sequence, Type, Union
 
 import torch
+import torch.fx
 from torch import nn
 
 
@@ -221,6 +222,16 @@ class Encoder(nn.Module):
         return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
 
 
+@torch.fx.wrap
+def _image_size_checked(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` when its images are ``size`` x ``size``; a ``ValueError`` otherwise. Kept out
+    of the traced forward by ``torch.fx.wrap`` (the check stays a call when a ViT is
+    traced, as xadv's explainers do)."""
+    if tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(f"this ViT takes {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}")
+    return x
+
+
 class VisionTransformer(nn.Module):
     """Vision Transformer (Dosovitskiy et al., 2021) with torchvision's names:
     ``conv_proj`` (patch embedding), ``class_token``, ``encoder.pos_embedding``,
@@ -241,10 +252,8 @@ class VisionTransformer(nn.Module):
         self.heads = nn.Sequential(OrderedDict(head=nn.Linear(hidden_dim, num_classes)))
 
     def forward(self, x):
-        n, _, h, w = x.shape
-        if (h, w) != (self.image_size, self.image_size):
-            raise ValueError(f"this ViT takes {self.image_size}x{self.image_size} images, got {h}x{w}")
-        x = self.conv_proj(x).reshape(n, self.hidden_dim, -1).permute(0, 2, 1)
+        n = x.shape[0]
+        x = self.conv_proj(_image_size_checked(x, self.image_size)).reshape(n, self.hidden_dim, -1).permute(0, 2, 1)
         x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
         return self.heads(self.encoder(x)[:, 0])
 
