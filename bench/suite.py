@@ -127,6 +127,15 @@ def attention_off(fn):
     return run
 
 
+def class_token_off(fn):
+    """``fn`` with the whole last block computed for every token
+    (``xadv.explainers.class_token_pruning(False)``)."""
+    def run():
+        with xadv.explainers.class_token_pruning(False):
+            return fn()
+    return run
+
+
 def noise_probe() -> Callable[[], None]:
     a = torch.rand(512, 512, generator=torch.Generator().manual_seed(0))
     return lambda: a @ a
@@ -174,6 +183,7 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
             cfg["xadv, entry not factored"] = entry_off(lambda: xa(model, x, y))
         if work == "vit_tiny":
             cfg["xadv, stock attention"] = attention_off(lambda: xa(model, x, y))
+            cfg["xadv, whole last block"] = class_token_off(lambda: xa(model, x, y))
         rows.append(("ig", f"IG, {steps} steps", cfg))
     if "smoothgrad" in methods and not text:
         xs = SmoothGrad(n_samples=samples, noise=0.15, noise_mode="absolute", seed=0)
@@ -205,6 +215,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         cfg = {"xadv": lambda: xo(model, x, y), "captum default": cocc(1)}
         cfg.update(tuned(cocc, [(f"perturbations_per_eval={k}", k) for k in (4, 16, 64)]))
         cfg["xadv, entry not factored"] = entry_off(lambda: xo(model, x, y))
+        if work == "vit_tiny":
+            cfg["xadv, whole last block"] = class_token_off(lambda: xo(model, x, y))
         rows.append(("occlusion", f"Occlusion {w}x{w}/{s}", cfg))
     if "gradcam" in methods and info["layer"] is not None and not text:
         layer = info["layer"]

@@ -231,7 +231,7 @@ def prune_class_token(graph, named: Dict[str, nn.Module]) -> Dict[str, nn.Module
         for u in node.users:
             if _is_selection(u) and u.args[0] is node:
                 tt = _meta(node).shape[1] if _meta(node) is not None and len(_meta(node).shape) == 3 else None
-            elif u in chain:
+            elif u in chain and kind[u] == "tokenwise":   # a start needs every token of its input
                 tt = tokens[u]
             else:
                 ok = False
@@ -321,5 +321,4 @@ def prune_class_token(graph, named: Dict[str, nn.Module]) -> Dict[str, nn.Module
                 return a
             node.args = tuple(fix(a) for a in node.args)
             node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
-    graph.lint()
     return new

@@ -12,6 +12,7 @@ from .._validation import check_finite, check_positive_int, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
 from ._entry import with_entry
+from ._incremental import Runner as IncrementalRunner, usable as incremental_graph
 from .chunking import chunked_forward, layout_forward, prefers_channels_last, rows_per_pass
 from .integrated_gradients import _blocks
 
@@ -310,7 +311,9 @@ class Occlusion(Explainer):
                              work=total * n, grad=create_graph)
         def clean():
             return chunked_forward(model, xi, rows, grad=create_graph)
-        if create_graph or not xi.is_floating_point() or isinstance(model, ModelAdapter):
+        # each occluded row computed only where it differs from its image (._incremental)
+        inc = None if create_graph or isinstance(model, ModelAdapter) else incremental_graph(model, xi)
+        if create_graph or not xi.is_floating_point() or isinstance(model, ModelAdapter) or inc is not None:
             out, entry = clean(), None
         else:  # the entry convolution computed only around each window (xadv.explainers._entry)
             out, entry = with_entry(model, xi, clean)
@@ -324,24 +327,36 @@ class Occlusion(Explainer):
             s0 = s0.detach()
         parts = {}
         # forward-only image passes channels-last where a probe measured it faster (CPU)
-        cl = not create_graph and xi.dim() == 4 and xi.is_floating_point() and prefers_channels_last(model, xi, rows)
+        cl = (inc is None and not create_graph and xi.dim() == 4 and xi.is_floating_point()
+              and prefers_channels_last(model, xi, rows))
         if entry is not None:
             with torch.no_grad():
                 h_x = entry.full(xi.clone(memory_format=torch.channels_last) if cl else xi)
                 change = base - xi
         bar = progress_bar(n * total, "Occlusion", progress=self.progress, unit="row", min_total=_BAR_ROWS)
-        for p0, p1, i0, i1 in _blocks(n, total, rows):
+        blocks = list(_blocks(n, total, rows))
+        runner, runner_rows = None, None
+        if inc is not None:   # the images' own activations are computed once per slice of images
+            blocks.sort(key=lambda b: (b[2], b[0]))
+        for p0, p1, i0, i1 in blocks:
             k, m = p1 - p0, i1 - i0
             bar.update(k * m)
             mask = self._masks(covers, positions, p0, p1, s0.dtype)          # (k, ...)
             xs = xi[None, i0:i1]
             with torch.set_grad_enabled(create_graph), sample_rows(repeat_rows(i0, i1, k, x.device), n):
-                occluded = self._mix(xs, mask[:, None], base[None, i0:i1])   # (k, m, ...)
-                if entry is None:
-                    o, cl = layout_forward(model, occluded.reshape((k * m,) + feat), cl)
+                if inc is not None:
+                    if runner_rows != (i0, i1):
+                        runner = None   # free the previous slice's activations first
+                        runner, runner_rows = IncrementalRunner(inc, xi[i0:i1]), (i0, i1)
+                    o = self._incremental_forward(runner, mask, base[i0:i1], xi[i0:i1], range(p0, p1),
+                                                  window, stride, positions)
                 else:
-                    o = self._entry_forward(model, entry, occluded.reshape((k * m,) + feat), h_x[i0:i1],
-                                            change[i0:i1], range(p0, p1), window, stride, positions, cl)
+                    occluded = self._mix(xs, mask[:, None], base[None, i0:i1])   # (k, m, ...)
+                    if entry is None:
+                        o, cl = layout_forward(model, occluded.reshape((k * m,) + feat), cl)
+                    else:
+                        o = self._entry_forward(model, entry, occluded.reshape((k * m,) + feat), h_x[i0:i1],
+                                                change[i0:i1], range(p0, p1), window, stride, positions, cl)
                 s = select_score(o, t[i0:i1].repeat(k), self.score).reshape(k, m)
                 drop = s0[None, i0:i1] - s
                 part = torch.tensordot(drop.t(), mask, dims=1)                 # (m, ...)
@@ -357,6 +372,25 @@ class Occlusion(Explainer):
             attr = attr.detach()
         return Explanation(attr, xi, t, out, self.name, self._params_for_result(),
                            extras={"window": window, "stride": stride, "windows": total})
+
+    @staticmethod
+    def _incremental_forward(runner, mask, base, x, windows, window, stride, positions):
+        """The model on the occluded rows ``j * m + i`` (window ``j``, image ``i`` of the m
+        images ``x``), each computed only in the box where it differs from its image."""
+        size = [min(w, s) for w, s in zip(window[1:], x.shape[2:])]
+        change, boxes = [], []
+        for j, p in enumerate(windows):
+            box = []
+            for d in reversed(range(len(positions))):   # row-major window index -> start per dimension
+                box.append(p % positions[d] * stride[d])
+                p //= positions[d]
+            box = box[::-1]
+            # one box size for all windows: a window cut by the border is a box shifted inside
+            y0, x0 = (min(b, s - w) for b, w, s in zip(box[1:], size, x.shape[2:]))
+            sl = (slice(None), slice(y0, y0 + size[0]), slice(x0, x0 + size[1]))
+            change.append(mask[j][sl] * (base[(slice(None),) + sl] - x[(slice(None),) + sl]))
+            boxes.append((y0, x0))
+        return runner(torch.cat(change), boxes)
 
     @staticmethod
     def _entry_forward(model, entry, rows, h_x, change, windows, window, stride, positions, channels_last):
