@@ -136,6 +136,14 @@ def class_token_off(fn):
     return run
 
 
+def incremental_off(fn):
+    """``fn`` with Occlusion's incremental inference off (``xadv.explainers.incremental_occlusion``)."""
+    def run():
+        with xadv.explainers.incremental_occlusion(False):
+            return fn()
+    return run
+
+
 def noise_probe() -> Callable[[], None]:
     a = torch.rand(512, 512, generator=torch.Generator().manual_seed(0))
     return lambda: a @ a
@@ -214,7 +222,10 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
                                                         target=y, perturbations_per_eval=ppe)
         cfg = {"xadv": lambda: xo(model, x, y), "captum default": cocc(1)}
         cfg.update(tuned(cocc, [(f"perturbations_per_eval={k}", k) for k in (4, 16, 64)]))
-        cfg["xadv, entry not factored"] = entry_off(lambda: xo(model, x, y))
+        if work in ("resnet18", "resnet50"):
+            cfg["xadv, not incremental"] = incremental_off(lambda: xo(model, x, y))
+        else:
+            cfg["xadv, entry not factored"] = entry_off(lambda: xo(model, x, y))
         if work == "vit_tiny":
             cfg["xadv, whole last block"] = class_token_off(lambda: xo(model, x, y))
         rows.append(("occlusion", f"Occlusion {w}x{w}/{s}", cfg))

@@ -9,6 +9,10 @@ folded copy: on a ResNet it skips every BatchNorm pass forward and backward (abo
 ResNet-18 or ResNet-50 gradient pass on a CPU). Attributions agree with the unfolded
 model to float rounding (relative 1e-6 in float32).
 
+The same traced copy also computes a class-token transformer's last block for the class
+token alone (:mod:`xadv._tokens`; off inside ``class_token_pruning(False)``), so the
+copy exists for models with BatchNorm, with class-token attention, or both.
+
 The copy is built once per model (``torch.fx`` trace, folding, one check pass on the
 first rows of the call's input) and cached weakly. Only the folded layers are new; every
 other module and parameter is the user's own object, so weight changes show up at once.
