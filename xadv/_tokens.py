@@ -83,6 +83,7 @@ def class_token_pruning(enabled: bool = True) -> Iterator[None]:
 
 
 def enabled() -> bool:
+    """Whether the shortcut is on (see :func:`class_token_pruning`)."""
     return _ENABLED[0]
 
 

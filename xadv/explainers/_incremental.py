@@ -5,7 +5,8 @@ inference for faster occlusion-based deep CNN explanations").
 An occluded input equals the image outside its window. Through a convolution, a
 pointwise activation, max-pooling or a residual add, the difference stays inside a box
 that grows by each layer's receptive field: a 32 px window on a 224 px image differs in
-10-19% of a ResNet-50's 56x56 maps after the stem and in about a third of its 28x28 maps.
+an 11x11 to 17x17 box of a ResNet-50's 56x56 first-stage maps (4-9% of them) and a
+10x10 to 16x16 box of its 28x28 second-stage maps.
 So each occluded row is carried as ``clean + delta``: the image's own activation
 (computed once per image) and the difference inside a box, and each layer is computed on
 the box alone:
