@@ -125,6 +125,21 @@ def test_occlusion_equals_plain_and_captum(window, stride):
     assert torch.allclose(a, ref, rtol=0, atol=1e-6 * scale)
 
 
+def test_normalisation_layer_first():
+    # xadv.nn.Normalize traces as one call: the copy folds BatchNorm and the boxes start at the input
+    m = nn.Sequential(xadv.nn.Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3]), _resnet()).double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    copy_ = folded(m, x)
+    assert copy_ is not m and usable(copy_, x) is not None
+    occ = Occlusion(window=8, stride=8)
+    a = occ(m, x, target=1).attributions
+    with incremental_occlusion(False), folding(False):
+        b = occ(m, x, target=1).attributions
+    assert torch.allclose(a, b, rtol=0, atol=1e-10 * float(b.abs().max()))
+    with pytest.raises(ValueError, match="channels"):
+        m(torch.rand(1, 1, 32, 32, dtype=torch.float64))
+
+
 def test_several_image_slices():
     # more images than rows per pass: slices of images, each with its own activations
     m = _resnet()
@@ -162,6 +177,28 @@ def test_used_only_where_it_applies():
     assert usable(folded(vit, x), x) is None    # the input goes to a size check first
     lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
     assert usable(lin, x) is None
+
+
+class _Counting(nn.Module):
+    """A forward that reads its own changing state: a trace would freeze it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+        self.calls = [0]
+
+    def forward(self, x):
+        self.calls[0] += 1
+        return self.head(self.conv(x).mean((2, 3))) * self.calls[0]
+
+
+def test_trace_that_differs_from_the_model_is_not_used():
+    x = torch.rand(2, 3, 32, 32)
+    assert usable(_Counting().eval(), x) is None
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).eval()
+    plain(x)
+    assert usable(plain, x) is not None   # the same model without the state is traced and used
 
 
 def test_user_model_untouched():

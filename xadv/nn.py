@@ -7,11 +7,23 @@ import copy
 from typing import Iterator, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._model import preserved
+
+
+@torch.fx.wrap
+def normalized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` per channel (dim 1) of ``x`` (N, C, ...); ``mean``, ``std`` (C,).
+    One call in a ``torch.fx`` trace (``torch.fx.wrap``), so a model that starts with
+    :class:`Normalize` can be traced (BatchNorm folding, incremental Occlusion)."""
+    if x.dim() < 2 or x.shape[1] != mean.numel():
+        raise ValueError(f"Normalize expects {mean.numel()} channels in dim 1, got shape {tuple(x.shape)}")
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - mean.to(x.dtype).view(shape)) / std.to(x.dtype).view(shape)
 
 
 class Normalize(nn.Module):
@@ -44,10 +56,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or x.shape[1] != self.mean.numel():
-            raise ValueError(f"Normalize expects {self.mean.numel()} channels in dim 1, got shape {tuple(x.shape)}")
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.to(x.dtype).view(shape)) / self.std.to(x.dtype).view(shape)
+        return normalized(x, self.mean, self.std)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

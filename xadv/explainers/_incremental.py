@@ -23,7 +23,8 @@ Once a box covers more than :data:`MAX_SHARE` of its map (or the value reaches a
 operation, such as the global pooling, a flatten or a view), the rows are built in full
 (``clean`` with ``delta`` added in the box) and the rest of the model runs on them as
 usual. The model is the ``torch.fx`` graph of :mod:`xadv._fold` (BatchNorm folded), or a
-trace of the model; models that cannot be traced run as before. Results agree with the
+trace of the model used only when it gives the model's outputs on the call's first two
+rows; models that cannot be traced run as before. Results agree with the
 plain forward passes to float rounding (tests: float64 to 1e-10 against plain passes and
 captum's ``Occlusion``).
 """
@@ -39,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._common import switched
+from ..nn import normalized
 
 _ENABLED = [True]
 #: A box covering more than this share of its map is built in full.
@@ -120,24 +122,36 @@ def _pair(v) -> Tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def _graph_of(model):
-    """The fx graph module to run incrementally (the folded copy is one already), or None."""
+def _graph_of(model, x: torch.Tensor):
+    """The fx graph module to run incrementally (the folded copy is one already, checked
+    against the model when it was built), or None. Another model is traced once per
+    module structure and input shape and used only when the trace computes what the model
+    computes on the call's first two rows (a forward that branches on its own state, say,
+    would not)."""
     import torch.fx as fx
     if isinstance(model, fx.GraphModule):
         return model
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return None
+    key = (tuple(map(id, model.modules())), tuple(x.shape[1:]), x.dtype, x.device)
     got = _CACHE.get(model)
-    structure = tuple(map(id, model.modules()))
-    if got is not None and got[0] == structure:
+    if got is not None and got[0] == key:
         return got[1]
-    from .._fold import _trace
+    from .._fold import _leaves, _trace
     gm = None
     try:
         gm = _trace(model, list(model.modules()))
+        if gm is not None:
+            probe = x[:2].detach()
+            with torch.no_grad():
+                a, b = _leaves(model(probe)), _leaves(gm(probe))
+            same = (a is not None and b is not None and len(a) == len(b) and all(
+                isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.shape == v.shape
+                and torch.equal(u, v) for u, v in zip(a, b)))
+            gm = gm if same else None
     except Exception:
         gm = None
-    _CACHE[model] = (structure, gm)
+    _CACHE[model] = (key, gm)
     return gm
 
 
@@ -159,15 +173,18 @@ def usable(model, x: torch.Tensor) -> Optional[object]:
     mods = list(model.modules())
     if any(m.training for m in mods) or any(foreign(_hook_dicts(m) or {}) for m in mods):
         return None
-    gm = _graph_of(model)
+    gm = _graph_of(model, x)
     if gm is None:
         return None
     places = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(places) != 1 or not places[0].users:
         return None
     named = dict(gm.named_modules())
-    first = list(places[0].users)
-    if not all(n.op == "call_module" and _conv_ok(named.get(n.target)) for n in first):
+    def into_convs(node) -> bool:   # Conv2d layers, possibly after xadv.nn.Normalize
+        if node.op == "call_module":
+            return _conv_ok(named.get(node.target))
+        return node.op == "call_function" and node.target is normalized and all(map(into_convs, node.users))
+    if not all(map(into_convs, places[0].users)):
         return None
     return gm
 
@@ -295,6 +312,14 @@ class Runner:
             fn = _ACTIVATIONS.get(type(mod))
             if fn is not None and _own_forward(mod):
                 return self._pointwise(node, lambda t: fn(mod, t), a, c_in)
+            return None
+        if node.op == "call_function" and node.target is normalized and len(node.args) == 3 and not node.kwargs:
+            a, mean, std = (env.get(v) if isinstance(v, torch.fx.Node) else v for v in node.args)
+            if (isinstance(a, _Inc) and isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
+                    and std.dim() == 1 and std.numel() == a.delta.shape[1]):
+                c_in = self.clean[a.node]
+                self._clean(node, lambda: normalized(c_in, mean, std))
+                return _Inc(node, a.delta / std.to(a.delta.dtype)[:, None, None], a.y0, a.x0)
             return None
         if node.op == "call_function" and node.target in _FUNCTIONS and len(node.args) == 1 and not node.kwargs:
             a = env[node.args[0]]
