@@ -224,3 +224,25 @@ def test_cuda_matches_cpu():
     a = occ(m, x, target=1).attributions
     b = occ(m.cuda(), x.cuda(), target=1).attributions.cpu()
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+
+
+class _TwoOutputs(nn.Module):
+    """Returns (logits, features), as some user models do: the first element is scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _resnet()
+
+    def forward(self, x):
+        return self.net(x), self.net.conv1(x)
+
+
+def test_tuple_output():
+    m = _TwoOutputs().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    assert usable(folded(m, x), x) is not None
+    occ = Occlusion(window=8, stride=8)
+    a = occ(m, x, target=1).attributions
+    with incremental_occlusion(False):
+        b = occ(m, x, target=1).attributions
+    assert torch.allclose(a, b, rtol=0, atol=1e-10 * float(b.abs().max()))

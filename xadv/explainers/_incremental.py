@@ -264,9 +264,8 @@ class Runner:
                 self.clean.setdefault(node, self.x)
                 env[node] = _Inc(node, change, y0, x0)
                 continue
-            if node.op == "output":
-                out = node.args[0]
-                return self._full(env[out], k, full_cache) if isinstance(out, torch.fx.Node) else out
+            if node.op == "output":   # a tensor, or a tuple / dict of them, in full
+                return torch.fx.node.map_arg(node.args[0], lambda a: self._full(env[a], k, full_cache))
             incs = [a for a in node.all_input_nodes if isinstance(env.get(a), _Inc)]
             got = self._step(node, env) if incs else None
             if got is None:   # as the model computes it, on full rows
