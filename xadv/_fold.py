@@ -72,8 +72,6 @@ def folding(enabled: bool = True) -> Iterator[None]:
     >>> bool(torch.allclose(a, b, atol=1e-6))
     True
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     with switched(_ENABLED, enabled):
         yield
 

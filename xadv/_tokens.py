@@ -76,8 +76,6 @@ def class_token_pruning(enabled: bool = True) -> Iterator[None]:
     >>> torch.allclose(xadv.explain(vit, x, method="saliency", target=0).attributions, whole, atol=1e-6)
     True
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     with switched(_ENABLED, enabled):
         yield
 
@@ -104,42 +102,26 @@ def _encoder_layer_first(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> 
     return layer.norm2(x0 + ff(x0))
 
 
-class FirstTokenAttention(nn.Module):
-    """``attn(x, x, x)[0][:, :1]`` computed with token 0's query alone."""
+class FirstToken(nn.Module):
+    """``module(x)[:, :1]`` computed with token 0's query alone, for the user's own
+    ``nn.MultiheadAttention`` (self-attention), ``nn.TransformerEncoderLayer`` or
+    ``nn.TransformerEncoder`` (every layer but the last on all tokens, the last with
+    token 0's query, then the norm)."""
 
-    def __init__(self, attn: nn.MultiheadAttention):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.attn = attn
+        self.inner = module
 
     def forward(self, x):
-        return _query_first(self.attn, x)
-
-
-class FirstTokenEncoderLayer(nn.Module):
-    """``layer(x)[:, :1]`` of an ``nn.TransformerEncoderLayer``, token 0's query alone."""
-
-    def __init__(self, layer: nn.TransformerEncoderLayer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return _encoder_layer_first(self.layer, x)
-
-
-class FirstTokenEncoder(nn.Module):
-    """``encoder(x)[:, :1]`` of an ``nn.TransformerEncoder``: every layer but the last on
-    all tokens (each the user's own module), the last with token 0's query, the norm."""
-
-    def __init__(self, encoder: nn.TransformerEncoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x):
-        layers = self.encoder.layers
-        for layer in layers[:-1]:
+        m = self.inner
+        if isinstance(m, nn.MultiheadAttention):
+            return _query_first(m, x)
+        if isinstance(m, nn.TransformerEncoderLayer):
+            return _encoder_layer_first(m, x)
+        for layer in m.layers[:-1]:
             x = layer(x)
-        x = _encoder_layer_first(layers[-1], x)
-        return x if self.encoder.norm is None else self.encoder.norm(x)
+        x = _encoder_layer_first(m.layers[-1], x)
+        return x if m.norm is None else m.norm(x)
 
 
 # ----------------------------------------------------------------- the analysis
@@ -300,7 +282,7 @@ def prune_class_token(graph, named: Dict[str, nn.Module]) -> Dict[str, nn.Module
             src = node.args[0]
             q = _attention_args(src, named[src.target])
             target = f"_xadv_first_token_{len(new)}"
-            new[target] = FirstTokenAttention(named[src.target])
+            new[target] = FirstToken(named[src.target])
             with graph.inserting_before(node):
                 call = graph.call_module(target, (q,))
             node.replace_all_uses_with(call)
@@ -313,7 +295,7 @@ def prune_class_token(graph, named: Dict[str, nn.Module]) -> Dict[str, nn.Module
         elif kind[node] == "encoder":
             mod = named[node.target]
             target = f"_xadv_first_token_{len(new)}"
-            new[target] = (FirstTokenEncoder if type(mod) is nn.TransformerEncoder else FirstTokenEncoderLayer)(mod)
+            new[target] = FirstToken(mod)
             node.target = target
         else:
             def fix(a):

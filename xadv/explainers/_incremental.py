@@ -67,8 +67,6 @@ def incremental_occlusion(enabled: bool = True) -> Iterator[None]:
     >>> torch.allclose(occ(net, x, target=0).attributions, plain, atol=1e-5)
     True
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     with switched(_ENABLED, enabled):
         yield
 

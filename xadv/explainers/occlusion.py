@@ -63,6 +63,15 @@ def _per_dim(value: Union[int, Tuple[int, ...]], feat: Tuple[int, ...], name: st
                      f"{', '.join(map(str, feat))}) need {nd} (one per dimension after the batch){spatial}")
 
 
+def _window_start(p: int, positions: Sequence[int], stride: Sequence[int]) -> List[int]:
+    """Start per dimension of window ``p`` (row-major over ``positions``)."""
+    box = []
+    for d in reversed(range(len(positions))):
+        box.append(p % positions[d] * stride[d])
+        p //= positions[d]
+    return box[::-1]
+
+
 class Occlusion(Explainer):
     """Occlusion (Zeiler & Fergus, 2014): slide a window over the input, replace it by a
     baseline and record how much the class score drops.
@@ -380,11 +389,7 @@ class Occlusion(Explainer):
         size = [min(w, s) for w, s in zip(window[1:], x.shape[2:])]
         change, boxes = [], []
         for j, p in enumerate(windows):
-            box = []
-            for d in reversed(range(len(positions))):   # row-major window index -> start per dimension
-                box.append(p % positions[d] * stride[d])
-                p //= positions[d]
-            box = box[::-1]
+            box = _window_start(p, positions, stride)
             # one box size for all windows: a window cut by the border is a box shifted inside
             y0, x0 = (min(b, s - w) for b, w, s in zip(box[1:], size, x.shape[2:]))
             sl = (slice(None), slice(y0, y0 + size[0]), slice(x0, x0 + size[1]))
@@ -406,11 +411,7 @@ class Occlusion(Explainer):
         h = torch.empty((rows.shape[0],) + tuple(h_x.shape[1:]), dtype=h_x.dtype, device=h_x.device,
                         memory_format=fmt)
         for j, p in enumerate(windows):
-            box = []
-            for d in reversed(range(len(positions))):   # row-major window index -> start per dimension
-                box.append(p % positions[d] * stride[d])
-                p //= positions[d]
-            box = box[::-1]
+            box = _window_start(p, positions, stride)
             hi = [min(b + w, size) for b, w, size in zip(box, window, rows.shape[1:])]
             hj = h[j * m:(j + 1) * m]
             hj.copy_(h_x)
