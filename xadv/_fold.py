@@ -215,30 +215,37 @@ def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[O
     folded._xadv_folded = True
     folded.eval()
     # one check pass on the first rows: the copy must compute what the model computes
+    return (folded, pairs) if computes_the_same(model, folded, probe) else (None, [])
+
+
+def computes_the_same(model, copy_, probe: torch.Tensor, exact: bool = False) -> bool:
+    """Whether ``copy_(probe)`` gives ``model(probe)`` (same structure, shapes, dtypes;
+    floating values within float rounding of the folded weights, or bit for bit with
+    ``exact``); False when either raises."""
     try:
         with torch.no_grad():
-            a, b = model(probe), folded(probe)
+            a, b = model(probe), copy_(probe)
     except Exception:
-        return None, []
+        return False
     fa, fb = _leaves(a), _leaves(b)
     if fa is None or fb is None or len(fa) != len(fb):
-        return None, []
+        return False
     for u, v in zip(fa, fb):
         if isinstance(u, torch.Tensor) != isinstance(v, torch.Tensor):
-            return None, []
+            return False
         if isinstance(u, torch.Tensor):
             if u.shape != v.shape or u.dtype != v.dtype:
-                return None, []
-            if u.is_floating_point():
+                return False
+            if u.is_floating_point() and not exact:
                 scale = float(u.abs().max()) if u.numel() else 0.0
                 tol = (1e-4 if u.dtype == torch.float32 else 1e-9) * max(scale, 1.0)
                 if u.numel() and float((u - v).abs().max()) > tol:
-                    return None, []
+                    return False
             elif not torch.equal(u, v):
-                return None, []
+                return False
         elif u != v:
-            return None, []
-    return folded, pairs
+            return False
+    return True
 
 
 def _leaves(o) -> Optional[list]:
