@@ -111,35 +111,12 @@ def load(name: str):
     raise ValueError(f"unknown workload {name!r}; choose from {WORKLOADS}")
 
 
-def entry_off(fn):
-    """``fn`` with xadv's entry-layer shortcuts off (``xadv.explainers.entry_factoring``)."""
+def switched_off(switch, fn):
+    """``fn`` with one of xadv's shortcuts off: ``switch`` is its context manager
+    (``xadv.explainers.entry_factoring``, ``fast_attention``, ``class_token_pruning``,
+    ``incremental_occlusion``)."""
     def run():
-        with xadv.explainers.entry_factoring(False):
-            return fn()
-    return run
-
-
-def attention_off(fn):
-    """``fn`` with the batch-first self-attention shortcut off (``xadv.explainers.fast_attention``)."""
-    def run():
-        with xadv.explainers.fast_attention(False):
-            return fn()
-    return run
-
-
-def class_token_off(fn):
-    """``fn`` with the whole last block computed for every token
-    (``xadv.explainers.class_token_pruning(False)``)."""
-    def run():
-        with xadv.explainers.class_token_pruning(False):
-            return fn()
-    return run
-
-
-def incremental_off(fn):
-    """``fn`` with Occlusion's incremental inference off (``xadv.explainers.incremental_occlusion``)."""
-    def run():
-        with xadv.explainers.incremental_occlusion(False):
+        with switch(False):
             return fn()
     return run
 
@@ -188,10 +165,10 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
                     return xa(model, x, y)
             cfg["xadv, BatchNorm not folded"] = unfolded
         if not text:
-            cfg["xadv, entry not factored"] = entry_off(lambda: xa(model, x, y))
+            cfg["xadv, entry not factored"] = switched_off(xadv.explainers.entry_factoring, lambda: xa(model, x, y))
         if work == "vit_tiny":
-            cfg["xadv, stock attention"] = attention_off(lambda: xa(model, x, y))
-            cfg["xadv, whole last block"] = class_token_off(lambda: xa(model, x, y))
+            cfg["xadv, stock attention"] = switched_off(xadv.explainers.fast_attention, lambda: xa(model, x, y))
+            cfg["xadv, whole last block"] = switched_off(xadv.explainers.class_token_pruning, lambda: xa(model, x, y))
         rows.append(("ig", f"IG, {steps} steps", cfg))
     if "smoothgrad" in methods and not text:
         xs = SmoothGrad(n_samples=samples, noise=0.15, noise_mode="absolute", seed=0)
@@ -203,7 +180,7 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         cfg = {"xadv": lambda: xs(model, x, y), "captum default": cnt(None)}
         cfg.update(tuned(cnt, [(f"nt_samples_batch_size={k}", k) for k in (1, 2, 4, 8, 16) if k < samples]))
         if work == "vit_tiny":
-            cfg["xadv, stock attention"] = attention_off(lambda: xs(model, x, y))
+            cfg["xadv, stock attention"] = switched_off(xadv.explainers.fast_attention, lambda: xs(model, x, y))
         rows.append(("smoothgrad", f"SmoothGrad, {samples} samples", cfg))
     if "gradient_shap" in methods and not text:
         bg = torch.rand((16,) + tuple(x.shape[1:]), generator=torch.Generator().manual_seed(1))
@@ -223,11 +200,11 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         cfg = {"xadv": lambda: xo(model, x, y), "captum default": cocc(1)}
         cfg.update(tuned(cocc, [(f"perturbations_per_eval={k}", k) for k in (4, 16, 64)]))
         if work in ("resnet18", "resnet50"):
-            cfg["xadv, not incremental"] = incremental_off(lambda: xo(model, x, y))
+            cfg["xadv, not incremental"] = switched_off(xadv.explainers.incremental_occlusion, lambda: xo(model, x, y))
         else:
-            cfg["xadv, entry not factored"] = entry_off(lambda: xo(model, x, y))
+            cfg["xadv, entry not factored"] = switched_off(xadv.explainers.entry_factoring, lambda: xo(model, x, y))
         if work == "vit_tiny":
-            cfg["xadv, whole last block"] = class_token_off(lambda: xo(model, x, y))
+            cfg["xadv, whole last block"] = switched_off(xadv.explainers.class_token_pruning, lambda: xo(model, x, y))
         rows.append(("occlusion", f"Occlusion {w}x{w}/{s}", cfg))
     if "gradcam" in methods and info["layer"] is not None and not text:
         layer = info["layer"]
@@ -295,7 +272,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
                 return adv, model(x).argmax(1), model(adv).argmax(1)
         rows.append(("pgd", "PGD L-inf, 10 steps", {"xadv": lambda: xp(model, x, y), "torchattacks": lambda: ta(x, y),
                                                     "torchattacks + evaluation": ta_eval,
-                                                    "xadv, entry not factored": entry_off(lambda: xp(model, x, y))}))
+                                                    "xadv, entry not factored": switched_off(
+                                                        xadv.explainers.entry_factoring, lambda: xp(model, x, y))}))
     if "quantus" in methods and work in ("digits", "resnet18"):
         try:
             quantus = reference("quantus")
