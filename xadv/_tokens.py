@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Dict, Iterator, Optional, Set, Tuple
+from typing import Dict, Iterator, Optional, Set
 
 import torch
 import torch.nn as nn
