@@ -114,7 +114,7 @@ def load(name: str):
 def switched_off(switch, fn):
     """``fn`` with one of xadv's shortcuts off: ``switch`` is its context manager
     (``xadv.explainers.entry_factoring``, ``fast_attention``, ``class_token_pruning``,
-    ``incremental_occlusion``)."""
+    ``incremental_occlusion``, ``fast_pooling``)."""
     def run():
         with switch(False):
             return fn()
@@ -203,6 +203,8 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
             cfg["xadv, not incremental"] = switched_off(xadv.explainers.incremental_occlusion, lambda: xo(model, x, y))
         else:
             cfg["xadv, entry not factored"] = switched_off(xadv.explainers.entry_factoring, lambda: xo(model, x, y))
+        if work == "digits":
+            cfg["xadv, plain pooling"] = switched_off(xadv.explainers.fast_pooling, lambda: xo(model, x, y))
         if work == "vit_tiny":
             cfg["xadv, whole last block"] = switched_off(xadv.explainers.class_token_pruning, lambda: xo(model, x, y))
         rows.append(("occlusion", f"Occlusion {w}x{w}/{s}", cfg))
@@ -213,7 +215,10 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         def ccam():
             a = C.LayerGradCam(model, layer).attribute(x, target=y, relu_attributions=True)
             return C.LayerAttribution.interpolate(a, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        cfg = {"xadv": lambda: xc(model, x, y), "captum default": ccam}
+        cfg = {"xadv": lambda: xc(model, x, y), "captum default": ccam,
+               # the model itself, not the traced copy (BatchNorm folding, fast pooling)
+               "xadv, model itself": switched_off(xadv.explainers.folding, switched_off(
+                   xadv.explainers.fast_pooling, lambda: xc(model, x, y)))}
         try:
             pgc = reference("pytorch_grad_cam")
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -273,7 +278,9 @@ def configs(work: str, methods, quick: bool) -> Tuple[List[Row], dict]:
         rows.append(("pgd", "PGD L-inf, 10 steps", {"xadv": lambda: xp(model, x, y), "torchattacks": lambda: ta(x, y),
                                                     "torchattacks + evaluation": ta_eval,
                                                     "xadv, entry not factored": switched_off(
-                                                        xadv.explainers.entry_factoring, lambda: xp(model, x, y))}))
+                                                        xadv.explainers.entry_factoring, lambda: xp(model, x, y)),
+                                                    "xadv, plain pooling": switched_off(
+                                                        xadv.explainers.fast_pooling, lambda: xp(model, x, y))}))
     if "quantus" in methods and work in ("digits", "resnet18"):
         try:
             quantus = reference("quantus")

@@ -39,8 +39,8 @@ class ParamsMixin:
 def switched(cell: List[bool], enabled: bool) -> Iterator[None]:
     """Set the one-element switch ``cell`` to ``enabled`` (a bool: anything else raises
     ``TypeError``) inside the block and put the old value back on exit (the module
-    switches ``folding``, ``entry_factoring``, ``fast_attention``, ``class_token_pruning``,
-    ``incremental_occlusion``)."""
+    switches ``folding``, ``fast_pooling``, ``entry_factoring``, ``fast_attention``,
+    ``class_token_pruning``, ``incremental_occlusion``)."""
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     old = cell[0]

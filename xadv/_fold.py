@@ -10,8 +10,10 @@ ResNet-18 or ResNet-50 gradient pass on a CPU). Attributions agree with the unfo
 model to float rounding (relative 1e-6 in float32).
 
 The same traced copy also computes a class-token transformer's last block for the class
-token alone (:mod:`xadv._tokens`; off inside ``class_token_pruning(False)``), so the
-copy exists for models with BatchNorm, with class-token attention, or both.
+token alone (:mod:`xadv._tokens`; off inside ``class_token_pruning(False)``), and on a
+CPU runs ``nn.MaxPool2d`` without a gradient through the channels-last kernel
+(:class:`FastMaxPool2d`; off inside ``fast_pooling(False)``), so the copy exists for
+models with BatchNorm, with class-token attention, with max-pooling on a CPU, or any mix.
 
 The copy is built once per model (``torch.fx`` trace, folding, one check pass on the
 first rows of the call's input) and cached weakly. Only the folded layers are new; every
@@ -24,7 +26,8 @@ the model's modules change. Nothing is folded, and the model itself runs, when:
 * the model cannot be traced by ``torch.fx`` (data-dependent control flow, ...), its
   forward needs more than one argument, or the check pass disagrees with the model;
 * the call needs a graph (``create_graph=True``: gradients reach the user's parameters),
-  attributes to a layer, or passes ``forward_args`` or several inputs;
+  attributes to a layer (Grad-CAM's family instead keeps its layer as itself in the
+  copy: ``folded(model, x, keep=layer)``), or passes ``forward_args`` or several inputs;
 * the input is not float32 / float64, or folding is switched off with
   ``xadv.explainers.folding(False)``.
 
@@ -37,16 +40,18 @@ import contextlib
 import copy
 import inspect
 import weakref
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._common import switched
 from ._model import _hook_dicts
 
 _ENABLED = [True]
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
+_POOLING = [True]
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, _Plan]]" = weakref.WeakKeyDictionary()
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -74,6 +79,62 @@ def folding(enabled: bool = True) -> Iterator[None]:
     """
     with switched(_ENABLED, enabled):
         yield
+
+
+@contextlib.contextmanager
+def fast_pooling(enabled: bool = True) -> Iterator[None]:
+    """Switch the channels-last max-pooling of no-gradient passes on or off inside a
+    ``with`` block (on by default).
+
+    On a CPU, PyTorch's max-pooling kernel for channels-first (NCHW) tensors is 2.5-3.5x
+    slower than its channels-last kernel (2 threads; 32x8x28x28: 0.50 vs 0.19 ms with both
+    layout changes counted). Maximum is exact, so the traced copy of :mod:`xadv._fold`
+    runs each ``nn.MaxPool2d`` whose output needs no gradient (Occlusion, LIME, Score-CAM,
+    the evaluation passes of attacks, the forward before a Grad-CAM layer) as: input to
+    channels-last, pool, back to NCHW. The values are bit for bit those of the model's
+    own pooling; passes that take a gradient through the pooling keep the usual kernel
+    (its backward is not faster channels-last).
+
+    Examples
+    --------
+    >>> import torch, xadv
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(36, 3)).eval()
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> occ = xadv.explainers.Occlusion(window=2)
+    >>> with xadv.explainers.fast_pooling(False):
+    ...     plain = occ(net, x, 0).attributions
+    >>> bool(torch.allclose(occ(net, x, 0).attributions, plain, atol=1e-6))   # rows per pass may differ
+    True
+    """
+    with switched(_POOLING, enabled):
+        yield
+
+
+class FastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (same options, no parameters) that pools a CPU tensor needing no
+    gradient through the channels-last kernel and returns it channels-first: the same
+    values, 2.5-3.5x faster (see :func:`fast_pooling`). Anything else (a gradient to
+    take, another device or layout, unbatched input) runs the usual pooling."""
+
+    @classmethod
+    def like(cls, m: nn.MaxPool2d) -> "FastMaxPool2d":
+        new = cls.__new__(cls)
+        new.__dict__ = {k: (type(v)(v) if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+        return new
+
+    def forward(self, x):
+        if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1
+                and not self.return_indices and not (x.requires_grad and torch.is_grad_enabled())
+                and x.is_contiguous()):
+            out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
+                               self.padding, self.dilation, ceil_mode=self.ceil_mode)
+            return out.contiguous()
+        return super().forward(x)
+
+
+def _fast_pool_ok(m) -> bool:
+    return type(m) is nn.MaxPool2d and not m.return_indices and "forward" not in m.__dict__
 
 
 class _Plan:
@@ -132,16 +193,24 @@ def _one_argument(model) -> Optional[dict]:
     return concrete
 
 
-def _trace(model, modules):
+def _trace(model, modules, leaves=()):
     """``torch.fx.symbolic_trace(model)`` with the modules' attributes put back afterwards
-    (a forward that stores something on ``self`` would otherwise keep a symbolic value)."""
+    (a forward that stores something on ``self`` would otherwise keep a symbolic value);
+    the modules in ``leaves`` are called as themselves (one node each), not traced through."""
     import torch.fx as fx
     concrete = _one_argument(model)
     if concrete is None:
         return None
     saved = [(m, dict(m.__dict__)) for m in modules]
     try:
-        return fx.symbolic_trace(model, concrete_args=concrete or None)
+        if not leaves:
+            return fx.symbolic_trace(model, concrete_args=concrete or None)
+
+        class Tracer(fx.Tracer):
+            def is_leaf_module(self, m, qualname):
+                return any(m is q for q in leaves) or super().is_leaf_module(m, qualname)
+        graph = Tracer().trace(model, concrete_args=concrete or None)
+        return fx.GraphModule(model, graph, model.__class__.__name__)
     except Exception:
         return None
     finally:
@@ -151,9 +220,10 @@ def _trace(model, modules):
                 m.__dict__.update(d)
 
 
-def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[Optional[nn.Module], list]:
+def _build(model, modules, x, fold: bool = True, prune: bool = False,
+           pool: bool = False, keep: Optional[nn.Module] = None) -> Tuple[Optional[nn.Module], list]:
     import torch.fx as fx
-    gm = _trace(model, modules)
+    gm = _trace(model, modules, () if keep is None else (keep,))
     if gm is None:
         return None, []
     named = dict(gm.named_modules())
@@ -180,6 +250,8 @@ def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[O
                 or len(prev.users) != 1 or uses.get(node.target) != 1 or uses.get(prev.target) != 1):
             continue
         layer = named.get(prev.target)
+        if keep is not None and (layer is keep or bn is keep):
+            continue   # the kept module's own output must stay observable
         ok = isinstance(layer, _CONV) and type(bn) is {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d,
                                                        nn.Conv3d: nn.BatchNorm3d}.get(type(layer))
         ok = ok or (type(layer) is nn.Linear and type(bn) is nn.BatchNorm1d)
@@ -197,6 +269,10 @@ def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[O
     if prune:
         from ._tokens import prune_class_token
         replaced.update(prune_class_token(graph, named))
+    for node in graph.nodes if pool else ():
+        m = named.get(node.target) if node.op == "call_module" else None
+        if _fast_pool_ok(m) and m is not keep and node.target not in replaced:
+            replaced[node.target] = FastMaxPool2d.like(m)
     if not replaced:
         return None, []
     if pairs:
@@ -213,6 +289,7 @@ def _build(model, modules, x, fold: bool = True, prune: bool = False) -> Tuple[O
     graph.lint()
     folded = fx.GraphModule(root, graph, class_name="XadvFolded")
     folded._xadv_folded = True
+    folded._xadv_source = weakref.ref(model)   # rows-per-pass policies are kept per user model
     folded.eval()
     # one check pass on the first rows: the copy must compute what the model computes
     return (folded, pairs) if computes_the_same(model, folded, probe) else (None, [])
@@ -269,7 +346,11 @@ def _structure(model, modules) -> Tuple:
     return (tuple(map(id, modules)), tuple(map(id, model.parameters())), tuple(map(id, model.buffers())))
 
 
-def folded(model, x) -> Any:
+#: traced copies kept per model (input shapes, kept layers): the least recently used go first
+_PLANS_PER_MODEL = 4
+
+
+def folded(model, x, keep: Optional[nn.Module] = None) -> Any:
     """``model``, or its copy with eval-mode BatchNorm folded, for passes on inputs like ``x``.
 
     Parameters
@@ -278,6 +359,10 @@ def folded(model, x) -> Any:
         The model an explainer was given.
     x : Tensor (N, ...)
         The call's input; its first two rows feed the check pass when the copy is built.
+    keep : nn.Module, optional
+        A module of ``model`` that the copy must call as itself, so that a forward hook on
+        it sees its output (Grad-CAM's layer): it is not traced into, folded or replaced,
+        and the class-token shortcut is not used.
 
     Returns
     -------
@@ -291,22 +376,28 @@ def folded(model, x) -> Any:
         return model
     modules = list(model.modules())
     fold = _ENABLED[0] and any(isinstance(m, _BN) for m in modules)
-    prune = _tokens.enabled() and any(isinstance(m, _tokens.CANDIDATES) for m in modules)
-    if not (fold or prune):
+    prune = keep is None and _tokens.enabled() and any(isinstance(m, _tokens.CANDIDATES) for m in modules)
+    pool = _POOLING[0] and x.device.type == "cpu" and any(_fast_pool_ok(m) for m in modules)
+    if not (fold or prune or pool):
         return model
     if any(m.training for m in modules) or any(_hook_dicts(m) for m in modules):
         return model
     structure = _structure(model, modules)
-    key = (x.dtype, x.device, tuple(x.shape[1:]), fold, prune)
-    plan = _CACHE.get(model)
-    if plan is None or plan.structure != structure or plan.key != key:
+    if keep is not None and (keep is model or not any(m is keep for m in modules)):
+        return model
+    key = (x.dtype, x.device, tuple(x.shape[1:]), fold, prune, pool, None if keep is None else id(keep))
+    plans = _CACHE.setdefault(model, {})
+    plan = plans.pop(key, None)
+    if plan is None or plan.structure != structure:
         try:
-            module, pairs = _build(model, modules, x, fold, prune)
+            module, pairs = _build(model, modules, x, fold, prune, pool, keep)
         except Exception:
             module, pairs = None, []
         plan = _Plan(structure, key, module, pairs)
         plan.stamp = _stamp(pairs)
-        _CACHE[model] = plan
+    plans[key] = plan   # most recently used last
+    while len(plans) > _PLANS_PER_MODEL:
+        del plans[next(iter(plans))]
     if plan.module is None:
         return model
     stamp = _stamp(plan.pairs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from .._fold import folding
+from .._fold import fast_pooling, folding
 from .._tokens import class_token_pruning
 from ._incremental import incremental_occlusion
 from ._attention import fast_attention
@@ -108,7 +108,7 @@ __all__ = [
     "Explainer", "Saliency", "InputXGradient", "SmoothGrad", "IntegratedGradients", "GradCAM",
     "GradCAMPlusPlus", "Occlusion", "AttentionRollout", "GradientSHAP", "ExpectedGradients",
     "HiResCAM", "XGradCAM", "LayerCAM", "ScoreCAM", "AblationCAM", "EigenCAM", "LRP", "DeepLift", "DeepLiftShap", "GuidedBackprop", "Deconvnet", "GuidedGradCAM", "MeaningfulPerturbation",
-    "ExtremalPerturbation", "class_token_pruning", "entry_factoring", "incremental_occlusion", "fast_attention", "folding", "get", "names", "register", "select_score",
+    "ExtremalPerturbation", "class_token_pruning", "entry_factoring", "incremental_occlusion", "fast_attention", "fast_pooling", "folding", "get", "names", "register", "select_score",
 ]
 if "LIME" in globals():
     __all__ += ["LIME", "TabularLIME", "FeatureLIME"]

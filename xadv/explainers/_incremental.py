@@ -107,7 +107,8 @@ def _conv_ok(m) -> bool:
 
 
 def _pool_ok(m) -> bool:
-    return (type(m) is nn.MaxPool2d and not m.ceil_mode and not m.return_indices
+    from .._fold import FastMaxPool2d   # the traced copy's pooling (same values)
+    return (type(m) in (nn.MaxPool2d, FastMaxPool2d) and not m.ceil_mode and not m.return_indices
             and _pair(m.dilation) == (1, 1) and "forward" not in m.__dict__)
 
 

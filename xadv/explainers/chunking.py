@@ -87,6 +87,14 @@ def _key(xs: Tuple[torch.Tensor, ...], grad: bool) -> tuple:
     return tuple((tuple(t.shape[1:]), t.dtype, str(t.device)) for t in xs) + (grad,)
 
 
+def _owner(user):
+    """The model a policy is cached for: the user's model, also for its traced copy
+    (:mod:`xadv._fold`), so that one model has one policy whichever of the two runs."""
+    ref = getattr(user, "_xadv_source", None)
+    src = ref() if ref is not None else None
+    return user if src is None else src
+
+
 def _training(m) -> bool:
     return isinstance(m, nn.Module) and any(mod.training for mod in m.modules())
 
@@ -232,7 +240,7 @@ def rows_per_pass(model, x: Inputs, *, batch_size: Optional[int] = None, work: O
         return max(1, min(cap, default_batch_rows(xs[0])))
     key = _key(xs, grad)
     try:
-        per_model = _CACHE.setdefault(user, {})
+        per_model = _CACHE.setdefault(_owner(user), {})
     except TypeError:  # not weak-referenceable
         per_model = {}
     hit = per_model.get(key)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import math
 
-from .._adapter import unwrap
+from .._adapter import ModelAdapter, unwrap
+from .._fold import folded
 from .._validation import find_module, resolve_target
 from ..explanation import Explanation
 from .base import Explainer, check_score, forward, input_leaf, select_score
@@ -240,12 +241,14 @@ class GradCAM(Explainer):
             return output.clone()
 
         # without create_graph nothing is differentiated w.r.t. the input: the layers before
-        # the hooked one run without recording a graph
+        # the hooked one run without recording a graph, in the traced copy of xadv._fold
+        # (BatchNorm folded, fast pooling) that calls the layer itself
         xi = input_leaf(x, create_graph) if create_graph else x.detach()
+        run = model if create_graph or isinstance(model, ModelAdapter) else folded(model, xi, keep=module)
         handle = module.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                out = forward(model, xi)
+                out = forward(run, xi)
                 if "a" not in store:
                     raise ValueError("the Grad-CAM layer was not called in the model's forward pass")
                 if store["calls"] > 1:

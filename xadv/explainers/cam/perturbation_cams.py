@@ -6,6 +6,8 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
+from ..._adapter import ModelAdapter
+from ..._fold import folded
 from ..._validation import resolve_target
 from ..base import balanced_slices, forward, select_score
 from ..chunking import rows_per_pass
@@ -27,6 +29,8 @@ class _PassCAM(GradCAM):
     def _explain(self, model, x, target, create_graph):
         module = self.resolve_layer(model)
         x = x.detach()
+        # the traced copy that calls the layer itself (BatchNorm folded, fast pooling; xadv._fold)
+        model = model if isinstance(model, ModelAdapter) else folded(model, x, keep=module)
         self._rows = rows_per_pass(model, x, batch_size=self.batch_size, grad=False)
         with torch.no_grad():
             parts = [layer_activations(model, module, x[i0:i1])
