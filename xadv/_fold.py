@@ -11,7 +11,7 @@ model to float rounding (relative 1e-6 in float32).
 
 The same traced copy also computes a class-token transformer's last block for the class
 token alone (:mod:`xadv._tokens`; off inside ``class_token_pruning(False)``), and on a
-CPU runs ``nn.MaxPool2d`` without a gradient through the channels-last kernel
+CPU runs ``nn.MaxPool2d`` through the channels-last kernel
 (:class:`FastMaxPool2d`; off inside ``fast_pooling(False)``), so the copy exists for
 models with BatchNorm, with class-token attention, with max-pooling on a CPU, or any mix.
 
@@ -83,17 +83,17 @@ def folding(enabled: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def fast_pooling(enabled: bool = True) -> Iterator[None]:
-    """Switch the channels-last max-pooling of no-gradient passes on or off inside a
+    """Switch the channels-last max-pooling of the traced copy on or off inside a
     ``with`` block (on by default).
 
-    On a CPU, PyTorch's max-pooling kernel for channels-first (NCHW) tensors is 2.5-3.5x
-    slower than its channels-last kernel (2 threads; 32x8x28x28: 0.50 vs 0.19 ms with both
-    layout changes counted). Maximum is exact, so the traced copy of :mod:`xadv._fold`
-    runs each ``nn.MaxPool2d`` whose output needs no gradient (Occlusion, LIME, Score-CAM,
-    the evaluation passes of attacks, the forward before a Grad-CAM layer) as: input to
-    channels-last, pool, back to NCHW. The values are bit for bit those of the model's
-    own pooling; passes that take a gradient through the pooling keep the usual kernel
-    (its backward is not faster channels-last).
+    On a CPU, PyTorch's max-pooling kernel for channels-first (NCHW) tensors is 2-3.5x
+    slower than its channels-last kernel (2 threads, both layout changes counted:
+    32x8x28x28 0.50 vs 0.19 ms, or 0.51 vs 0.27 ms with the indices a backward needs).
+    Maximum is exact, so the traced copy of :mod:`xadv._fold` runs each ``nn.MaxPool2d``
+    as: input to channels-last, pool, back to NCHW. With a gradient to take, the
+    channels-last kernel also gives the argmax indices (the same first-of-ties positions)
+    and the backward is the usual channels-first one on them. Values and gradients are
+    bit for bit those of the model's own pooling.
 
     Examples
     --------
@@ -111,11 +111,38 @@ def fast_pooling(enabled: bool = True) -> Iterator[None]:
         yield
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """Max-pooling of a channels-first tensor by the channels-last kernel (values and
+    indices), with the channels-first backward on those indices: the gradient of
+    ``F.max_pool2d`` bit for bit (same maxima, same first-of-ties positions)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
+        out, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
+                                ceil_mode=ceil_mode, return_indices=True)
+        idx = idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.opts = (kernel, stride, padding, dilation, ceil_mode)
+        ctx.mark_non_differentiable(idx)
+        return out.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, idx = ctx.saved_tensors
+        kernel, stride, padding, dilation, ceil_mode = ctx.opts
+        gx = torch.ops.aten.max_pool2d_with_indices_backward(g.contiguous(), x, kernel, stride, padding, dilation,
+                                                             ceil_mode, idx)
+        return gx, None, None, None, None, None
+
+
 class FastMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` (same options, no parameters) that pools a CPU tensor needing no
-    gradient through the channels-last kernel and returns it channels-first: the same
-    values, 2.5-3.5x faster (see :func:`fast_pooling`). Anything else (a gradient to
-    take, another device or layout, unbatched input) runs the usual pooling."""
+    """``nn.MaxPool2d`` (same options, no parameters) that pools a channels-first CPU
+    tensor through the channels-last kernel and returns it channels-first: the same
+    values, 2-3.5x faster (see :func:`fast_pooling`). When a gradient flows through it,
+    the channels-last kernel also gives the indices and the backward is the usual
+    channels-first one on them (a bit-identical gradient). Anything else (another device
+    or layout, unbatched or one-channel input, ``return_indices``) runs the usual pooling."""
 
     @classmethod
     def like(cls, m: nn.MaxPool2d) -> "FastMaxPool2d":
@@ -124,13 +151,16 @@ class FastMaxPool2d(nn.MaxPool2d):
         return new
 
     def forward(self, x):
-        if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1
-                and not self.return_indices and not (x.requires_grad and torch.is_grad_enabled())
-                and x.is_contiguous()):
-            out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
-                               self.padding, self.dilation, ceil_mode=self.ceil_mode)
-            return out.contiguous()
-        return super().forward(x)
+        if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1
+                and not self.return_indices and x.is_contiguous()):
+            return super().forward(x)
+        if x.requires_grad and torch.is_grad_enabled():
+            pair = nn.modules.utils._pair
+            return _ChannelsLastMaxPool.apply(x, pair(self.kernel_size), pair(self.stride), pair(self.padding),
+                                              pair(self.dilation), bool(self.ceil_mode))
+        out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
+                           self.padding, self.dilation, ceil_mode=self.ceil_mode)
+        return out.contiguous()
 
 
 def _fast_pool_ok(m) -> bool:
