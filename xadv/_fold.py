@@ -111,6 +111,14 @@ def fast_pooling(enabled: bool = True) -> Iterator[None]:
         yield
 
 
+def _own_copy(m: nn.Module, cls=None) -> nn.Module:
+    """A shallow copy of ``m`` (as class ``cls``, default its own) with its own parameter,
+    buffer and hook dictionaries: the same options, nothing shared that could change."""
+    new = (cls or type(m)).__new__(cls or type(m))
+    new.__dict__ = {k: (type(v)(v) if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
+    return new
+
+
 class _ChannelsLastMaxPool(torch.autograd.Function):
     """Max-pooling of a channels-first tensor by the channels-last kernel (values and
     indices), with the channels-first backward on those indices: the gradient of
@@ -146,9 +154,7 @@ class FastMaxPool2d(nn.MaxPool2d):
 
     @classmethod
     def like(cls, m: nn.MaxPool2d) -> "FastMaxPool2d":
-        new = cls.__new__(cls)
-        new.__dict__ = {k: (type(v)(v) if isinstance(v, dict) else v) for k, v in m.__dict__.items()}
-        return new
+        return _own_copy(m, cls)
 
     def forward(self, x):
         if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1
@@ -290,8 +296,7 @@ def _build(model, modules, x, fold: bool = True, prune: bool = False,
             continue
         # a shallow copy with its own parameter and hook dictionaries: the same options
         # (stride, padding, groups, ...), new weights set by _refold
-        fused = copy.copy(layer)
-        fused.__dict__ = {k: (type(v)(v) if isinstance(v, dict) else v) for k, v in layer.__dict__.items()}
+        fused = _own_copy(layer)
         pairs.append((layer, bn, fused))
         replaced[prev.target] = fused
         node.replace_all_uses_with(prev)
