@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._common import switched
+from .._fold import FastMaxPool2d
 from ..nn import normalized
 
 _ENABLED = [True]
@@ -107,7 +108,7 @@ def _conv_ok(m) -> bool:
 
 
 def _pool_ok(m) -> bool:
-    from .._fold import FastMaxPool2d   # the traced copy's pooling (same values)
+    # FastMaxPool2d: the traced copy's pooling (same values)
     return (type(m) in (nn.MaxPool2d, FastMaxPool2d) and not m.ceil_mode and not m.return_indices
             and _pair(m.dilation) == (1, 1) and "forward" not in m.__dict__)
 
